@@ -1,0 +1,156 @@
+//! Merging a stack of trees into the single tree a runtime sees.
+//!
+//! Layers are given bottom first. For every name, the highest layer that
+//! mentions it decides: a file or symlink replaces whatever was below (a
+//! directory included), a directory replaces a file below it and merges with
+//! a directory below it, and a mask deletes the name (and everything under it)
+//! from the layers below. Masks themselves never appear in the result.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::tree::{DirSpan, Entry, EntryKind, Tree};
+
+enum Slot<'a> {
+    Leaf(&'a Entry),
+    /// A directory and the (layer, dir) pairs that contribute to it, bottom first.
+    Dir(u32, Vec<(usize, u32)>),
+    Masked,
+}
+
+/// Merge `layers` (bottom first) into one tree.
+pub fn merge(layers: &[&Tree]) -> Tree {
+    match layers {
+        [] => return Tree::empty(),
+        [only] if !only.entries().iter().any(|e| e.kind == EntryKind::Mask) => {
+            return (*only).clone();
+        }
+        _ => {}
+    }
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut dirs: Vec<DirSpan> = Vec::new();
+    let root_mode = layers
+        .last()
+        .map(|t| t.dirs()[0].mode)
+        .unwrap_or(crate::tree::DEFAULT_DIR_MODE);
+    let mut queue: VecDeque<(Vec<(usize, u32)>, u32, u32)> = VecDeque::new();
+    queue.push_back(((0..layers.len()).map(|l| (l, 0)).collect(), 0, root_mode));
+    let mut next_dir: u32 = 1;
+    while let Some((contributors, parent, mode)) = queue.pop_front() {
+        let this_dir = dirs.len() as u32;
+        let mut slots: BTreeMap<&[u8], Slot<'_>> = BTreeMap::new();
+        for (layer, dir) in contributors {
+            for e in layers[layer].children(dir) {
+                match e.kind {
+                    EntryKind::Mask => {
+                        slots.insert(&e.name, Slot::Masked);
+                    }
+                    EntryKind::Dir => match slots.get_mut(e.name.as_ref()) {
+                        Some(Slot::Dir(m, list)) => {
+                            *m = e.mode;
+                            list.push((layer, e.dir));
+                        }
+                        _ => {
+                            slots.insert(&e.name, Slot::Dir(e.mode, vec![(layer, e.dir)]));
+                        }
+                    },
+                    EntryKind::File | EntryKind::Symlink => {
+                        slots.insert(&e.name, Slot::Leaf(e));
+                    }
+                }
+            }
+        }
+        let start = entries.len() as u32;
+        for (name, slot) in slots {
+            match slot {
+                Slot::Masked => {}
+                Slot::Leaf(e) => entries.push(Entry {
+                    dir: 0,
+                    ..e.clone()
+                }),
+                Slot::Dir(mode, list) => {
+                    entries.push(Entry {
+                        name: name.into(),
+                        object: crate::Digest::NULL,
+                        size: 0,
+                        mode,
+                        kind: EntryKind::Dir,
+                        dir: next_dir,
+                    });
+                    next_dir += 1;
+                    queue.push_back((list, this_dir, mode));
+                }
+            }
+        }
+        dirs.push(DirSpan {
+            start,
+            len: entries.len() as u32 - start,
+            parent,
+            mode,
+        });
+    }
+    Tree::from_parts(entries, dirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::tree::TreeBuilder;
+
+    fn tree(items: &[(&str, EntryKind)]) -> Tree {
+        let mut b = TreeBuilder::new();
+        for (p, k) in items {
+            let mode = match k {
+                EntryKind::Dir => 0o040755,
+                EntryKind::Symlink => 0o120777,
+                _ => 0o100644,
+            };
+            b.add(
+                p.as_bytes(),
+                *k,
+                mode,
+                p.len() as u64,
+                Digest::of(p.as_bytes()),
+            )
+            .unwrap();
+        }
+        b.build().unwrap()
+    }
+
+    fn paths(t: &Tree) -> Vec<String> {
+        t.walk().into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn later_overrides_and_masks_delete() {
+        use EntryKind::*;
+        let base = tree(&[
+            ("bin/a", File),
+            ("bin/b", File),
+            ("lib/x", File),
+            ("f", File),
+        ]);
+        let top = tree(&[
+            ("bin/b", Symlink),
+            ("lib", Mask),
+            ("f/inner", File),
+            ("new", File),
+        ]);
+        let m = merge(&[&base, &top]);
+        assert_eq!(paths(&m), ["bin", "bin/a", "bin/b", "f", "f/inner", "new"]);
+        let Some(crate::PathTarget::Entry(i)) = m.lookup_path("bin/b") else {
+            panic!()
+        };
+        assert_eq!(m.entries()[i as usize].kind, Symlink);
+        // A file replaces a directory.
+        let top2 = tree(&[("bin", File)]);
+        assert_eq!(paths(&merge(&[&base, &top2])), ["bin", "f", "lib", "lib/x"]);
+    }
+
+    #[test]
+    fn empty_and_single() {
+        assert!(merge(&[]).is_empty());
+        let t = tree(&[("a/b", EntryKind::File)]);
+        assert_eq!(merge(&[&t]), t);
+    }
+}

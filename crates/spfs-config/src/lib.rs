@@ -1,1 +1,305 @@
-//! (placeholder)
+//! Configuration of spfs.
+//!
+//! The effective configuration is built from layers, each overriding the
+//! ones before it: built-in defaults, `/etc/spfs.toml`,
+//! `~/.config/spfs/spfs.toml`, the file named by `SPFS_CONFIG`, and finally
+//! environment variables `SPFS_<SECTION>_<KEY>` (for example
+//! `SPFS_STORAGE_ROOT` for `storage.root`). Every layer is checked on its own,
+//! so an error names the file (or variable) and the key that is wrong.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("invalid value for {var} (config key {key}): {message}")]
+    InvalidEnv {
+        var: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// Where the repository lives.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The local repository's directory.
+    pub root: PathBuf,
+}
+
+/// The VFS service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VfsConfig {
+    /// Where the one filesystem is mounted.
+    pub mountpoint: PathBuf,
+    /// The control plane address: `unix:/path` or `tcp:127.0.0.1:PORT`.
+    pub listen: String,
+    /// The token a TCP client must present (created by the service, mode 0600).
+    pub token_file: PathBuf,
+    /// The cgroup (v2) directory under which each runtime gets its own
+    /// cgroup; empty means `<cgroup2 mount>/spfs`.
+    pub cgroup_root: PathBuf,
+    /// Serve local payloads with FUSE passthrough when the kernel offers it.
+    pub passthrough: bool,
+    /// FUSE worker threads.
+    pub threads: u32,
+    /// Where the service writes its log when started in the background.
+    pub log_file: PathBuf,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub storage: StorageConfig,
+    pub vfs: VfsConfig,
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let root = home()
+            .map(|h| h.join(".local/share/spfs"))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/spfs"));
+        StorageConfig { root }
+    }
+}
+
+impl Default for VfsConfig {
+    fn default() -> Self {
+        VfsConfig {
+            mountpoint: PathBuf::from("/spfs"),
+            listen: "unix:/run/spfs/vfs.sock".into(),
+            token_file: PathBuf::from("/run/spfs/vfs.token"),
+            cgroup_root: PathBuf::new(),
+            passthrough: true,
+            threads: 4,
+            log_file: PathBuf::from("/run/spfs/vfs.log"),
+        }
+    }
+}
+
+/// The kind of value a key holds, to read it from an environment variable.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Bool,
+    Int,
+}
+
+/// Every key that an environment variable can override.
+const KEYS: &[(&str, &str, Kind)] = &[
+    ("storage", "root", Kind::Text),
+    ("vfs", "mountpoint", Kind::Text),
+    ("vfs", "listen", Kind::Text),
+    ("vfs", "token_file", Kind::Text),
+    ("vfs", "cgroup_root", Kind::Text),
+    ("vfs", "passthrough", Kind::Bool),
+    ("vfs", "threads", Kind::Int),
+    ("vfs", "log_file", Kind::Text),
+];
+
+/// The environment variable that overrides `section.key`.
+pub fn env_var_name(section: &str, key: &str) -> String {
+    format!("SPFS_{}_{}", section.to_uppercase(), key.to_uppercase())
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Parse and check one config file.
+fn read_layer(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    // Check this layer alone, so that the error names this file.
+    Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| invalid(e.to_string()))?;
+    Ok(table)
+}
+
+/// The files read, in order, given the environment.
+pub fn config_files(env: &dyn Fn(&str) -> Option<String>) -> Vec<(PathBuf, bool)> {
+    let mut files = vec![(PathBuf::from("/etc/spfs.toml"), false)];
+    if let Some(h) = env("HOME").filter(|h| !h.is_empty()) {
+        files.push((Path::new(&h).join(".config/spfs/spfs.toml"), false));
+    }
+    if let Some(p) = env("SPFS_CONFIG").filter(|p| !p.is_empty()) {
+        // A file named explicitly must exist.
+        files.push((PathBuf::from(p), true));
+    }
+    files
+}
+
+impl Config {
+    /// Load from the standard files and the process environment.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::load_with(&|k| std::env::var(k).ok())
+    }
+
+    /// Load using `env` to read environment variables (for tests).
+    pub fn load_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        for (path, required) in config_files(env) {
+            if !required && !path.exists() {
+                continue;
+            }
+            merge(&mut table, read_layer(&path)?);
+        }
+        for (section, key, kind) in KEYS {
+            let var = env_var_name(section, key);
+            let Some(raw) = env(&var) else { continue };
+            let bad = |message: &str| ConfigError::InvalidEnv {
+                var: var.clone(),
+                key: format!("{section}.{key}"),
+                message: message.to_string(),
+            };
+            let value = match kind {
+                Kind::Text => toml::Value::String(raw),
+                Kind::Bool => match raw.to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
+                    "0" | "false" | "no" | "off" => toml::Value::Boolean(false),
+                    _ => return Err(bad("expected true or false")),
+                },
+                Kind::Int => toml::Value::Integer(
+                    raw.trim()
+                        .parse()
+                        .map_err(|_| bad("expected a whole number"))?,
+                ),
+            };
+            let mut layer = toml::Table::new();
+            let mut sect = toml::Table::new();
+            sect.insert(key.to_string(), value);
+            layer.insert(section.to_string(), toml::Value::Table(sect));
+            merge(&mut table, layer);
+        }
+        let config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid {
+                path: PathBuf::from("(merged configuration)"),
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| ConfigError::InvalidEnv {
+            var: "(configuration)".into(),
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.storage.root.as_os_str().is_empty() {
+            return Err(bad("storage.root", "must not be empty"));
+        }
+        if !self.vfs.mountpoint.is_absolute() {
+            return Err(bad("vfs.mountpoint", "must be an absolute path"));
+        }
+        if self.vfs.threads == 0 || self.vfs.threads > 256 {
+            return Err(bad("vfs.threads", "must be between 1 and 256"));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn layers_and_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spfs.toml");
+        std::fs::write(
+            &file,
+            "[storage]\nroot = \"/from/file\"\n[vfs]\nthreads = 2\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap().to_string();
+        let c =
+            Config::load_with(&env_from(&[("SPFS_CONFIG", &f), ("HOME", "/nonexistent")])).unwrap();
+        assert_eq!(c.storage.root, PathBuf::from("/from/file"));
+        assert_eq!(c.vfs.threads, 2);
+        let c = Config::load_with(&env_from(&[
+            ("SPFS_CONFIG", &f),
+            ("SPFS_STORAGE_ROOT", "/from/env"),
+            ("SPFS_VFS_PASSTHROUGH", "off"),
+        ]))
+        .unwrap();
+        assert_eq!(c.storage.root, PathBuf::from("/from/env"));
+        assert!(!c.vfs.passthrough);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spfs.toml");
+        std::fs::write(&file, "[storage]\nrot = \"/x\"\n").unwrap();
+        let f = file.to_str().unwrap().to_string();
+        let err = Config::load_with(&env_from(&[("SPFS_CONFIG", &f)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spfs.toml") && err.contains("rot"), "{err}");
+        std::fs::write(&file, "[vfs]\nthreads = \"many\"\n").unwrap();
+        let err = Config::load_with(&env_from(&[("SPFS_CONFIG", &f)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spfs.toml") && err.contains("threads"),
+            "{err}"
+        );
+        let err = Config::load_with(&env_from(&[("SPFS_VFS_THREADS", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SPFS_VFS_THREADS") && err.contains("vfs.threads"),
+            "{err}"
+        );
+        let err = Config::load_with(&env_from(&[("SPFS_CONFIG", "/no/such/file.toml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/no/such/file.toml"), "{err}");
+    }
+}

@@ -1,1 +1,21 @@
-//! (placeholder)
+//! Storage of spfs: where objects, payloads, tags and runtime records live.
+//!
+//! - [`fs`]: [`FsRepository`], the local repository on a directory, with
+//!   crash-safe writes (temporary file, fsync, rename);
+//! - [`tags`]: tag streams with history and cross-process locking;
+//! - [`resolve`]: turning spec items, digests and tags into objects, layers
+//!   and merged trees;
+//! - [`commit`]: storing a directory tree as a layer, hashing in parallel;
+//! - [`check`]: verifying everything reachable from a set of references;
+//! - [`runtimes`]: the records of running environments.
+
+pub mod check;
+pub mod commit;
+mod error;
+pub mod fs;
+pub mod resolve;
+pub mod runtimes;
+pub mod tags;
+
+pub use error::{Result, StorageError};
+pub use fs::FsRepository;

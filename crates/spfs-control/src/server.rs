@@ -1,0 +1,336 @@
+//! The server side: the [`ControlHandler`] trait the service implements, and
+//! the transport that runs it ([`bind`], [`Bound::serve`], [`serve`]):
+//! socket setup and cleanup, caller identification, token check.
+
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Caller, identify};
+use crate::proto::vfs_server::{Vfs, VfsServer};
+use crate::proto::{
+    ListRequest, ListResponse, MountRequest, MountResponse, ShutdownRequest, ShutdownResponse,
+    StatusRequest, StatusResponse, UnmountRequest, UnmountResponse,
+};
+use crate::{ControlError, Listen};
+
+/// What the service does for each request. The transport has already
+/// identified the [`Caller`] (and checked the token over TCP); the handler
+/// decides whether that caller may do what it asks.
+///
+/// Methods are synchronous: they run on tokio's blocking pool, so they may
+/// do file I/O.
+pub trait ControlHandler: Send + Sync + 'static {
+    /// Register a view for a process tree.
+    fn mount(&self, caller: &Caller, req: MountRequest) -> Result<MountResponse, Status>;
+    /// Drop a view.
+    fn unmount(&self, caller: &Caller, req: UnmountRequest) -> Result<UnmountResponse, Status>;
+    /// List the views.
+    fn list(&self, caller: &Caller) -> Result<ListResponse, Status>;
+    /// Describe the service.
+    fn status(&self, caller: &Caller) -> Result<StatusResponse, Status>;
+    /// Stop the service. The handler is expected to make the `shutdown`
+    /// future given to [`Bound::serve`] complete; in-flight requests (this
+    /// one included) are answered before the server stops.
+    fn shutdown(&self, caller: &Caller) -> Result<(), Status>;
+}
+
+/// A bound control socket, accepting connections (they queue until
+/// [`Bound::serve`] runs). Returned by [`bind`].
+///
+/// Once `bind` has returned, clients can connect: that is the moment to
+/// report readiness. Dropping a `Bound` over a Unix socket removes the
+/// socket file.
+#[derive(Debug)]
+pub struct Bound {
+    listen: Listen,
+    token: Option<Arc<str>>,
+    listener: Listener,
+}
+
+#[derive(Debug)]
+enum Listener {
+    Unix {
+        listener: UnixListener,
+        _file: SocketFile,
+    },
+    Tcp(TcpListener),
+}
+
+/// Bind the control socket.
+///
+/// * Unix: creates the parent directory; a leftover socket file (or any
+///   non-directory file) at the path on which no one answers is removed, a
+///   live one gives [`ControlError::AlreadyRunning`]. The socket is made
+///   mode 0666: every local user may connect, and each request is
+///   authorized from its peer credentials. A token, if given, is accepted
+///   (and checked) but not required.
+/// * TCP: loopback only ([`ControlError::NonLoopback`]); a non-empty token
+///   is required ([`ControlError::MissingToken`]) and every request must
+///   carry it. Port 0 picks a free port: see [`Bound::listen`].
+pub async fn bind(listen: &Listen, token: Option<String>) -> Result<Bound, ControlError> {
+    let token: Option<Arc<str>> = token.filter(|t| !t.is_empty()).map(Arc::from);
+    let (listen, listener) = match listen {
+        Listen::Unix(path) => {
+            let (listener, file) = bind_unix(listen, path).await?;
+            (
+                listen.clone(),
+                Listener::Unix {
+                    listener,
+                    _file: file,
+                },
+            )
+        }
+        Listen::Tcp(addr) => {
+            if !addr.ip().is_loopback() {
+                return Err(ControlError::NonLoopback(*addr));
+            }
+            if token.is_none() {
+                return Err(ControlError::MissingToken(listen.clone()));
+            }
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| match source.kind() {
+                    io::ErrorKind::AddrInUse => ControlError::AlreadyRunning(listen.clone()),
+                    _ => ControlError::Bind {
+                        addr: *addr,
+                        source,
+                    },
+                })?;
+            let local = listener.local_addr().map_err(|source| ControlError::Bind {
+                addr: *addr,
+                source,
+            })?;
+            (Listen::Tcp(local), Listener::Tcp(listener))
+        }
+    };
+    tracing::debug!(%listen, "control socket bound");
+    Ok(Bound {
+        listen,
+        token,
+        listener,
+    })
+}
+
+/// [`bind`] then [`Bound::serve`], for callers that need no readiness signal.
+pub async fn serve(
+    listen: &Listen,
+    token: Option<String>,
+    handler: Arc<dyn ControlHandler>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControlError> {
+    bind(listen, token).await?.serve(handler, shutdown).await
+}
+
+impl Bound {
+    /// The address actually bound (with the real port when 0 was asked).
+    pub fn listen(&self) -> &Listen {
+        &self.listen
+    }
+
+    /// Answer requests with `handler` until `shutdown` completes, then
+    /// finish the requests in flight and return. A Unix socket file is
+    /// removed on return.
+    pub async fn serve(
+        self,
+        handler: Arc<dyn ControlHandler>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ControlError> {
+        let Bound {
+            listen,
+            token,
+            listener,
+        } = self;
+        let service = |require_token| {
+            VfsServer::new(Service {
+                handler,
+                token,
+                require_token,
+            })
+        };
+        let mut builder = tonic::transport::Server::builder();
+        let result = match listener {
+            Listener::Unix {
+                listener,
+                _file: file,
+            } => {
+                let result = builder
+                    .add_service(service(false))
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                    .await;
+                drop(file);
+                result
+            }
+            Listener::Tcp(listener) => {
+                builder
+                    .add_service(service(true))
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await
+            }
+        };
+        tracing::debug!(%listen, "control socket closed");
+        result.map_err(|source| ControlError::Transport { listen, source })
+    }
+}
+
+async fn bind_unix(
+    listen: &Listen,
+    path: &Path,
+) -> Result<(UnixListener, SocketFile), ControlError> {
+    let io_err = |action, source| ControlError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| io_err("create the directory of", e))?;
+    }
+    remove_stale_socket(listen, path).await?;
+    let listener = UnixListener::bind(path).map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => ControlError::AlreadyRunning(listen.clone()),
+        _ => io_err("bind the socket", e),
+    })?;
+    let file = SocketFile::new(path).map_err(|e| io_err("inspect the socket", e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666))
+        .map_err(|e| io_err("set the mode of the socket", e))?;
+    Ok((listener, file))
+}
+
+/// Remove whatever is at `path` unless a server answers there.
+async fn remove_stale_socket(listen: &Listen, path: &Path) -> Result<(), ControlError> {
+    let io_err = |action, source| ControlError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("inspect the socket", e)),
+        Ok(meta) if meta.is_dir() => {
+            return Err(io_err(
+                "bind the socket",
+                io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way"),
+            ));
+        }
+        Ok(_) => {}
+    }
+    // A live server that is too busy to accept (full backlog) counts as live.
+    match tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path)).await {
+        Ok(Ok(_)) | Err(_) => Err(ControlError::AlreadyRunning(listen.clone())),
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+            ) =>
+        {
+            tracing::info!(path = %path.display(), "removing stale control socket");
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    Err(io_err("remove the stale socket", e))
+                }
+                _ => Ok(()),
+            }
+        }
+        Ok(Err(e)) => Err(io_err("probe the socket", e)),
+    }
+}
+
+/// Removes the socket file on drop, unless it was replaced meanwhile.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn new(path: &Path) -> io::Result<SocketFile> {
+        let meta = fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Ok(meta) = fs::symlink_metadata(&self.path)
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+            && let Err(e) = fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove control socket");
+        }
+    }
+}
+
+/// The tonic service: identifies the caller, then runs the handler on the
+/// blocking pool.
+struct Service {
+    handler: Arc<dyn ControlHandler>,
+    token: Option<Arc<str>>,
+    require_token: bool,
+}
+
+impl Service {
+    async fn run<Req, Resp>(
+        &self,
+        req: Request<Req>,
+        f: impl FnOnce(&dyn ControlHandler, &Caller, Req) -> Result<Resp, Status> + Send + 'static,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let caller = identify(&req, self.token.as_deref(), self.require_token)?;
+        let handler = Arc::clone(&self.handler);
+        let msg = req.into_inner();
+        tokio::task::spawn_blocking(move || f(&*handler, &caller, msg))
+            .await
+            .map_err(|e| Status::internal(format!("control handler failed: {e}")))?
+            .map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Vfs for Service {
+    async fn mount(&self, req: Request<MountRequest>) -> Result<Response<MountResponse>, Status> {
+        self.run(req, |h, c, m| h.mount(c, m)).await
+    }
+
+    async fn unmount(
+        &self,
+        req: Request<UnmountRequest>,
+    ) -> Result<Response<UnmountResponse>, Status> {
+        self.run(req, |h, c, m| h.unmount(c, m)).await
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        self.run(req, |h, c, _| h.list(c)).await
+    }
+
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        self.run(req, |h, c, _| h.status(c)).await
+    }
+
+    async fn shutdown(
+        &self,
+        req: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        self.run(req, |h, c, _| h.shutdown(c).map(|()| ShutdownResponse {}))
+            .await
+    }
+}

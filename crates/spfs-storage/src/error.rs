@@ -1,0 +1,77 @@
+//! The errors of the storage layer.
+
+use std::path::PathBuf;
+
+use spfs_model::{DecodeError, Digest, SpecError, TreeError};
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("no spfs repository at {0} (create one with 'spfs init repo {0}')")]
+    NoRepository(PathBuf),
+    #[error(
+        "repository {path} has format version {found}, newer than this build supports ({supported}); upgrade spfs"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("object {0} not found")]
+    UnknownObject(Digest),
+    #[error("no object matches '{0}'")]
+    UnknownReference(String),
+    #[error("unknown tag '{0}'")]
+    UnknownTag(String),
+    #[error("tag '{name}' has only {available} version(s); ~{requested} does not exist")]
+    UnknownTagVersion {
+        name: String,
+        available: usize,
+        requested: u64,
+    },
+    #[error("ambiguous digest prefix '{prefix}': it matches {count} objects; type more characters")]
+    AmbiguousDigest { prefix: String, count: usize },
+    #[error("object {digest} is corrupt: {source}")]
+    Corrupt { digest: Digest, source: DecodeError },
+    #[error("object {digest} is a {found}, expected {expected}")]
+    WrongKind {
+        digest: Digest,
+        found: &'static str,
+        expected: &'static str,
+    },
+    #[error("cannot store {0}: sockets, devices and fifos cannot be committed")]
+    SpecialFile(PathBuf),
+    #[error("path {path} is not valid in a layer: {source}")]
+    Tree { path: PathBuf, source: TreeError },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("invalid runtime record {path}: {message}")]
+    BadRecord { path: PathBuf, message: String },
+    #[error("unknown runtime '{0}'")]
+    UnknownRuntime(String),
+    #[error("platforms nest too deeply at {0}")]
+    TooDeep(Digest),
+}
+
+impl StorageError {
+    /// An I/O error with what was being done and to which path.
+    pub fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> StorageError {
+        let path = path.into();
+        move |source| StorageError::Io {
+            context,
+            path,
+            source,
+        }
+    }
+}

@@ -1,1 +1,30 @@
-//! (placeholder)
+//! The platform-neutral core of the spfs VFS service.
+//!
+//! One filesystem mount serves many environments at once. Each filesystem
+//! request is answered from the *view* of the runtime its caller belongs to;
+//! a caller in no runtime sees an empty root. This crate owns everything
+//! that does not depend on the platform's filesystem API:
+//!
+//! - [`node`]: node ids, which encode the view they belong to, so that a
+//!   kernel cache keyed by node id can never serve one view's answer to
+//!   another;
+//! - [`view`]: a merged, immutable tree built from a stack of layers, shared
+//!   by every runtime with the same stack;
+//! - [`registry`]: the registered runtimes and the views they use;
+//! - [`vfs`]: the filesystem operations (lookup, getattr, readdir, readlink,
+//!   open, read, statfs) with their cache lifetimes;
+//! - [`handles`]: open files.
+//!
+//! A platform host (FUSE on Linux, WinFSP on Windows) identifies the caller's
+//! runtime with the platform's own means and calls into [`vfs::Vfs`]; see
+//! `docs/platform-hosts.md`.
+
+pub mod handles;
+pub mod node;
+pub mod registry;
+pub mod vfs;
+pub mod view;
+
+pub use registry::{Registry, Runtime, RuntimeSpec};
+pub use vfs::{Attr, NodeKind, Vfs, VfsError};
+pub use view::View;

@@ -1,0 +1,227 @@
+//! The registry of runtimes: which views are mounted, for whom.
+//!
+//! A runtime is registered under a unique name, with the process that roots
+//! its tree and the view it sees. How a caller is matched to a runtime is the
+//! platform host's business (on Linux: the runtime's cgroup); the registry
+//! only keeps the runtimes and shares views between runtimes whose stacks
+//! are equal.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Instant, SystemTime};
+
+use spfs_model::{Digest, Tree};
+
+use crate::view::View;
+
+/// What a platform host registers.
+#[derive(Clone, Debug)]
+pub struct RuntimeSpec {
+    pub name: String,
+    /// The spec as the user gave it.
+    pub spec: String,
+    pub root_pid: u32,
+    pub owner_uid: u32,
+}
+
+/// A registered runtime.
+#[derive(Debug)]
+pub struct Runtime {
+    pub name: String,
+    pub spec: String,
+    pub root_pid: u32,
+    pub owner_uid: u32,
+    pub created: SystemTime,
+    pub started: Instant,
+    /// Filesystem requests answered from this runtime's view.
+    pub requests: AtomicU64,
+    pub view: Arc<View>,
+}
+
+impl Runtime {
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a runtime could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError<E: std::error::Error + 'static> {
+    #[error("a runtime named '{0}' is already registered")]
+    Exists(String),
+    #[error("too many views were created in this service's life")]
+    OutOfViewIds,
+    #[error(transparent)]
+    Build(E),
+}
+
+#[derive(Default)]
+struct Inner {
+    runtimes: HashMap<String, Arc<Runtime>>,
+    views: HashMap<Vec<Digest>, Weak<View>>,
+    last_view: u32,
+}
+
+/// The runtimes of one service.
+#[derive(Default)]
+pub struct Registry {
+    inner: RwLock<Inner>,
+}
+
+impl Registry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a runtime whose view is the stack `layers`. An existing view
+    /// of the same stack is shared; otherwise `build` makes the merged tree
+    /// (outside the registry's lock).
+    pub fn register<E: std::error::Error + 'static>(
+        &self,
+        spec: RuntimeSpec,
+        layers: Vec<Digest>,
+        build: impl FnOnce() -> Result<(Tree, SystemTime), E>,
+    ) -> Result<Arc<Runtime>, RegistryError<E>> {
+        if self.read().runtimes.contains_key(&spec.name) {
+            return Err(RegistryError::Exists(spec.name));
+        }
+        // Holding a strong reference keeps a shared view alive meanwhile.
+        let existing = self.read().views.get(&layers).and_then(Weak::upgrade);
+        let built = match existing {
+            Some(_) => None,
+            None => Some(build().map_err(RegistryError::Build)?),
+        };
+        let mut inner = self.write();
+        if inner.runtimes.contains_key(&spec.name) {
+            return Err(RegistryError::Exists(spec.name));
+        }
+        let view = match (
+            existing,
+            inner.views.get(&layers).and_then(Weak::upgrade),
+            built,
+        ) {
+            (Some(v), _, _) | (None, Some(v), _) => v,
+            (None, None, built) => {
+                let (tree, mtime) = built.ok_or(RegistryError::OutOfViewIds)?;
+                let id = inner
+                    .last_view
+                    .checked_add(1)
+                    .ok_or(RegistryError::OutOfViewIds)?;
+                inner.last_view = id;
+                let v = Arc::new(View {
+                    id,
+                    layers: layers.clone(),
+                    tree,
+                    mtime,
+                });
+                inner.views.insert(layers, Arc::downgrade(&v));
+                v
+            }
+        };
+        let rt = Arc::new(Runtime {
+            name: spec.name.clone(),
+            spec: spec.spec,
+            root_pid: spec.root_pid,
+            owner_uid: spec.owner_uid,
+            created: SystemTime::now(),
+            started: Instant::now(),
+            requests: AtomicU64::new(0),
+            view,
+        });
+        inner.runtimes.insert(spec.name, rt.clone());
+        Ok(rt)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Runtime>> {
+        self.read().runtimes.get(name).cloned()
+    }
+
+    /// The runtime whose root process is `pid`.
+    pub fn by_root_pid(&self, pid: u32) -> Option<Arc<Runtime>> {
+        self.read()
+            .runtimes
+            .values()
+            .find(|r| r.root_pid == pid)
+            .cloned()
+    }
+
+    /// Drop a runtime; its view goes when no other runtime uses it.
+    pub fn remove(&self, name: &str) -> Option<Arc<Runtime>> {
+        let mut inner = self.write();
+        let rt = inner.runtimes.remove(name)?;
+        // Forget views nobody uses any more (this one included, once the
+        // caller drops the runtime it gets back).
+        inner.views.retain(|_, v| v.strong_count() > 0);
+        Some(rt)
+    }
+
+    /// Every runtime, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Runtime>> {
+        let mut v: Vec<_> = self.read().runtimes.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().runtimes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Views alive now (for tests and status).
+    pub fn view_count(&self) -> usize {
+        self.read()
+            .views
+            .values()
+            .filter(|v| v.strong_count() > 0)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> RuntimeSpec {
+        RuntimeSpec {
+            name: name.into(),
+            spec: "x".into(),
+            root_pid: 1,
+            owner_uid: 0,
+        }
+    }
+
+    fn ok() -> Result<(Tree, SystemTime), std::io::Error> {
+        Ok((Tree::empty(), SystemTime::UNIX_EPOCH))
+    }
+
+    #[test]
+    fn views_are_shared_and_ids_never_reused() {
+        let reg = Registry::default();
+        let a = Digest::of(b"a");
+        let r1 = reg.register(spec("one"), vec![a], ok).unwrap();
+        let r2 = reg
+            .register(spec("two"), vec![a], || -> Result<_, std::io::Error> {
+                panic!("must reuse the view")
+            })
+            .unwrap();
+        assert!(Arc::ptr_eq(&r1.view, &r2.view));
+        assert!(matches!(
+            reg.register(spec("one"), vec![], ok),
+            Err(RegistryError::Exists(_))
+        ));
+        let first_id = r1.view.id;
+        drop((r1, r2));
+        reg.remove("one");
+        reg.remove("two");
+        assert_eq!(reg.view_count(), 0);
+        let r3 = reg.register(spec("three"), vec![a], ok).unwrap();
+        assert_ne!(r3.view.id, first_id, "a new view gets a new id");
+    }
+}

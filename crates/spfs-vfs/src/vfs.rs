@@ -1,0 +1,418 @@
+//! The filesystem operations, answered from one caller's view.
+//!
+//! Every operation takes the caller's view (`None` for a caller in no
+//! runtime, who sees an empty root) and a node id. A node id from another
+//! view is refused as if it did not exist. Answers carry cache lifetimes:
+//!
+//! - the root is shared by every view, so its attributes and the names
+//!   directly in it are never cached (lifetime zero): each lookup of
+//!   `/spfs/NAME` asks again, and a kernel that kept another view's answer
+//!   revalidates it, sees a different node id, and drops it;
+//! - every other node belongs to one immutable view, so its attributes,
+//!   names, symlink targets and pages are cached for [`LONG_TTL`].
+
+use std::fs::File;
+use std::time::{Duration, SystemTime};
+
+use spfs_model::{Entry, EntryKind, Tree};
+use spfs_storage::FsRepository;
+
+use crate::handles::Handles;
+use crate::node::{self, ROOT};
+use crate::registry::Registry;
+use crate::view::View;
+
+/// How long answers about content-addressed nodes may be cached.
+pub const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The cache lifetime of answers that differ between views.
+pub const NO_TTL: Duration = Duration::ZERO;
+
+/// What a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// The attributes of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub node: u64,
+    pub kind: NodeKind,
+    /// Permission bits (no file type bits).
+    pub perm: u16,
+    pub size: u64,
+    pub nlink: u32,
+    pub mtime: SystemTime,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Why an operation failed, in terms every platform can map.
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("not a symbolic link")]
+    NotSymlink,
+    #[error("read-only filesystem")]
+    ReadOnly,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("payload {0} is not available locally")]
+    MissingPayload(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl VfsError {
+    /// The POSIX error number.
+    pub fn errno(&self) -> i32 {
+        match self {
+            VfsError::NotFound => libc_consts::ENOENT,
+            VfsError::NotDir => libc_consts::ENOTDIR,
+            VfsError::IsDir => libc_consts::EISDIR,
+            VfsError::NotSymlink => libc_consts::EINVAL,
+            VfsError::ReadOnly => libc_consts::EROFS,
+            VfsError::BadHandle => libc_consts::EBADF,
+            VfsError::MissingPayload(_) => libc_consts::EIO,
+            VfsError::Io(e) => e.raw_os_error().unwrap_or(libc_consts::EIO),
+        }
+    }
+}
+
+/// POSIX error numbers (identical on every Unix we target; a WinFSP host
+/// maps [`VfsError`] variants to NTSTATUS values instead).
+mod libc_consts {
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EBADF: i32 = 9;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const EROFS: i32 = 30;
+}
+
+/// Filesystem-wide numbers for `statfs`.
+#[derive(Clone, Copy, Debug)]
+pub struct FsStats {
+    pub blocks: u64,
+    pub files: u64,
+    pub block_size: u32,
+    pub name_max: u32,
+}
+
+/// The filesystem of one service: the repository, the runtimes, open files.
+pub struct Vfs {
+    repo: FsRepository,
+    pub registry: Registry,
+    pub handles: Handles,
+    started: SystemTime,
+}
+
+type Result<T, E = VfsError> = std::result::Result<T, E>;
+
+/// A resolved node: the root, or an entry of a view.
+enum Node<'a> {
+    Root,
+    Entry(&'a View, u32, &'a Entry),
+}
+
+impl Vfs {
+    pub fn new(repo: FsRepository) -> Self {
+        Vfs {
+            repo,
+            registry: Registry::default(),
+            handles: Handles::default(),
+            started: SystemTime::now(),
+        }
+    }
+
+    pub fn repo(&self) -> &FsRepository {
+        &self.repo
+    }
+
+    fn resolve<'a>(view: Option<&'a View>, node: u64) -> Result<Node<'a>> {
+        if node == ROOT {
+            return Ok(Node::Root);
+        }
+        let (vid, index) = node::split(node).ok_or(VfsError::NotFound)?;
+        let view = view.filter(|v| v.id == vid).ok_or(VfsError::NotFound)?;
+        let entry = view
+            .tree
+            .entries()
+            .get(index as usize)
+            .ok_or(VfsError::NotFound)?;
+        Ok(Node::Entry(view, index, entry))
+    }
+
+    /// The directory number (in the view's tree) of a directory node.
+    fn dir_of(node: &Node<'_>) -> Result<u32> {
+        match node {
+            Node::Root => Ok(0),
+            Node::Entry(_, _, e) if e.kind == EntryKind::Dir => Ok(e.dir),
+            Node::Entry(..) => Err(VfsError::NotDir),
+        }
+    }
+
+    fn subdirs(tree: &Tree, dir: u32) -> u32 {
+        tree.children(dir)
+            .iter()
+            .filter(|e| e.kind == EntryKind::Dir)
+            .count() as u32
+    }
+
+    fn root_attr(&self, view: Option<&View>) -> Attr {
+        Attr {
+            node: ROOT,
+            kind: NodeKind::Dir,
+            perm: 0o755,
+            size: 0,
+            nlink: 2 + view.map(|v| Self::subdirs(&v.tree, 0)).unwrap_or(0),
+            mtime: view.map(|v| v.mtime).unwrap_or(self.started),
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn entry_attr(view: &View, index: u32, e: &Entry) -> Attr {
+        let kind = match e.kind {
+            EntryKind::Dir => NodeKind::Dir,
+            EntryKind::Symlink => NodeKind::Symlink,
+            _ => NodeKind::File,
+        };
+        Attr {
+            node: node::node_id(view.id, index),
+            kind,
+            perm: (e.mode & 0o7777) as u16,
+            size: e.size,
+            nlink: match kind {
+                NodeKind::Dir => 2 + Self::subdirs(&view.tree, e.dir),
+                _ => 1,
+            },
+            mtime: view.mtime,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    /// Find `name` in directory `parent`. Returns the attributes, the
+    /// lifetime of the name and the lifetime of the attributes.
+    pub fn lookup(
+        &self,
+        view: Option<&View>,
+        parent: u64,
+        name: &[u8],
+    ) -> Result<(Attr, Duration, Duration)> {
+        let p = Self::resolve(view, parent)?;
+        let dir = Self::dir_of(&p)?;
+        let view = view.ok_or(VfsError::NotFound)?;
+        let index = view.tree.find(dir, name).ok_or(VfsError::NotFound)?;
+        let e = &view.tree.entries()[index as usize];
+        let entry_ttl = if parent == ROOT { NO_TTL } else { LONG_TTL };
+        Ok((Self::entry_attr(view, index, e), entry_ttl, LONG_TTL))
+    }
+
+    /// The attributes of a node and how long they may be cached.
+    pub fn getattr(&self, view: Option<&View>, node: u64) -> Result<(Attr, Duration)> {
+        match Self::resolve(view, node)? {
+            Node::Root => Ok((self.root_attr(view), NO_TTL)),
+            Node::Entry(v, i, e) => Ok((Self::entry_attr(v, i, e), LONG_TTL)),
+        }
+    }
+
+    /// Whether a directory's listing may be cached (it is the same for
+    /// every caller who can reach it).
+    pub fn dir_listing_cacheable(node: u64) -> bool {
+        node != ROOT
+    }
+
+    /// Check that `node` is a directory the caller can list.
+    pub fn opendir(&self, view: Option<&View>, node: u64) -> Result<()> {
+        Self::dir_of(&Self::resolve(view, node)?).map(|_| ())
+    }
+
+    /// List a directory from `offset` on. `add(node, next_offset, kind,
+    /// name)` receives each entry (`.` and `..` first) and returns true when
+    /// the platform's buffer is full.
+    pub fn readdir(
+        &self,
+        view: Option<&View>,
+        node: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, NodeKind, &[u8]) -> bool,
+    ) -> Result<()> {
+        let n = Self::resolve(view, node)?;
+        let dir = Self::dir_of(&n)?;
+        let parent_node = match (&n, view) {
+            (Node::Entry(v, _, _), Some(_)) => Self::parent_node(v, dir),
+            _ => ROOT,
+        };
+        let mut pos = offset;
+        if pos == 0 {
+            if add(node, 1, NodeKind::Dir, b".") {
+                return Ok(());
+            }
+            pos = 1;
+        }
+        if pos == 1 {
+            if add(parent_node, 2, NodeKind::Dir, b"..") {
+                return Ok(());
+            }
+            pos = 2;
+        }
+        let Some(view) = view else { return Ok(()) };
+        let start = view.tree.children_start(dir);
+        let kids = view.tree.children(dir);
+        for (k, e) in kids.iter().enumerate().skip((pos - 2) as usize) {
+            let attr = Self::entry_attr(view, start + k as u32, e);
+            if add(attr.node, k as u64 + 3, attr.kind, &e.name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node id of the parent of directory `dir` of a view.
+    fn parent_node(view: &View, dir: u32) -> u64 {
+        let span = view.tree.dirs()[dir as usize];
+        if span.parent == 0 {
+            return ROOT;
+        }
+        let grand = view.tree.dirs()[span.parent as usize].parent;
+        let start = view.tree.children_start(grand);
+        view.tree
+            .children(grand)
+            .iter()
+            .position(|e| e.kind == EntryKind::Dir && e.dir == span.parent)
+            .map(|k| node::node_id(view.id, start + k as u32))
+            .unwrap_or(ROOT)
+    }
+
+    /// The target of a symbolic link.
+    pub fn readlink(&self, view: Option<&View>, node: u64) -> Result<Vec<u8>> {
+        match Self::resolve(view, node)? {
+            Node::Entry(_, _, e) if e.kind == EntryKind::Symlink => {
+                let path = self.repo.payload_path(&e.object);
+                std::fs::read(&path).map_err(|err| match err.kind() {
+                    std::io::ErrorKind::NotFound => VfsError::MissingPayload(e.object.to_string()),
+                    _ => VfsError::Io(err),
+                })
+            }
+            _ => Err(VfsError::NotSymlink),
+        }
+    }
+
+    /// Open the payload of a file for reading.
+    pub fn open(&self, view: Option<&View>, node: u64, write: bool) -> Result<File> {
+        match Self::resolve(view, node)? {
+            Node::Root => Err(VfsError::IsDir),
+            Node::Entry(_, _, e) => match e.kind {
+                EntryKind::Dir => Err(VfsError::IsDir),
+                _ if write => Err(VfsError::ReadOnly),
+                _ => self.repo.open_payload(&e.object).map_err(|err| match err {
+                    spfs_storage::StorageError::UnknownObject(d) => {
+                        VfsError::MissingPayload(d.to_string())
+                    }
+                    spfs_storage::StorageError::Io { source, .. } => VfsError::Io(source),
+                    other => VfsError::Io(std::io::Error::other(other.to_string())),
+                }),
+            },
+        }
+    }
+
+    /// Numbers for `statfs`: the caller's view's size.
+    pub fn statfs(&self, view: Option<&View>) -> FsStats {
+        let (bytes, files) = view
+            .map(|v| (v.tree.total_size(), v.tree.len() as u64))
+            .unwrap_or((0, 0));
+        FsStats {
+            blocks: bytes.div_ceil(4096),
+            files,
+            block_size: 4096,
+            name_max: 255,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::RuntimeSpec;
+    use spfs_model::{Digest, TreeBuilder};
+
+    fn view_with(vfs: &Vfs, name: &str, content: &[u8]) -> std::sync::Arc<crate::Runtime> {
+        let d = vfs.repo().write_blob(content).unwrap();
+        let mut b = TreeBuilder::new();
+        b.add(
+            b"dir/file",
+            EntryKind::File,
+            0o100644,
+            content.len() as u64,
+            d,
+        )
+        .unwrap();
+        let tree = b.build().unwrap();
+        vfs.registry
+            .register(
+                RuntimeSpec {
+                    name: name.into(),
+                    spec: String::new(),
+                    root_pid: 1,
+                    owner_uid: 0,
+                },
+                vec![Digest::of(content)],
+                || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn views_are_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let a = view_with(&vfs, "a", b"alpha");
+        let b = view_with(&vfs, "b", b"beta!!");
+        let (da, ttl, _) = vfs.lookup(Some(&a.view), ROOT, b"dir").unwrap();
+        assert_eq!(ttl, NO_TTL, "names in the shared root are never cached");
+        let (db, _, _) = vfs.lookup(Some(&b.view), ROOT, b"dir").unwrap();
+        assert_ne!(da.node, db.node);
+        let (fa, ttl, _) = vfs.lookup(Some(&a.view), da.node, b"file").unwrap();
+        assert_eq!(ttl, LONG_TTL);
+        assert_eq!(fa.size, 5);
+        // b's process presenting a's node is refused.
+        assert!(matches!(
+            vfs.lookup(Some(&b.view), da.node, b"file"),
+            Err(VfsError::NotFound)
+        ));
+        assert!(matches!(
+            vfs.getattr(None, fa.node),
+            Err(VfsError::NotFound)
+        ));
+        // An outsider sees an empty root.
+        assert!(matches!(
+            vfs.lookup(None, ROOT, b"dir"),
+            Err(VfsError::NotFound)
+        ));
+        let mut names = Vec::new();
+        vfs.readdir(None, ROOT, 0, |_, _, _, n| {
+            names.push(n.to_vec());
+            false
+        })
+        .unwrap();
+        assert_eq!(names, [b".".to_vec(), b"..".to_vec()]);
+        let mut f = vfs.open(Some(&a.view), fa.node, false).unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+        assert_eq!(s, "alpha");
+        assert!(matches!(
+            vfs.open(Some(&a.view), fa.node, true),
+            Err(VfsError::ReadOnly)
+        ));
+    }
+}

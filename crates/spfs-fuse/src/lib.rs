@@ -1,1 +1,16 @@
-//! (placeholder)
+//! The Linux host of the spfs VFS service.
+//!
+//! - [`service`]: the service process (mount, control plane, cleanup);
+//! - [`host`]: the FUSE adapter over the platform-neutral `spfs-vfs` core;
+//! - [`route`]: which runtime a calling thread belongs to (pidfd + cgroup);
+//! - [`cgroup`]: the runtimes' cgroups and the watcher that notices when a
+//!   runtime's process tree has exited;
+//! - [`mounts`]: finding and clearing stale mounts;
+//! - [`launch`]: starting the service on demand from a client, without races.
+
+pub mod cgroup;
+pub mod host;
+pub mod launch;
+pub mod mounts;
+pub mod route;
+pub mod service;

@@ -110,7 +110,7 @@ pub struct FsStats {
 /// The filesystem of one service: the repository, the runtimes, open files.
 pub struct Vfs {
     repo: FsRepository,
-    pub registry: Registry,
+    pub registry: std::sync::Arc<Registry>,
     pub handles: Handles,
     started: SystemTime,
 }
@@ -127,7 +127,7 @@ impl Vfs {
     pub fn new(repo: FsRepository) -> Self {
         Vfs {
             repo,
-            registry: Registry::default(),
+            registry: std::sync::Arc::default(),
             handles: Handles::default(),
             started: SystemTime::now(),
         }

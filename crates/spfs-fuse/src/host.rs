@@ -1,0 +1,307 @@
+//! The FUSE host: adapts `fuser` requests to the platform-neutral core.
+//!
+//! Each request is routed to its caller's runtime ([`crate::route`]) and
+//! answered by [`spfs_vfs::Vfs`] from that runtime's view, with the cache
+//! lifetimes the core chose. File contents go through FUSE passthrough when
+//! the kernel offers it (reads never reach this process), and through a
+//! handle table with the kernel's page cache kept otherwise.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use spfs_vfs::{Attr, NodeKind, Runtime, Vfs, VfsError};
+
+use crate::route::Router;
+
+/// The filesystem served on the mount.
+pub struct FuseHost {
+    vfs: Arc<Vfs>,
+    router: Arc<Router>,
+    /// Whether to try passthrough (configuration).
+    want_passthrough: bool,
+    /// Whether the kernel granted passthrough (set at init).
+    passthrough: Arc<AtomicBool>,
+    /// Backing files registered for passthrough, by handle.
+    backing: Mutex<HashMap<u64, BackingId>>,
+    next_fh: AtomicU64,
+    /// Every request answered.
+    pub requests: Arc<AtomicU64>,
+}
+
+fn errno(e: VfsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let kind = match a.kind {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
+    };
+    FileAttr {
+        ino: INodeNo(a.node),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind,
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn file_type(k: NodeKind) -> FileType {
+    match k {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
+    }
+}
+
+impl FuseHost {
+    pub fn new(vfs: Arc<Vfs>, router: Arc<Router>, want_passthrough: bool) -> Self {
+        FuseHost {
+            vfs,
+            router,
+            want_passthrough,
+            passthrough: Arc::new(AtomicBool::new(false)),
+            backing: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1 << 62),
+            requests: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Whether passthrough is in use (known after the mount's init).
+    pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
+        self.passthrough.clone()
+    }
+
+    /// The caller's runtime, counting the request.
+    fn caller(&self, req: &Request) -> Option<Arc<Runtime>> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let rt = self.router.route(req.pid());
+        if let Some(rt) = &rt {
+            rt.count_request();
+        }
+        rt
+    }
+}
+
+impl Filesystem for FuseHost {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.want_passthrough
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        tracing::info!(
+            passthrough = self.passthrough.load(Ordering::Relaxed),
+            "FUSE session initialised"
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let rt = self.caller(req);
+        match self
+            .vfs
+            .lookup(rt.as_ref().map(|r| &*r.view), parent.0, name.as_bytes())
+        {
+            Ok((attr, entry_ttl, attr_ttl)) => {
+                reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&attr), Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let rt = self.caller(req);
+        match self.vfs.getattr(rt.as_ref().map(|r| &*r.view), ino.0) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let rt = self.caller(req);
+        match self.vfs.readlink(rt.as_ref().map(|r| &*r.view), ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let rt = self.caller(req);
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        let file = match self.vfs.open(rt.as_ref().map(|r| &*r.view), ino.0, write) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        if self.passthrough.load(Ordering::Relaxed) {
+            match reply.open_backing(&file) {
+                Ok(id) => {
+                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    // The kernel resolves the backing id after our reply:
+                    // keep it registered until the file is released.
+                    self.backing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(fh, id);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "passthrough refused ({e}); serving reads in user space from now on"
+                    );
+                    self.passthrough.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        let fh = self.vfs.handles.insert(file);
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        // The handle was made for this caller's view at open.
+        match self.vfs.handles.read(fh.0, offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if self
+            .backing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0)
+            .is_none()
+        {
+            self.vfs.handles.remove(fh.0);
+        }
+        reply.ok();
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let rt = self.caller(req);
+        match self.vfs.opendir(rt.as_ref().map(|r| &*r.view), ino.0) {
+            Ok(()) => {
+                let flags = if Vfs::dir_listing_cacheable(ino.0) {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(0), flags)
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let rt = self.caller(req);
+        let res = self.vfs.readdir(
+            rt.as_ref().map(|r| &*r.view),
+            ino.0,
+            offset,
+            |node, next, kind, name| {
+                reply.add(
+                    INodeNo(node),
+                    next,
+                    file_type(kind),
+                    OsStr::from_bytes(name),
+                )
+            },
+        );
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let rt = self.caller(req);
+        let s = self.vfs.statfs(rt.as_ref().map(|r| &*r.view));
+        reply.statfs(
+            s.blocks,
+            0,
+            0,
+            s.files,
+            0,
+            s.block_size,
+            s.name_max,
+            s.block_size,
+        );
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        // No extended attributes: ENOSYS makes the kernel stop asking.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+}
+
+/// Time helpers shared with the service.
+pub fn since(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}

@@ -1,0 +1,70 @@
+//! The mount point: finding and clearing a mount left by a dead service.
+
+use std::io;
+use std::path::Path;
+
+/// The filesystem type mounted at `path`, if something is mounted there.
+pub fn mounted_type(path: &Path) -> io::Result<Option<String>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = path.to_string_lossy();
+    let mut found = None;
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if left.split_whitespace().nth(4).map(unescape).as_deref() == Some(&*want) {
+            // The last matching line is the topmost mount.
+            found = right.split_whitespace().next().map(str::to_string);
+        }
+    }
+    Ok(found)
+}
+
+/// mountinfo escapes spaces and a few other bytes as octal `\NNN`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Prepare `path` for a new mount: create it, and detach a FUSE mount left
+/// there by a service that died. Returns whether a stale mount was removed.
+/// Another kind of filesystem mounted there is an error.
+pub fn prepare_mountpoint(path: &Path) -> io::Result<bool> {
+    // A dead FUSE mount answers ENOTCONN to stat; create_dir_all would fail.
+    let mut removed = false;
+    while let Some(kind) = mounted_type(path)? {
+        if !kind.starts_with("fuse") {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} already has a {kind} filesystem mounted on it",
+                    path.display()
+                ),
+            ));
+        }
+        tracing::warn!("detaching a stale {kind} mount at {}", path.display());
+        rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(|e| {
+            io::Error::other(format!(
+                "cannot detach the stale mount at {}: {e}",
+                path.display()
+            ))
+        })?;
+        removed = true;
+    }
+    std::fs::create_dir_all(path)?;
+    Ok(removed)
+}

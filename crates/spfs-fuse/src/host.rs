@@ -30,12 +30,21 @@ pub struct FuseHost {
     want_passthrough: bool,
     /// Whether the kernel granted passthrough (set at init).
     passthrough: Arc<AtomicBool>,
-    /// Backing files registered for passthrough, by handle.
-    backing: Mutex<HashMap<u64, BackingId>>,
-    next_fh: AtomicU64,
+    /// Backing files registered for passthrough, by node: the kernel
+    /// requires every open file of one inode to use the same backing file.
+    backing: Mutex<HashMap<u64, Backing>>,
     /// Every request answered.
     pub requests: Arc<AtomicU64>,
 }
+
+/// A registered backing file and how many open files use it.
+struct Backing {
+    id: BackingId,
+    opens: u32,
+}
+
+/// The file handle bit that marks a passthrough open.
+const PASSTHROUGH_FH: u64 = 1 << 63;
 
 fn errno(e: VfsError) -> Errno {
     Errno::from_i32(e.errno())
@@ -82,7 +91,6 @@ impl FuseHost {
             want_passthrough,
             passthrough: Arc::new(AtomicBool::new(false)),
             backing: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1 << 62),
             requests: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -158,16 +166,18 @@ impl Filesystem for FuseHost {
             Err(e) => return reply.error(errno(e)),
         };
         if self.passthrough.load(Ordering::Relaxed) {
+            // Held across the reply, so that a concurrent release cannot
+            // close the backing id between lookup and reply.
+            let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = backing.get_mut(&ino.0) {
+                b.opens += 1;
+                reply.opened_passthrough(FileHandle(PASSTHROUGH_FH), FopenFlags::empty(), &b.id);
+                return;
+            }
             match reply.open_backing(&file) {
                 Ok(id) => {
-                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                    // The kernel resolves the backing id after our reply:
-                    // keep it registered until the file is released.
-                    self.backing
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(fh, id);
+                    reply.opened_passthrough(FileHandle(PASSTHROUGH_FH), FopenFlags::empty(), &id);
+                    backing.insert(ino.0, Backing { id, opens: 1 });
                     return;
                 }
                 Err(e) => {
@@ -203,20 +213,23 @@ impl Filesystem for FuseHost {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if self
-            .backing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0)
-            .is_none()
-        {
+        if fh.0 & PASSTHROUGH_FH != 0 {
+            let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = backing.get_mut(&ino.0) {
+                b.opens = b.opens.saturating_sub(1);
+                if b.opens == 0 {
+                    // Dropping the id unregisters the backing file.
+                    backing.remove(&ino.0);
+                }
+            }
+        } else {
             self.vfs.handles.remove(fh.0);
         }
         reply.ok();
@@ -278,6 +291,18 @@ impl Filesystem for FuseHost {
             s.name_max,
             s.block_size,
         );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written; ENOSYS makes the kernel stop asking.
+        reply.error(Errno::ENOSYS);
     }
 
     fn getxattr(

@@ -339,6 +339,26 @@ impl ControlHandler for Handler {
     }
 }
 
+/// Hold an exclusive lock on `path` for this process's life.
+fn take_service_lock(path: &std::path::Path) -> Result<std::fs::File, ServiceError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err(format!("cannot open lock {}", path.display())))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            Err(ServiceError::AlreadyRunning(path.display().to_string()))
+        }
+        Err(e) => Err(io_err(format!("cannot lock {}", path.display()))(e.into())),
+    }
+}
+
 /// Run the service until it is told to stop. Blocks.
 pub fn run(config: &Config) -> Result<(), ServiceError> {
     let listen: Listen = config
@@ -366,7 +386,13 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         ),
         Listen::Unix(_) => None,
     };
-    // 1. The control socket is the lock: a second service stops here.
+    // 1. One service per control address: a second one stops here. The
+    //    lock is released by the kernel if this process dies.
+    let lock_path = match &listen {
+        Listen::Unix(p) => p.with_extension("lock"),
+        Listen::Tcp(_) => config.vfs.token_file.with_extension("lock"),
+    };
+    let _lock = take_service_lock(&lock_path)?;
     let bound = match runtime.block_on(spfs_control::bind(&listen, token)) {
         Err(spfs_control::ControlError::AlreadyRunning(l)) => {
             return Err(ServiceError::AlreadyRunning(l.to_string()));

@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 use spfs_vfs::{Attr, NodeKind, Runtime, Vfs, VfsError};
 
@@ -115,6 +116,8 @@ impl Filesystem for FuseHost {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         if self.want_passthrough
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -259,19 +262,45 @@ impl Filesystem for FuseHost {
         mut reply: ReplyDirectory,
     ) {
         let rt = self.caller(req);
-        let res = self.vfs.readdir(
-            rt.as_ref().map(|r| &*r.view),
-            ino.0,
-            offset,
-            |node, next, kind, name| {
+        let res = self
+            .vfs
+            .readdir(rt.as_ref().map(|r| &*r.view), ino.0, offset, |item| {
                 reply.add(
-                    INodeNo(node),
-                    next,
-                    file_type(kind),
-                    OsStr::from_bytes(name),
+                    INodeNo(item.attr.node),
+                    item.next,
+                    file_type(item.attr.kind),
+                    OsStr::from_bytes(item.name),
                 )
-            },
-        );
+            });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        // Names and attributes in one answer: a `find`-style walk needs no
+        // separate lookup per entry.
+        let rt = self.caller(req);
+        let res = self
+            .vfs
+            .readdir(rt.as_ref().map(|r| &*r.view), ino.0, offset, |item| {
+                reply.add(
+                    INodeNo(item.attr.node),
+                    item.next,
+                    OsStr::from_bytes(item.name),
+                    &item.ttl,
+                    &file_attr(&item.attr),
+                    Generation(0),
+                )
+            });
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),

@@ -26,5 +26,5 @@ pub mod vfs;
 pub mod view;
 
 pub use registry::{Registry, Runtime, RuntimeSpec};
-pub use vfs::{Attr, NodeKind, Vfs, VfsError};
+pub use vfs::{Attr, DirItem, NodeKind, Vfs, VfsError};
 pub use view::View;

@@ -98,6 +98,17 @@ mod libc_consts {
     pub const EROFS: i32 = 30;
 }
 
+/// One entry of a directory listing.
+#[derive(Clone, Copy, Debug)]
+pub struct DirItem<'a> {
+    pub name: &'a [u8],
+    pub attr: Attr,
+    /// The offset at which a listing continues after this entry.
+    pub next: u64,
+    /// How long the name and attributes may be cached.
+    pub ttl: Duration,
+}
+
 /// Filesystem-wide numbers for `statfs`.
 #[derive(Clone, Copy, Debug)]
 pub struct FsStats {
@@ -237,31 +248,43 @@ impl Vfs {
         Self::dir_of(&Self::resolve(view, node)?).map(|_| ())
     }
 
-    /// List a directory from `offset` on. `add(node, next_offset, kind,
-    /// name)` receives each entry (`.` and `..` first) and returns true when
-    /// the platform's buffer is full.
+    /// List a directory from `offset` on. `add` receives each entry (`.`
+    /// and `..` first) and returns true when the platform's buffer is full.
     pub fn readdir(
         &self,
         view: Option<&View>,
         node: u64,
         offset: u64,
-        mut add: impl FnMut(u64, u64, NodeKind, &[u8]) -> bool,
+        mut add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<()> {
         let n = Self::resolve(view, node)?;
         let dir = Self::dir_of(&n)?;
-        let parent_node = match (&n, view) {
-            (Node::Entry(v, _, _), Some(_)) => Self::parent_node(v, dir),
-            _ => ROOT,
-        };
+        let ttl = if node == ROOT { NO_TTL } else { LONG_TTL };
         let mut pos = offset;
         if pos == 0 {
-            if add(node, 1, NodeKind::Dir, b".") {
+            let (attr, _) = self.getattr(view, node)?;
+            if add(DirItem {
+                name: b".",
+                attr,
+                next: 1,
+                ttl,
+            }) {
                 return Ok(());
             }
             pos = 1;
         }
         if pos == 1 {
-            if add(parent_node, 2, NodeKind::Dir, b"..") {
+            let parent = match (&n, view) {
+                (Node::Entry(v, _, _), Some(_)) => Self::parent_node(v, dir),
+                _ => ROOT,
+            };
+            let (attr, _) = self.getattr(view, parent)?;
+            if add(DirItem {
+                name: b"..",
+                attr,
+                next: 2,
+                ttl,
+            }) {
                 return Ok(());
             }
             pos = 2;
@@ -271,7 +294,12 @@ impl Vfs {
         let kids = view.tree.children(dir);
         for (k, e) in kids.iter().enumerate().skip((pos - 2) as usize) {
             let attr = Self::entry_attr(view, start + k as u32, e);
-            if add(attr.node, k as u64 + 3, attr.kind, &e.name) {
+            if add(DirItem {
+                name: &e.name,
+                attr,
+                next: k as u64 + 3,
+                ttl,
+            }) {
                 break;
             }
         }
@@ -400,8 +428,8 @@ mod tests {
             Err(VfsError::NotFound)
         ));
         let mut names = Vec::new();
-        vfs.readdir(None, ROOT, 0, |_, _, _, n| {
-            names.push(n.to_vec());
+        vfs.readdir(None, ROOT, 0, |item| {
+            names.push(item.name.to_vec());
             false
         })
         .unwrap();

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building, testing and benchmarking spfs need on a fresh
+# Debian machine (run as root). Safe to run again: it installs only what is
+# missing.
+set -euo pipefail
+
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
+command -v openssl >/dev/null || need+=(openssl)
+command -v pgrep >/dev/null || need+=(procps)
+if [ "${1:-}" = "--bench" ]; then
+  command -v squashfuse >/dev/null || need+=(squashfuse)
+  command -v mksquashfs >/dev/null || need+=(squashfs-tools)
+  command -v hyperfine >/dev/null || need+=(hyperfine)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The FUSE device must exist (it does on any kernel with FUSE built in).
+if [ ! -e /dev/fuse ]; then
+  modprobe fuse 2>/dev/null || true
+fi
+command -v cargo >/dev/null || { echo "cargo (Rust) is required: install it with rustup" >&2; exit 1; }
+echo "setup complete"

@@ -141,10 +141,47 @@ fn read_layer(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_path_buf(),
         message,
     };
-    let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    // Check this layer alone, so that the error names this file.
-    Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| invalid(e.to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(describe(&e, &text)))?;
+    // Check this layer alone, so that the error names this file. Checking
+    // the parsed table names the key; checking the text gives its line.
+    if let Err(e) = Config::deserialize(toml::Value::Table(table.clone())) {
+        let mut message = describe(&e, &text);
+        if let Err(located) = toml::from_str::<Config>(&text)
+            && let Some(at) = located.span().map(|s| line_col(&text, s.start))
+        {
+            message = format!("{at}: {message}");
+        }
+        return Err(invalid(message));
+    }
     Ok(table)
+}
+
+/// `line L, column C` of a byte offset (both from 1).
+fn line_col(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}")
+}
+
+/// A TOML error as one line: where it is, the key, and what is wrong.
+fn describe(e: &toml::de::Error, text: &str) -> String {
+    let shown = e.to_string();
+    let key = shown
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("in `"))
+        .and_then(|l| l.strip_suffix('`'));
+    let mut out = String::new();
+    if let Some(span) = e.span() {
+        out.push_str(&line_col(text, span.start));
+        out.push_str(": ");
+    }
+    if let Some(key) = key {
+        out.push_str(&format!("key `{key}`: "));
+    }
+    out.push_str(&e.message().replace('\n', " "));
+    out
 }
 
 /// The files read, in order, given the environment.
@@ -282,14 +319,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("spfs.toml") && err.contains("rot"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
         std::fs::write(&file, "[vfs]\nthreads = \"many\"\n").unwrap();
         let err = Config::load_with(&env_from(&[("SPFS_CONFIG", &f)]))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("spfs.toml") && err.contains("threads"),
+            err.contains("spfs.toml") && err.contains("vfs.threads") && err.contains("line 2"),
             "{err}"
         );
+        assert!(!err.contains('\n'), "one line: {err}");
+        std::fs::write(&file, "[vfs\n").unwrap();
+        let err = Config::load_with(&env_from(&[("SPFS_CONFIG", &f)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spfs.toml") && err.contains("line 1"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
         let err = Config::load_with(&env_from(&[("SPFS_VFS_THREADS", "x")]))
             .unwrap_err()
             .to_string();

@@ -32,7 +32,9 @@ pub fn merge(layers: &[&Tree]) -> Tree {
         .last()
         .map(|t| t.dirs()[0].mode)
         .unwrap_or(crate::tree::DEFAULT_DIR_MODE);
-    let mut queue: VecDeque<(Vec<(usize, u32)>, u32, u32)> = VecDeque::new();
+    // (contributing (layer, dir) pairs, parent dir, mode) per directory.
+    type Pending = (Vec<(usize, u32)>, u32, u32);
+    let mut queue: VecDeque<Pending> = VecDeque::new();
     queue.push_back(((0..layers.len()).map(|l| (l, 0)).collect(), 0, root_mode));
     let mut next_dir: u32 = 1;
     while let Some((contributors, parent, mode)) = queue.pop_front() {

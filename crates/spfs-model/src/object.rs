@@ -37,6 +37,20 @@ impl ObjectKind {
     }
 }
 
+impl ObjectKind {
+    /// The kind of an encoded object from its header alone, without
+    /// decoding the body (a cheap way to list objects by kind).
+    pub fn peek(bytes: &[u8]) -> Result<ObjectKind, DecodeError> {
+        let mut r = Reader::new(bytes);
+        match r.header()? {
+            1 => Ok(ObjectKind::Manifest),
+            2 => Ok(ObjectKind::Layer),
+            3 => Ok(ObjectKind::Platform),
+            k => Err(DecodeError::UnknownKind(k)),
+        }
+    }
+}
+
 impl fmt::Display for ObjectKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -20,6 +20,8 @@ pub enum SpecError {
     InvalidTag(String),
     #[error("invalid reference '{0}' in environment spec")]
     InvalidItem(String),
+    #[error(transparent)]
+    InvalidDigest(#[from] crate::digest::DigestError),
     #[error("cannot read spec file {path}: {source}")]
     ReadFile {
         path: PathBuf,
@@ -91,6 +93,17 @@ impl SpecItem {
             && let Ok(p) = PartialDigest::parse(text)
         {
             return Ok(SpecItem::Partial(p));
+        }
+        // Padding, or the length of a digest in digest-like characters: a
+        // mistyped digest, not a tag.
+        let digest_like = text.len() == crate::digest::DIGEST_TEXT_LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'=');
+        if text.contains('=') || digest_like {
+            return Err(SpecError::InvalidDigest(
+                crate::digest::DigestError::Invalid(text.to_string()),
+            ));
         }
         TagSpec::parse(text)
             .map(SpecItem::Tag)

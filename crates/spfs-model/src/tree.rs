@@ -483,7 +483,9 @@ impl TreeBuilder {
     pub fn build(self) -> Result<Tree, TreeError> {
         let mut entries = Vec::new();
         let mut dirs = Vec::new();
-        let mut queue: VecDeque<(BTreeMap<Box<[u8]>, BuildNode>, u32, u32)> = VecDeque::new();
+        // (children, parent dir, mode) per directory.
+        type Pending = (BTreeMap<Box<[u8]>, BuildNode>, u32, u32);
+        let mut queue: VecDeque<Pending> = VecDeque::new();
         queue.push_back((self.root, 0, self.root_mode));
         let mut next_dir: u32 = 1;
         let mut this_dir: u32 = 0;

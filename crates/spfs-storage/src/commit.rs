@@ -1,11 +1,15 @@
 //! Committing a directory tree as a layer.
 //!
 //! The tree is walked once to learn its shape, then every file is hashed and
-//! copied into the repository in parallel on all cores, each file read
-//! exactly once. Payloads are staged in temporary files and made durable in
-//! batches (one `syncfs` per batch instead of one `fsync` per file) before
-//! they are renamed into place; the manifest and layer objects are written
-//! only after every payload they name is durable.
+//! copied into the repository in parallel, each file read exactly once. The
+//! staging pool has more threads than cores (see [`store_dir`]) because it
+//! waits on the disk as much as it computes. Small payloads are staged in
+//! temporary files and made durable in batches (one `syncfs` per batch
+//! instead of one `fsync` per file); large ones are hashed on one thread
+//! while another writes them (with direct I/O where possible) and are made
+//! durable one by one (see [`FsRepository::stage_payload`]). Only durable
+//! payloads are renamed into place, and the manifest and layer objects are
+//! written only after every payload they name is durable under its name.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -23,6 +27,10 @@ use crate::fs::{FsRepository, PendingPayload};
 const BATCH_FILES: usize = 4096;
 /// Bytes staged before one durability barrier.
 const BATCH_BYTES: u64 = 512 << 20;
+
+/// The fewest and most threads that stage files (see [`store_dir`]).
+const STAGE_THREADS_MIN: usize = 16;
+const STAGE_THREADS_MAX: usize = 64;
 
 /// Receives progress while a commit runs.
 pub trait Progress: Sync {
@@ -129,6 +137,15 @@ pub fn store_dir(repo: &FsRepository, dir: &Path, progress: &dyn Progress) -> Re
     let mut jobs = Vec::new();
     walk(dir, &mut builder, &mut jobs)?;
     progress.start(jobs.len() as u64, jobs.iter().map(|j| j.size).sum());
+    // Staging waits on the disk as much as it computes (opening, reading
+    // cold files, creating temporary files), so it runs on more threads
+    // than there are cores: reads of a cold tree then overlap.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads((cores * 4).clamp(STAGE_THREADS_MIN, STAGE_THREADS_MAX))
+        .thread_name(|i| format!("spfs-stage-{i}"))
+        .build()
+        .ok();
     // Batches bounded by count and bytes, each with one durability barrier.
     let mut stored: Vec<(Digest, u64)> = Vec::with_capacity(jobs.len());
     let mut start = 0;
@@ -140,14 +157,20 @@ pub fn store_dir(repo: &FsRepository, dir: &Path, progress: &dyn Progress) -> Re
             bytes += jobs[end].size;
             end += 1;
         }
-        let staged: Vec<Result<PendingPayload>> = jobs[start..end]
-            .par_iter()
-            .map(|job| {
-                let r = stage(repo, job);
-                progress.advance(job.size);
-                r
-            })
-            .collect();
+        let run = || -> Vec<Result<PendingPayload>> {
+            jobs[start..end]
+                .par_iter()
+                .map(|job| {
+                    let r = stage(repo, job);
+                    progress.advance(job.size);
+                    r
+                })
+                .collect()
+        };
+        let staged = match &pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        };
         let mut ok = Vec::with_capacity(staged.len());
         let mut first_err = None;
         for r in staged {

@@ -14,6 +14,7 @@
 //! object visible and concurrent writers of the same object are harmless:
 //! both write identical bytes and the last rename wins.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,6 +46,8 @@ pub struct PendingPayload {
     pub digest: Digest,
     pub size: u64,
     tmp: Option<PathBuf>,
+    /// Whether the temporary copy is already durable.
+    synced: bool,
 }
 
 impl FsRepository {
@@ -146,15 +149,51 @@ impl FsRepository {
         }
     }
 
+    /// Remove the temporary files left in `tmp/` by processes that died
+    /// (a killed commit, a crash); returns how many were removed. A file is
+    /// named after the process that writes it, and only files whose process
+    /// no longer exists are touched, so concurrent writers are safe.
+    pub fn remove_stale_temp_files(&self) -> Result<usize> {
+        let dir = self.root.join("tmp");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StorageError::io("cannot list", &dir)(e)),
+        };
+        let mut removed = 0;
+        for item in rd {
+            let item = item.map_err(StorageError::io("cannot list", &dir))?;
+            let name = item.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            let dead = matches!(
+                rustix::process::test_kill_process(pid),
+                Err(rustix::io::Errno::SRCH)
+            );
+            if dead && fs::remove_file(item.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Rename a complete temporary file to `dest`, creating the shard
-    /// directory if needed. The caller has made the contents durable.
-    fn place(&self, tmp: &Path, dest: &Path) -> Result<()> {
+    /// directory if needed (then returns true). The caller has made the
+    /// contents durable.
+    fn place(&self, tmp: &Path, dest: &Path) -> Result<bool> {
         match fs::rename(tmp, dest) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(false),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let parent = dest.parent().unwrap_or(&self.root);
                 fs::create_dir_all(parent).map_err(StorageError::io("cannot create", parent))?;
-                fs::rename(tmp, dest).map_err(StorageError::io("cannot store", dest))
+                fs::rename(tmp, dest).map_err(StorageError::io("cannot store", dest))?;
+                Ok(true)
             }
             Err(e) => Err(StorageError::io("cannot store", dest)(e)),
         }
@@ -168,11 +207,18 @@ impl FsRepository {
             .and_then(|_| f.sync_all())
             .map_err(StorageError::io("cannot write", &tmp))
             .and_then(|_| self.place(&tmp, dest));
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let created = match res {
+            Ok(created) => created,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let parent = dest.parent().unwrap_or(&self.root);
+        sync_dir(parent);
+        if created {
+            sync_dir(parent.parent().unwrap_or(&self.root));
         }
-        res?;
-        sync_dir(dest.parent().unwrap_or(&self.root));
         Ok(())
     }
 
@@ -204,6 +250,28 @@ impl FsRepository {
         })
     }
 
+    /// The kind of a stored object from its header alone (not decoding
+    /// the body).
+    pub fn peek_kind(&self, digest: &Digest) -> Result<spfs_model::ObjectKind> {
+        let path = self.object_path(digest);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::UnknownObject(*digest));
+            }
+            Err(e) => return Err(StorageError::io("cannot read", &path)(e)),
+        };
+        let mut head = Vec::with_capacity(spfs_model::encoding::HEADER_LEN);
+        (&mut f)
+            .take(spfs_model::encoding::HEADER_LEN as u64)
+            .read_to_end(&mut head)
+            .map_err(StorageError::io("cannot read", &path))?;
+        spfs_model::ObjectKind::peek(&head).map_err(|source| StorageError::Corrupt {
+            digest: *digest,
+            source,
+        })
+    }
+
     /// Open the bytes of a blob.
     pub fn open_payload(&self, digest: &Digest) -> Result<File> {
         let path = self.payload_path(digest);
@@ -226,19 +294,20 @@ impl FsRepository {
     /// Store a blob from a reader, durably, reading it once.
     pub fn write_blob_from(&self, reader: &mut dyn Read) -> Result<(Digest, u64)> {
         let pending = self.stage_payload(reader, None)?;
-        if let Some(tmp) = &pending.tmp {
-            File::open(tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(StorageError::io("cannot sync", tmp))?;
-        }
         let out = (pending.digest, pending.size);
         self.commit_staged(vec![pending])?;
         Ok(out)
     }
 
-    /// Hash `reader` while copying it to a temporary file (not yet durable).
+    /// Hash `reader` while copying it to a temporary file.
+    ///
     /// With a size hint at most [`SMALL_FILE`], the bytes are read whole and
-    /// nothing is written when the payload already exists.
+    /// nothing is written when the payload already exists; the copy is not
+    /// yet durable ([`FsRepository::commit_staged`] makes a batch durable
+    /// at once). Anything larger is streamed: hashing and writing run in
+    /// two threads, the kernel is asked to start writing back as the copy
+    /// grows, and the copy is made durable here, so that the disk works
+    /// while the CPU hashes.
     pub fn stage_payload(
         &self,
         reader: &mut dyn Read,
@@ -256,65 +325,101 @@ impl FsRepository {
                     digest,
                     size: buf.len() as u64,
                     tmp: None,
+                    synced: false,
                 });
             }
             let (mut f, tmp) = self.temp_file()?;
-            f.write_all(&buf).map_err(tmp_err(&tmp))?;
+            if let Err(e) = f.write_all(&buf) {
+                drop(f);
+                let _ = fs::remove_file(&tmp);
+                return Err(tmp_err(&tmp)(e));
+            }
             return Ok(PendingPayload {
                 digest,
                 size: buf.len() as u64,
                 tmp: Some(tmp),
+                synced: false,
             });
         }
-        let (mut f, tmp) = self.temp_file()?;
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        let res: Result<()> = (|| loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(StorageError::io("cannot read", "(input)")(e)),
-            };
-            hasher.update(&buf[..n]);
-            f.write_all(&buf[..n]).map_err(tmp_err(&tmp))?;
-            size += n as u64;
-        })();
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        let digest = hasher.finish();
+        let (f, tmp) = self.temp_file()?;
+        let (digest, size) = match copy_hashing(reader, f) {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(match e {
+                    CopyError::Read(e) => StorageError::io("cannot read", "(input)")(e),
+                    CopyError::Write(e) => tmp_err(&tmp)(e),
+                });
+            }
+        };
         if self.has_payload(&digest) {
             let _ = fs::remove_file(&tmp);
             return Ok(PendingPayload {
                 digest,
                 size,
                 tmp: None,
+                synced: false,
             });
         }
         Ok(PendingPayload {
             digest,
             size,
             tmp: Some(tmp),
+            synced: true,
         })
     }
 
-    /// Make staged payloads durable (one `syncfs` for the whole batch) and
-    /// rename them into place.
+    /// Make staged payloads durable and rename them into place, then make
+    /// the new names durable. Unsynced copies share one `syncfs`; when only
+    /// a few files are placed, their directories are synced rather than the
+    /// whole filesystem (which would also flush other programs' writes).
     pub fn commit_staged(&self, staged: Vec<PendingPayload>) -> Result<()> {
-        if staged.iter().all(|p| p.tmp.is_none()) {
+        let pending: Vec<(PathBuf, Digest, bool)> = staged
+            .into_iter()
+            .filter_map(|p| p.tmp.map(|t| (t, p.digest, p.synced)))
+            .collect();
+        if pending.is_empty() {
             return Ok(());
         }
-        self.sync_filesystem()?;
-        for p in staged {
-            if let Some(tmp) = p.tmp {
-                self.place(&tmp, &self.payload_path(&p.digest))?;
+        if pending.iter().any(|(_, _, synced)| !synced) {
+            self.sync_filesystem()?;
+        }
+        let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+        let many = pending.len() > FEW_FILES;
+        let mut result = Ok(());
+        for (tmp, digest, _) in &pending {
+            if result.is_err() {
+                let _ = fs::remove_file(tmp);
+                continue;
+            }
+            let dest = self.payload_path(digest);
+            match self.place(tmp, &dest) {
+                Ok(created_shard) if !many => {
+                    let shard = dest.parent().unwrap_or(&self.root).to_path_buf();
+                    if created_shard {
+                        dirs.insert(shard.parent().unwrap_or(&self.root).to_path_buf());
+                    }
+                    dirs.insert(shard);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = fs::remove_file(tmp);
+                    result = Err(e);
+                }
             }
         }
+        result?;
         // Make the renames themselves durable before anything refers to them.
-        self.sync_filesystem()
+        if many {
+            self.sync_filesystem()
+        } else {
+            for dir in dirs {
+                File::open(&dir)
+                    .and_then(|f| f.sync_all())
+                    .map_err(StorageError::io("cannot sync", &dir))?;
+            }
+            Ok(())
+        }
     }
 
     /// Remove the temporary files of staged payloads that will not be used.
@@ -344,8 +449,9 @@ impl FsRepository {
         for shard in shards {
             let shard = shard.map_err(StorageError::io("cannot list", &base))?;
             let sname = shard.file_name().to_string_lossy().into_owned();
+            // Compare bytes: a stray non-ASCII name must not split a char.
             let common = prefix.len().min(2);
-            if sname.len() != 2 || sname[..common] != prefix[..common] {
+            if sname.len() != 2 || sname.as_bytes()[..common] != prefix.as_bytes()[..common] {
                 continue;
             }
             let sdir = shard.path();
@@ -392,6 +498,189 @@ impl FsRepository {
     }
 }
 
+/// When at most this many payloads are placed at once, their directories
+/// are synced one by one instead of the whole filesystem.
+const FEW_FILES: usize = 64;
+
+/// The size of the buffers a streamed copy moves between its threads.
+const COPY_CHUNK: usize = 4 << 20;
+
+/// The alignment of memory, offsets and lengths that direct I/O needs.
+const DIRECT_ALIGN: usize = 4096;
+
+/// How much a buffered copy writes before it asks the kernel to start
+/// writing that part back to the disk.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// A buffer of [`COPY_CHUNK`] bytes whose data starts at an address aligned
+/// for direct I/O.
+struct Chunk {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Chunk {
+    fn new() -> Chunk {
+        let mem = vec![0u8; COPY_CHUNK + DIRECT_ALIGN];
+        // Never more than DIRECT_ALIGN - 1 for bytes; 0 (unaligned, then
+        // the writer uses buffered I/O) if the platform cannot say.
+        let start = Some(mem.as_ptr().align_offset(DIRECT_ALIGN))
+            .filter(|o| *o < DIRECT_ALIGN)
+            .unwrap_or(0);
+        Chunk { mem, start, len: 0 }
+    }
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + COPY_CHUNK]
+    }
+    fn data(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+}
+
+/// Writes the chunks of a streamed copy to its temporary file.
+///
+/// Whole, aligned chunks are written with direct I/O where the filesystem
+/// allows it: the copy then skips the page cache (which it would only fill
+/// with pages nobody reads soon) and the disk works while the other thread
+/// hashes. Otherwise, and for the tail, writes are buffered and write-back
+/// is started as the file grows. Either way the file is made durable at the
+/// end.
+struct ChunkWriter {
+    file: File,
+    offset: u64,
+    direct: bool,
+    kicked: u64,
+}
+
+impl ChunkWriter {
+    fn new(file: File) -> ChunkWriter {
+        let direct = rustix::fs::fcntl_getfl(&file)
+            .and_then(|fl| rustix::fs::fcntl_setfl(&file, fl | rustix::fs::OFlags::DIRECT))
+            .is_ok();
+        ChunkWriter {
+            file,
+            offset: 0,
+            direct,
+            kicked: 0,
+        }
+    }
+
+    fn buffered(&mut self) {
+        if self.direct {
+            self.direct = false;
+            let _ = rustix::fs::fcntl_getfl(&self.file).and_then(|fl| {
+                rustix::fs::fcntl_setfl(&self.file, fl - rustix::fs::OFlags::DIRECT)
+            });
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let aligned = data.len().is_multiple_of(DIRECT_ALIGN)
+            && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+            && self.offset.is_multiple_of(DIRECT_ALIGN as u64);
+        if self.direct && !aligned {
+            self.buffered();
+        }
+        match self.file.write_all_at(data, self.offset) {
+            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                // The filesystem refuses direct I/O after all.
+                self.buffered();
+                self.file.write_all_at(data, self.offset)?;
+            }
+            other => other?,
+        }
+        self.offset += data.len() as u64;
+        if !self.direct && self.offset - self.kicked >= WRITEBACK_STEP {
+            start_writeback(&self.file, self.kicked, self.offset - self.kicked);
+            self.kicked = self.offset;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// Read `reader` to its end once, hashing on this thread while another
+/// thread writes the same buffers to `file` (see [`ChunkWriter`]) and
+/// finally makes it durable. Returns the digest and size.
+fn copy_hashing(
+    reader: &mut dyn Read,
+    file: File,
+) -> std::result::Result<(Digest, u64), CopyError> {
+    use std::sync::mpsc;
+    let (full_tx, full_rx) = mpsc::sync_channel::<Chunk>(2);
+    let (empty_tx, empty_rx) = mpsc::channel::<Chunk>();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            let mut out = ChunkWriter::new(file);
+            for chunk in full_rx {
+                out.write(chunk.data())?;
+                // The reader may be gone after an error; then drop the buffer.
+                let _ = empty_tx.send(chunk);
+            }
+            out.finish()
+        });
+        let mut hasher = Hasher::new();
+        let mut size = 0u64;
+        let read_result: std::io::Result<()> = (|| {
+            loop {
+                let mut chunk = empty_rx.try_recv().unwrap_or_else(|_| Chunk::new());
+                let space = chunk.space();
+                let mut filled = 0;
+                while filled < space.len() {
+                    match reader.read(&mut space[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if filled == 0 {
+                    return Ok(());
+                }
+                chunk.len = filled;
+                hasher.update(chunk.data());
+                size += filled as u64;
+                if full_tx.send(chunk).is_err() {
+                    // The writer stopped: its error is reported below.
+                    return Ok(());
+                }
+            }
+        })();
+        drop(full_tx);
+        let write_result = writer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
+        read_result.map_err(CopyError::Read)?;
+        write_result.map_err(CopyError::Write)?;
+        Ok((hasher.finish(), size))
+    })
+}
+
+/// Ask the kernel to start writing a range of `file` back (not waiting).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the duration of the call; the
+    // call only schedules write-back and touches no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as _,
+            len as _,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Make a directory's entries durable (best effort: some filesystems refuse).
 pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(f) = File::open(dir) {
@@ -427,6 +716,152 @@ mod tests {
                 .is_none(),
             "no temp files left"
         );
+    }
+
+    /// A reader that fails after `left` bytes.
+    struct Failing {
+        left: usize,
+    }
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            let n = buf.len().min(self.left).min(1000);
+            buf[..n].fill(b'x');
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    fn tmp_is_empty(repo: &FsRepository) -> bool {
+        fs::read_dir(repo.root().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    }
+
+    #[test]
+    fn streamed_copies_of_every_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        let sizes = [
+            0,
+            1,
+            DIRECT_ALIGN - 1,
+            DIRECT_ALIGN,
+            DIRECT_ALIGN + 1,
+            COPY_CHUNK - 1,
+            COPY_CHUNK,
+            COPY_CHUNK + 1,
+            3 * COPY_CHUNK + 4097,
+        ];
+        for (i, size) in sizes.into_iter().enumerate() {
+            let data: Vec<u8> = (0..size).map(|j| (j * 31 + i) as u8).collect();
+            // A reader that returns short reads, as pipes do.
+            let mut reader = std::io::BufReader::with_capacity(777, &data[..]);
+            let (d, n) = repo.write_blob_from(&mut reader).unwrap();
+            assert_eq!((d, n), (Digest::of(&data), size as u64), "size {size}");
+            assert!(
+                fs::read(repo.payload_path(&d)).unwrap() == data,
+                "size {size}"
+            );
+            // Again: already stored, nothing left behind.
+            assert_eq!(repo.write_blob_from(&mut &data[..]).unwrap().0, d);
+        }
+        assert!(tmp_is_empty(&repo));
+    }
+
+    #[test]
+    fn failed_reads_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        for left in [0, 10, COPY_CHUNK + 5] {
+            let err = repo
+                .write_blob_from(&mut Failing { left })
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("disk on fire"), "{err}");
+            let err = repo
+                .stage_payload(&mut Failing { left }, Some(10))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("disk on fire"), "{err}");
+        }
+        assert!(tmp_is_empty(&repo));
+        assert!(repo.payloads().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        let tmp = repo.root().join("tmp");
+        // No process has this id (above the kernel's maximum).
+        fs::write(tmp.join("2000000000-1"), b"dead").unwrap();
+        let mine = tmp.join(format!("{}-999999", std::process::id()));
+        fs::write(&mine, b"alive").unwrap();
+        fs::write(tmp.join("not-a-temp-file"), b"other").unwrap();
+        assert_eq!(repo.remove_stale_temp_files().unwrap(), 1);
+        assert!(mine.exists());
+        assert!(tmp.join("not-a-temp-file").exists());
+        assert!(!tmp.join("2000000000-1").exists());
+    }
+
+    #[test]
+    fn many_staged_payloads_use_one_barrier() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        let staged: Vec<PendingPayload> = (0..FEW_FILES * 2)
+            .map(|i| {
+                let data = format!("small {i}");
+                repo.stage_payload(&mut data.as_bytes(), Some(data.len() as u64))
+                    .unwrap()
+            })
+            .collect();
+        let digests: Vec<Digest> = staged.iter().map(|p| p.digest).collect();
+        repo.commit_staged(staged).unwrap();
+        for (i, d) in digests.iter().enumerate() {
+            assert_eq!(
+                fs::read(repo.payload_path(d)).unwrap(),
+                format!("small {i}").as_bytes()
+            );
+        }
+        assert!(tmp_is_empty(&repo));
+    }
+
+    #[test]
+    fn peek_kind_reads_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path()).unwrap();
+        let d = repo
+            .write_object(&Object::Platform(spfs_model::Platform::default()))
+            .unwrap();
+        assert_eq!(
+            repo.peek_kind(&d).unwrap(),
+            spfs_model::ObjectKind::Platform
+        );
+        assert!(matches!(
+            repo.peek_kind(&Digest::of(b"nothing")),
+            Err(StorageError::UnknownObject(_))
+        ));
+        fs::write(repo.object_path(&d), b"SP").unwrap();
+        assert!(matches!(
+            repo.peek_kind(&d),
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn odd_shard_names_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path()).unwrap();
+        let d = repo.write_blob(b"x").unwrap();
+        // A two-byte, non-ASCII directory name must not split a char.
+        fs::create_dir_all(repo.root().join("payloads").join("é")).unwrap();
+        let p = PartialDigest::parse(&d.short(1)).unwrap();
+        assert_eq!(repo.resolve_partial(&p).unwrap(), d);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
 use spfs_model::{Digest, TagSpec};
@@ -66,33 +67,81 @@ fn parse_history(path: &Path, text: &str) -> Result<Vec<TagVersion>> {
         .collect()
 }
 
+/// How long a tag writer waits for a lock that a live process holds.
+pub const TAG_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Check that `name` is a plain tag name (no `~N`).
+fn plain_tag(name: &str) -> Result<()> {
+    let spec = TagSpec::parse(name)?;
+    if spec.name != name {
+        return Err(StorageError::Spec(spfs_model::SpecError::InvalidTag(
+            name.to_string(),
+        )));
+    }
+    Ok(())
+}
+
 impl FsRepository {
     fn tag_path(&self, name: &str) -> PathBuf {
         self.root().join("tags").join(format!("{name}.tag"))
     }
 
     /// Hold the lock of tag `name` while `f` runs.
+    ///
+    /// The lock is an advisory `flock` on `NAME.tag.lock`, released by the
+    /// kernel when its holder dies, so a killed writer blocks nobody. Because
+    /// `untag --all` removes the lock file, a writer that waited on a lock
+    /// file which has since been removed or replaced retries on the new one.
+    /// A lock that a live process holds for longer than [`TAG_LOCK_TIMEOUT`]
+    /// is an error rather than an endless wait.
     fn with_tag_lock<T>(&self, name: &str, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
         let path = self.tag_path(name);
         let dir = path.parent().unwrap_or(self.root());
         fs::create_dir_all(dir).map_err(StorageError::io("cannot create", dir))?;
         let lock_path = path.with_extension("tag.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(StorageError::io("cannot open lock", &lock_path))?;
-        flock(&lock, FlockOperation::LockExclusive)
-            .map_err(|e| StorageError::io("cannot lock", &lock_path)(e.into()))?;
-        let out = f(&path);
-        drop(lock);
-        out
+        let deadline = Instant::now() + TAG_LOCK_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(StorageError::io("cannot open lock", &lock_path))?;
+            match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {
+                    drop(lock);
+                    if Instant::now() >= deadline {
+                        return Err(StorageError::io(
+                            "timed out waiting for the lock",
+                            &lock_path,
+                        )(std::io::Error::from(
+                            std::io::ErrorKind::TimedOut,
+                        )));
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => return Err(StorageError::io("cannot lock", &lock_path)(e.into())),
+            }
+            // Still the file at `lock_path`? (An untag may have removed it.)
+            let held = rustix::fs::fstat(&lock)
+                .map_err(|e| StorageError::io("cannot lock", &lock_path)(e.into()))?;
+            match rustix::fs::stat(&lock_path) {
+                Ok(now) if now.st_dev == held.st_dev && now.st_ino == held.st_ino => {}
+                _ => continue,
+            }
+            let out = f(&path);
+            drop(lock);
+            return out;
+        }
     }
 
     /// The history of tag `name`, oldest first.
     pub fn tag_history(&self, name: &str) -> Result<Vec<TagVersion>> {
-        TagSpec::parse(name)?;
+        plain_tag(name)?;
         let path = self.tag_path(name);
         match fs::read_to_string(&path) {
             Ok(text) => parse_history(&path, &text),
@@ -105,12 +154,7 @@ impl FsRepository {
 
     /// Point tag `name` at `target`, keeping the previous versions.
     pub fn push_tag(&self, name: &str, target: &Digest) -> Result<()> {
-        let spec = TagSpec::parse(name)?;
-        if spec.version != 0 {
-            return Err(StorageError::Spec(spfs_model::SpecError::InvalidTag(
-                name.to_string(),
-            )));
-        }
+        plain_tag(name)?;
         self.with_tag_lock(name, |path| {
             let mut text = match fs::read_to_string(path) {
                 Ok(t) => t,
@@ -129,7 +173,13 @@ impl FsRepository {
     pub fn untag(&self, name: &str, what: Untag) -> Result<()> {
         self.tag_history(name)?;
         self.with_tag_lock(name, |path| {
-            let text = fs::read_to_string(path).map_err(StorageError::io("cannot read", path))?;
+            let text = match fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::UnknownTag(name.to_string()));
+                }
+                Err(e) => return Err(StorageError::io("cannot read", path)(e)),
+            };
             let mut history = parse_history(path, &text)?;
             let index = match what {
                 Untag::All => None,
@@ -140,13 +190,14 @@ impl FsRepository {
                 None => history.clear(),
                 Some(n) => {
                     let available = history.len();
-                    let pos = available.checked_sub(1 + n as usize).ok_or_else(|| {
-                        StorageError::UnknownTagVersion {
+                    let pos = usize::try_from(n)
+                        .ok()
+                        .and_then(|n| available.checked_sub(n.checked_add(1)?))
+                        .ok_or_else(|| StorageError::UnknownTagVersion {
                             name: name.to_string(),
                             available,
                             requested: n,
-                        }
-                    })?;
+                        })?;
                     history.remove(pos);
                 }
             }
@@ -168,8 +219,9 @@ impl FsRepository {
     pub fn resolve_tag(&self, spec: &TagSpec) -> Result<Digest> {
         let history = self.tag_history(&spec.name)?;
         let available = history.len();
-        available
-            .checked_sub(1 + spec.version as usize)
+        usize::try_from(spec.version)
+            .ok()
+            .and_then(|v| available.checked_sub(v.checked_add(1)?))
             .map(|i| history[i].target)
             .ok_or(StorageError::UnknownTagVersion {
                 name: spec.name.clone(),
@@ -260,5 +312,45 @@ mod tests {
             repo.tag_history("org/name"),
             Err(StorageError::UnknownTag(_))
         ));
+        // Versions are not names.
+        assert!(repo.push_tag("org/name~0", &a).is_err());
+        assert!(repo.push_tag("org/name~1", &a).is_err());
+        assert!(repo.tag_history("org/name~1").is_err());
+        assert!(repo.untag("org/name~1", Untag::All).is_err());
+        assert!(repo.tags().unwrap().is_empty());
+    }
+
+    /// A writer that waited on a lock file which `untag --all` removed must
+    /// not enter beside a writer holding the new lock file.
+    #[test]
+    fn waiting_on_a_removed_lock_file_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path()).unwrap();
+        let a = repo.write_blob(b"a").unwrap();
+        repo.push_tag("org/x", &a).unwrap();
+        let lock_path = repo.root().join("tags/org/x.tag.lock");
+        let old = fs::File::open(&lock_path).unwrap();
+        flock(&old, FlockOperation::LockExclusive).unwrap();
+        let waiter = {
+            let repo = repo.clone();
+            std::thread::spawn(move || repo.push_tag("org/x", &a))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        // What `untag --all` does while it holds the lock: remove the file;
+        // then another writer creates a new one and holds it.
+        fs::remove_file(&lock_path).unwrap();
+        let new = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .unwrap();
+        flock(&new, FlockOperation::LockExclusive).unwrap();
+        drop(old);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!waiter.is_finished(), "entered while the new lock is held");
+        drop(new);
+        waiter.join().unwrap().unwrap();
+        assert_eq!(repo.tag_history("org/x").unwrap().len(), 2);
     }
 }

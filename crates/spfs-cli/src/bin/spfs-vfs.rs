@@ -1,0 +1,256 @@
+//! `spfs-vfs`: the VFS service and its control commands.
+//!
+//! One service per host mounts one filesystem (default `/spfs`) and serves
+//! every runtime's view from it. `spfs-vfs service` runs it in the
+//! foreground; `mount`, `unmount`, `list` and `status` talk to it over the
+//! control socket, and `mount` starts it first if it is not running.
+
+#[path = "../output.rs"]
+#[allow(dead_code)]
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use spfs_config::Config;
+use spfs_control::proto;
+use spfs_fuse::launch;
+
+/// The spfs VFS service: one mount, many environments.
+#[derive(Parser, Debug)]
+#[command(name = "spfs-vfs", version, about, long_about = None)]
+struct Cli {
+    /// Print more detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Control address: `unix:/path` or `tcp:127.0.0.1:PORT` (config vfs.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the service in the foreground (or stop the running one).
+    Service {
+        /// Where to mount (config vfs.mountpoint, default /spfs).
+        #[arg(long, value_name = "DIR")]
+        mountpoint: Option<PathBuf>,
+        /// Stop the running service and unmount.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Register a view for a process tree, starting the service if needed.
+    Mount {
+        /// The process whose tree (itself and all descendants) sees the view.
+        #[arg(long, value_name = "PID")]
+        root_process: u32,
+        /// Name of the runtime (made up when omitted).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// The environment spec: `a+b+c`, digests, tags, `-` for empty.
+        spec: String,
+    },
+    /// Drop a view.
+    Unmount {
+        #[arg(long, value_name = "PID", required_unless_present = "runtime")]
+        root_process: Option<u32>,
+        #[arg(long)]
+        runtime: Option<String>,
+    },
+    /// List the registered views: runtime, root pid, spec, age, requests served.
+    List {
+        /// One JSON document: {"runtimes": [{"runtime", "root_pid", "spec", "layers", "age_seconds", "requests", "owner_uid"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe the running service.
+    Status {
+        /// One JSON document: {"pid", "mountpoint", "listen", "uptime_seconds", "runtimes", "requests", "passthrough", "version"}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    output::init_logging(cli.verbose.max(
+        if matches!(cli.command, Cmd::Service { stop: false, .. }) {
+            1
+        } else {
+            0
+        },
+    ));
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            output::report_error(&err);
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn connected(config: &Config) -> anyhow::Result<spfs_control::Client> {
+    launch::connect(config).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no VFS service is running (control socket {})",
+            config.vfs.listen
+        )
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let mut config = Config::load().context("cannot load the configuration")?;
+    if let Some(l) = cli.listen {
+        config.vfs.listen = l;
+    }
+    match cli.command {
+        Cmd::Service { mountpoint, stop } => {
+            if let Some(m) = mountpoint {
+                config.vfs.mountpoint = m;
+            }
+            if stop {
+                let rt = runtime()?;
+                return rt.block_on(async {
+                    let Some(client) = launch::connect(&config).await? else {
+                        println!("no VFS service is running");
+                        return Ok(0);
+                    };
+                    let pid = client.status().await.map_err(status_error)?.pid;
+                    // A pidfd names the service process even if its PID is reused.
+                    let pidfd = spfs_fuse::route::pidfd_open(pid, false).ok();
+                    client.shutdown().await.map_err(status_error)?;
+                    // The process exits only after it has unmounted.
+                    for _ in 0..500 {
+                        let gone = match &pidfd {
+                            Some(fd) => spfs_fuse::route::has_exited(fd),
+                            None => launch::connect(&config).await?.is_none(),
+                        };
+                        if gone {
+                            println!("VFS service stopped");
+                            return Ok(0);
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    anyhow::bail!("the VFS service did not stop within 10 s")
+                });
+            }
+            spfs_fuse::service::run(&config)?;
+            Ok(0)
+        }
+        Cmd::Mount {
+            root_process,
+            runtime: name,
+            spec,
+        } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let client = launch::connect_or_start(&config).await?;
+                let resp = client
+                    .mount(proto::MountRequest {
+                        root_pid: root_process,
+                        spec,
+                        runtime: name.unwrap_or_default(),
+                    })
+                    .await
+                    .map_err(status_error)?;
+                println!("{}", resp.runtime);
+                Ok(0)
+            })
+        }
+        Cmd::Unmount {
+            root_process,
+            runtime: name,
+        } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let client = connected(&config).await?;
+                let resp = client
+                    .unmount(proto::UnmountRequest {
+                        root_pid: root_process.unwrap_or(0),
+                        runtime: name.unwrap_or_default(),
+                    })
+                    .await
+                    .map_err(status_error)?;
+                println!("{}", resp.runtime);
+                Ok(0)
+            })
+        }
+        Cmd::List { json } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let list = connected(&config)
+                    .await?
+                    .list()
+                    .await
+                    .map_err(status_error)?;
+                if json {
+                    let runtimes: Vec<_> = list
+                        .runtimes
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({
+                                "runtime": r.runtime, "root_pid": r.root_pid, "spec": r.spec,
+                                "layers": r.layers, "age_seconds": r.age_seconds,
+                                "requests": r.requests, "owner_uid": r.owner_uid,
+                            })
+                        })
+                        .collect();
+                    output::print_json(&serde_json::json!({ "runtimes": runtimes }))?;
+                } else {
+                    println!(
+                        "{:<32} {:>8} {:>8} {:>10}  SPEC",
+                        "RUNTIME", "PID", "AGE", "REQUESTS"
+                    );
+                    for r in list.runtimes {
+                        println!(
+                            "{:<32} {:>8} {:>7}s {:>10}  {}",
+                            r.runtime, r.root_pid, r.age_seconds, r.requests, r.spec
+                        );
+                    }
+                }
+                Ok(0)
+            })
+        }
+        Cmd::Status { json } => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let s = connected(&config)
+                    .await?
+                    .status()
+                    .await
+                    .map_err(status_error)?;
+                if json {
+                    output::print_json(&serde_json::json!({
+                        "pid": s.pid, "mountpoint": s.mountpoint, "listen": s.listen,
+                        "uptime_seconds": s.uptime_seconds, "runtimes": s.runtimes,
+                        "requests": s.requests, "passthrough": s.passthrough, "version": s.version,
+                    }))?;
+                } else {
+                    println!("pid:         {}", s.pid);
+                    println!("mountpoint:  {}", s.mountpoint);
+                    println!("listen:      {}", s.listen);
+                    println!("uptime:      {} s", s.uptime_seconds);
+                    println!("runtimes:    {}", s.runtimes);
+                    println!("requests:    {}", s.requests);
+                    println!("passthrough: {}", s.passthrough);
+                    println!("version:     {}", s.version);
+                }
+                Ok(0)
+            })
+        }
+    }
+}

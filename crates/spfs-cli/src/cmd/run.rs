@@ -1,0 +1,198 @@
+//! `spfs run`, `spfs shell` and `spfs runtime`: running commands inside an
+//! environment served by the VFS service.
+//!
+//! `spfs run SPEC -- CMD` resolves the spec (so bad input fails before
+//! anything starts), connects to the VFS service (starting it if needed),
+//! saves a runtime record, registers the view for *this* process, and then
+//! replaces itself with CMD. CMD and everything it starts see the view; the
+//! exit code is CMD's own. When the last process of the tree exits, however
+//! the tree was ended, the service drops the view and removes the record.
+
+use std::os::unix::process::CommandExt;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use spfs_control::proto;
+use spfs_model::EnvSpec;
+use spfs_storage::runtimes::{RuntimeRecord, new_runtime_name};
+
+use crate::output::print_json;
+
+/// Arguments of `spfs run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The environment: `a+b+c` of tags, digests or digest prefixes, a
+    /// `*.spfs.yaml` path, or `-` for an empty one.
+    pub spec: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Arguments of `spfs shell`.
+#[derive(Args, Debug)]
+pub struct ShellArgs {
+    /// The environment: `a+b+c` of tags, digests or digest prefixes, a
+    /// `*.spfs.yaml` path, or `-` for an empty one.
+    pub spec: String,
+}
+
+/// `spfs runtime …`
+#[derive(Subcommand, Debug)]
+pub enum RuntimeCommand {
+    /// List runtime records.
+    Ls {
+        /// One JSON document: a list of records {"name", "spec", "layers", "root_pid", "owner_uid", "created", "mountpoint", "command"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one runtime record.
+    Info {
+        name: String,
+        /// The record as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop a runtime's view (if the service still has it) and remove its record.
+    Rm { name: String },
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    enter(&args.spec, args.command)
+}
+
+pub fn shell(args: ShellArgs) -> anyhow::Result<i32> {
+    let shell = std::env::var("SHELL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/sh".into());
+    enter(&args.spec, vec![shell])
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Register the view for this process, then exec `command`.
+fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
+    let config = super::config()?;
+    let repo = super::open_repo(&config)?;
+    let spec = EnvSpec::parse(spec_text)?;
+    let digests = repo.resolve_spec(&spec)?;
+    let layers = repo.flatten(&digests)?;
+    let Some(program) = command.first() else {
+        anyhow::bail!("no command given");
+    };
+    let name = new_runtime_name();
+    let pid = std::process::id();
+    let record = RuntimeRecord {
+        name: name.clone(),
+        spec: spec_text.to_string(),
+        layers: layers.clone(),
+        root_pid: pid,
+        owner_uid: rustix::process::getuid().as_raw(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        mountpoint: config.vfs.mountpoint.clone(),
+        command: command.clone(),
+    };
+    let resolved: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = spfs_fuse::launch::connect_or_start(&config).await?;
+        repo.save_runtime(&record)?;
+        let mounted = client
+            .mount(proto::MountRequest {
+                root_pid: pid,
+                spec: if resolved.is_empty() {
+                    "-".into()
+                } else {
+                    resolved.join("+")
+                },
+                runtime: name.clone(),
+            })
+            .await;
+        if let Err(status) = mounted {
+            let _ = repo.remove_runtime(&name);
+            anyhow::bail!("cannot mount the environment: {}", status.message());
+        }
+        anyhow::Ok(())
+    })?;
+    drop(rt);
+    let err = std::process::Command::new(program)
+        .args(&command[1..])
+        .env("SPFS_RUNTIME", &name)
+        .exec();
+    // Only reached when exec failed; the view goes when this process exits.
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    crate::output::report_error(&anyhow::anyhow!("cannot run {program}: {err}"));
+    Ok(code)
+}
+
+pub fn runtime_cmd(cmd: RuntimeCommand) -> anyhow::Result<i32> {
+    let config = super::config()?;
+    let repo = super::open_repo(&config)?;
+    match cmd {
+        RuntimeCommand::Ls { json } => {
+            let records = repo.runtimes()?;
+            if json {
+                print_json(&records)?;
+            } else {
+                println!("{:<32} {:>8}  SPEC", "NAME", "PID");
+                for r in records {
+                    println!("{:<32} {:>8}  {}", r.name, r.root_pid, r.spec);
+                }
+            }
+        }
+        RuntimeCommand::Info { name, json } => {
+            let r = repo.read_runtime(&name)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("name:       {}", r.name);
+                println!("spec:       {}", r.spec);
+                println!("root pid:   {}", r.root_pid);
+                println!("owner uid:  {}", r.owner_uid);
+                println!("created:    {}", r.created);
+                println!("mountpoint: {}", r.mountpoint.display());
+                println!("command:    {}", r.command.join(" "));
+                println!("layers:");
+                for l in &r.layers {
+                    println!("  {l}");
+                }
+            }
+        }
+        RuntimeCommand::Rm { name } => {
+            repo.read_runtime(&name)?;
+            let rt = runtime()?;
+            rt.block_on(async {
+                if let Some(client) = spfs_fuse::launch::connect(&config).await? {
+                    match client
+                        .unmount(proto::UnmountRequest {
+                            root_pid: 0,
+                            runtime: name.clone(),
+                        })
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => anyhow::bail!("cannot drop the view of {name}: {}", s.message()),
+                    }
+                }
+                anyhow::Ok(())
+            })?;
+            repo.remove_runtime(&name)
+                .with_context(|| format!("cannot remove runtime {name}"))?;
+            println!("removed {name}");
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,95 @@
+//! Faults: killed clients, a killed service, stale mounts.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::require_vfs;
+
+fn kill9(pid: u32) {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+}
+
+#[test]
+fn sigkill_of_spfs_run_cleans_up_when_the_tree_exits() {
+    require_vfs!();
+    let w = World::new();
+    w.commit("kill/a", &[("data", b"x")]);
+    let d = w.dir.path().display().to_string();
+    let mut child = w.spawn_sh("kill/a", &format!("sleep 30 & echo $! > {d}/bg; wait"));
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("{d}/bg")).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    assert_eq!(w.list().len(), 1);
+    kill9(child.id());
+    let _ = child.wait();
+    // Its background child lives on in the runtime.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        w.list().len(),
+        1,
+        "view kept while a process of the tree lives"
+    );
+    let bg: u32 = std::fs::read_to_string(format!("{d}/bg"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill9(bg);
+    let start = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(5), || w.list().is_empty()),
+        "view dropped"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || std::fs::read_dir(
+            w.repo.join("runtimes")
+        )
+        .unwrap()
+        .count()
+            == 0),
+        "record removed"
+    );
+    eprintln!("cleanup took {:?}", start.elapsed());
+}
+
+#[test]
+fn killed_service_gives_errors_not_hangs_and_is_replaced() {
+    require_vfs!();
+    let w = World::new();
+    w.commit("svc/a", &[("data", &vec![b'q'; 1 << 20])]);
+    let mnt = w.mnt.display().to_string();
+    // A reader that loops on open/read until it fails.
+    let mut reader = w.spawn_sh(
+        "svc/a",
+        &format!("i=0; while cat {mnt}/data > /dev/null && ls {mnt} > /dev/null; do i=$((i+1)); [ $i -lt 200000 ] || exit 3; done; echo failed-after-$i; exit 0"),
+    );
+    assert!(wait_for(Duration::from_secs(10), || w.list().len() == 1));
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = w.service_pid().expect("service");
+    kill9(pid);
+    let start = Instant::now();
+    // The reader must see an error promptly, never hang.
+    let done = wait_for(Duration::from_secs(10), || {
+        matches!(reader.try_wait(), Ok(Some(_)))
+    });
+    if !done {
+        let _ = reader.kill();
+    }
+    assert!(done, "reader hung after the service died");
+    let out = reader.wait_with_output().unwrap();
+    assert!(
+        stdout(&out).contains("failed-after-"),
+        "{} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    eprintln!("reader failed {:?} after the kill", start.elapsed());
+    // The mount is stale now; the next run starts a fresh service.
+    let out = w.run_sh("svc/a", &format!("wc -c < {mnt}/data"));
+    ok(&out, "run after service death");
+    assert_eq!(stdout(&out).trim(), (1 << 20).to_string());
+    assert_ne!(w.service_pid(), Some(pid));
+}

@@ -1,0 +1,286 @@
+//! A private world for each test: repository, mount point, control socket,
+//! log and cgroup root in a temporary directory; cleaned up on drop even
+//! when the test fails (service stopped, mount detached, cgroups emptied).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SPFS: &str = env!("CARGO_BIN_EXE_spfs");
+pub const SPFS_VFS: &str = env!("CARGO_BIN_EXE_spfs-vfs");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this machine can run the tests; `Err` says why not.
+pub fn available() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("not running as root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing".into());
+    }
+    spfs_fuse::cgroup::cgroup2_mount().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Skip (or fail, in CI) when the machine cannot run VFS tests.
+#[macro_export]
+macro_rules! require_vfs {
+    () => {
+        if let Err(why) = $crate::harness::available() {
+            if std::env::var("SPFS_REQUIRE_VFS_TESTS").as_deref() == Ok("1") {
+                panic!("VFS tests required but unavailable: {why}");
+            }
+            eprintln!("skipping VFS test: {why}");
+            return;
+        }
+    };
+}
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub mnt: PathBuf,
+    pub sock: PathBuf,
+    pub log: PathBuf,
+    pub cgroups: PathBuf,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("spfs-vfs-test")
+            .tempdir()
+            .expect("tempdir");
+        // Other users (setpriv tests) must reach the socket.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let cg_mount = spfs_fuse::cgroup::cgroup2_mount().expect("cgroup2");
+        let w = World {
+            repo: dir.path().join("repo"),
+            mnt: dir.path().join("mnt"),
+            sock: dir.path().join("vfs.sock"),
+            log: dir.path().join("vfs.log"),
+            cgroups: cg_mount.join(format!("spfs-test-{}-{n}", std::process::id())),
+            dir,
+        };
+        std::fs::write(w.dir.path().join("empty.toml"), "").expect("config");
+        let out = w.spfs(&["init", "repo", w.repo.to_str().expect("utf8")]);
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        w
+    }
+
+    /// The environment every command of this world runs with.
+    pub fn env(&self, cmd: &mut Command) {
+        cmd.env("SPFS_CONFIG", self.dir.path().join("empty.toml"))
+            .env("HOME", self.dir.path())
+            .env("SPFS_STORAGE_ROOT", &self.repo)
+            .env("SPFS_VFS_MOUNTPOINT", &self.mnt)
+            .env("SPFS_VFS_LISTEN", format!("unix:{}", self.sock.display()))
+            .env("SPFS_VFS_LOG_FILE", &self.log)
+            .env("SPFS_VFS_CGROUP_ROOT", &self.cgroups)
+            .env("SPFS_VFS_TOKEN_FILE", self.dir.path().join("token"))
+            .env_remove("SPFS_RUNTIME");
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        self.env(&mut c);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn spfs(&self, args: &[&str]) -> Output {
+        self.command(SPFS).args(args).output().expect("run spfs")
+    }
+
+    pub fn vfs(&self, args: &[&str]) -> Output {
+        self.command(SPFS_VFS)
+            .args(args)
+            .output()
+            .expect("run spfs-vfs")
+    }
+
+    /// Commit a tree of `(path, content)` files and tag it.
+    pub fn commit(&self, tag: &str, files: &[(&str, &[u8])]) -> String {
+        let src = self
+            .dir
+            .path()
+            .join(format!("src-{}", tag.replace('/', "-")));
+        let _ = std::fs::remove_dir_all(&src);
+        for (path, content) in files {
+            let p = src.join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, content).expect("write");
+        }
+        std::fs::create_dir_all(&src).expect("mkdir");
+        let out = self.spfs(&["commit", "--path", src.to_str().expect("utf8"), "-t", tag]);
+        assert!(
+            out.status.success(),
+            "commit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+
+    /// `spfs run SPEC -- sh -c SCRIPT`, waiting for it.
+    pub fn run_sh(&self, spec: &str, script: &str) -> Output {
+        self.command(SPFS)
+            .args(["run", spec, "--", "sh", "-c", script])
+            .output()
+            .expect("run spfs run")
+    }
+
+    /// Start `spfs run SPEC -- sh -c SCRIPT` without waiting.
+    pub fn spawn_sh(&self, spec: &str, script: &str) -> Child {
+        self.command(SPFS)
+            .args(["run", spec, "--", "sh", "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spfs run")
+    }
+
+    /// `spfs-vfs list --json` as (runtime, root_pid, requests).
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let out = self.vfs(&["list", "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list json");
+        v["runtimes"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.vfs(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("status json"))
+    }
+
+    /// The service's pid, if one is running.
+    pub fn service_pid(&self) -> Option<u32> {
+        self.status()
+            .and_then(|s| s["pid"].as_u64())
+            .map(|p| p as u32)
+    }
+
+    /// Start the service (through a no-op mount of a dead-end process).
+    pub fn start_service(&self) {
+        let mut child = self
+            .command(SPFS_VFS)
+            .arg("service")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("service");
+        let ok = wait_for(Duration::from_secs(15), || self.status().is_some());
+        if !ok {
+            let _ = child.kill();
+            panic!("service did not start: {}", self.log_text());
+        }
+        // Reap it in the background when it exits.
+        std::thread::spawn(move || child.wait());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- service log of the failed test ---\n{}",
+                self.log_text()
+            );
+        }
+        if let Some(pid) = self.service_pid() {
+            let _ = self.vfs(&["service", "--stop"]);
+            let gone = wait_for(Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            });
+            if !gone {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+                    rustix::process::Signal::KILL,
+                );
+            }
+        }
+        // Whatever is still running in our runtimes goes.
+        if let Ok(rd) = std::fs::read_dir(&self.cgroups) {
+            for e in rd.flatten() {
+                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+            }
+        }
+        let _ = wait_for(Duration::from_secs(5), || {
+            std::fs::read_dir(&self.cgroups)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.path().is_dir())
+                        .all(|e| std::fs::remove_dir(e.path()).is_ok())
+                })
+                .unwrap_or(true)
+        });
+        let _ = std::fs::remove_dir(&self.cgroups);
+        while spfs_fuse::mounts::mounted_type(&self.mnt)
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            if rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert a command succeeded, showing its output if not.
+pub fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}): stdout={} stderr={}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}

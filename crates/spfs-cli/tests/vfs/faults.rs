@@ -93,3 +93,54 @@ fn killed_service_gives_errors_not_hangs_and_is_replaced() {
     assert_eq!(stdout(&out).trim(), (1 << 20).to_string());
     assert_ne!(w.service_pid(), Some(pid));
 }
+
+#[test]
+fn sigterm_stops_the_service_and_unmounts() {
+    require_vfs!();
+    let w = World::new();
+    w.start_service();
+    let pid = w.service_pid().expect("service");
+    assert!(
+        spfs_fuse::mounts::mounted_type(&w.mnt).unwrap().is_some(),
+        "mounted"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || !std::path::Path::new(
+        &format!("/proc/{pid}")
+    )
+    .exists()
+        || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.contains(") Z "))));
+    assert!(
+        spfs_fuse::mounts::mounted_type(&w.mnt).unwrap().is_none(),
+        "unmounted after SIGTERM"
+    );
+    let log = w.log_text();
+    assert!(log.contains("SIGTERM"), "log {}: {log:?}", w.log.display());
+}
+
+#[test]
+fn reads_work_without_passthrough() {
+    require_vfs!();
+    let w = World::new();
+    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    w.commit("nopt/a", &[("big", &big), ("small", b"small")]);
+    let out = w
+        .command(SPFS)
+        .env("SPFS_VFS_PASSTHROUGH", "false")
+        .args(["run", "nopt/a", "--", "sh", "-c"])
+        .arg(format!(
+            "cat {0}/small; cmp {0}/big {1}",
+            w.mnt.display(),
+            w.dir.path().join("src-nopt-a/big").display()
+        ))
+        .output()
+        .unwrap();
+    ok(&out, "read without passthrough");
+    assert_eq!(stdout(&out), "small");
+    assert_eq!(w.status().unwrap()["passthrough"], false);
+}

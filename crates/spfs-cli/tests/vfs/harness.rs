@@ -177,13 +177,18 @@ impl World {
             .map(|p| p as u32)
     }
 
-    /// Start the service (through a no-op mount of a dead-end process).
+    /// Start the service in the background, logging to the world's log.
     pub fn start_service(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
         let mut child = self
             .command(SPFS_VFS)
             .arg("service")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("service");
         let ok = wait_for(Duration::from_secs(15), || self.status().is_some());

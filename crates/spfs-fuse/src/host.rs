@@ -164,23 +164,47 @@ impl Filesystem for FuseHost {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let rt = self.caller(req);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        let file = match self.vfs.open(rt.as_ref().map(|r| &*r.view), ino.0, write) {
-            Ok(f) => f,
-            Err(e) => return reply.error(errno(e)),
-        };
+        let view = rt.as_ref().map(|r| &*r.view);
         if self.passthrough.load(Ordering::Relaxed) {
-            // Held across the reply, so that a concurrent release cannot
-            // close the backing id between lookup and reply.
-            let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(b) = backing.get_mut(&ino.0) {
-                b.opens += 1;
-                reply.opened_passthrough(FileHandle(PASSTHROUGH_FH), FopenFlags::empty(), &b.id);
-                return;
+            // The kernel wants every open file of an inode to use the same
+            // backing file: reuse the registered one while any is open.
+            // (The lock is held across replies so that a concurrent release
+            // cannot unregister an id between lookup and reply.)
+            {
+                let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(b) = backing.get_mut(&ino.0) {
+                    // Registered means: a file of a view. Check it is the caller's.
+                    if let Err(e) = self.vfs.getattr(view, ino.0) {
+                        return reply.error(errno(e));
+                    }
+                    if write {
+                        return reply.error(Errno::EROFS);
+                    }
+                    b.opens += 1;
+                    reply.opened_passthrough(
+                        FileHandle(PASSTHROUGH_FH),
+                        FopenFlags::empty(),
+                        &b.id,
+                    );
+                    return;
+                }
             }
+            let file = match self.vfs.open(view, ino.0, write) {
+                Ok(f) => f,
+                Err(e) => return reply.error(errno(e)),
+            };
             match reply.open_backing(&file) {
                 Ok(id) => {
-                    reply.opened_passthrough(FileHandle(PASSTHROUGH_FH), FopenFlags::empty(), &id);
-                    backing.insert(ino.0, Backing { id, opens: 1 });
+                    let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+                    // Another thread may have registered one meanwhile: use
+                    // that one (ours is unregistered when dropped).
+                    let b = backing.entry(ino.0).or_insert(Backing { id, opens: 0 });
+                    b.opens += 1;
+                    reply.opened_passthrough(
+                        FileHandle(PASSTHROUGH_FH),
+                        FopenFlags::empty(),
+                        &b.id,
+                    );
                     return;
                 }
                 Err(e) => {
@@ -188,9 +212,15 @@ impl Filesystem for FuseHost {
                         "passthrough refused ({e}); serving reads in user space from now on"
                     );
                     self.passthrough.store(false, Ordering::Relaxed);
+                    let fh = self.vfs.handles.insert(file);
+                    return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
                 }
             }
         }
+        let file = match self.vfs.open(view, ino.0, write) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
         let fh = self.vfs.handles.insert(file);
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }

@@ -4,9 +4,10 @@
 //! its tree and the view it sees. How a caller is matched to a runtime is the
 //! platform host's business (on Linux: the runtime's cgroup); the registry
 //! only keeps the runtimes and shares views between runtimes whose stacks
-//! are equal.
+//! are equal. The few most recently dropped views are kept, so that running
+//! the same stack again reuses their node ids and the kernel's warm caches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Instant, SystemTime};
@@ -56,10 +57,17 @@ pub enum RegistryError<E: std::error::Error + 'static> {
     Build(E),
 }
 
+/// Views kept after their last runtime went, so that the next run of the
+/// same stack finds the kernel's caches for its node ids still warm.
+const RECENT_VIEWS: usize = 8;
+/// ... as long as they hold at most this many entries together.
+const RECENT_ENTRIES: usize = 4_000_000;
+
 #[derive(Default)]
 struct Inner {
     runtimes: HashMap<String, Arc<Runtime>>,
     views: HashMap<Vec<Digest>, Weak<View>>,
+    recent: VecDeque<Arc<View>>,
     last_view: u32,
 }
 
@@ -153,8 +161,14 @@ impl Registry {
     pub fn remove(&self, name: &str) -> Option<Arc<Runtime>> {
         let mut inner = self.write();
         let rt = inner.runtimes.remove(name)?;
-        // Forget views nobody uses any more (this one included, once the
-        // caller drops the runtime it gets back).
+        // Keep the view among the recent ones; forget views nobody uses.
+        inner.recent.retain(|v| !Arc::ptr_eq(v, &rt.view));
+        inner.recent.push_back(rt.view.clone());
+        while inner.recent.len() > RECENT_VIEWS
+            || inner.recent.iter().map(|v| v.tree.len()).sum::<usize>() > RECENT_ENTRIES
+        {
+            inner.recent.pop_front();
+        }
         inner.views.retain(|_, v| v.strong_count() > 0);
         Some(rt)
     }
@@ -202,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn views_are_shared_and_ids_never_reused() {
+    fn views_are_shared_kept_recent_and_ids_never_reused() {
         let reg = Registry::default();
         let a = Digest::of(b"a");
         let r1 = reg.register(spec("one"), vec![a], ok).unwrap();
@@ -220,8 +234,23 @@ mod tests {
         drop((r1, r2));
         reg.remove("one");
         reg.remove("two");
-        assert_eq!(reg.view_count(), 0);
+        // A recent view is reused by the next runtime of the same stack.
         let r3 = reg.register(spec("three"), vec![a], ok).unwrap();
-        assert_ne!(r3.view.id, first_id, "a new view gets a new id");
+        assert_eq!(r3.view.id, first_id);
+        drop(r3);
+        reg.remove("three");
+        // Once enough other views came and went, it is gone for good, and a
+        // new view of the same stack gets a new id.
+        for i in 0..RECENT_VIEWS {
+            let name = format!("other{i}");
+            drop(
+                reg.register(spec(&name), vec![Digest::of(name.as_bytes())], ok)
+                    .unwrap(),
+            );
+            reg.remove(&name);
+        }
+        assert_eq!(reg.view_count(), RECENT_VIEWS);
+        let r4 = reg.register(spec("four"), vec![a], ok).unwrap();
+        assert_ne!(r4.view.id, first_id, "a new view gets a new id");
     }
 }

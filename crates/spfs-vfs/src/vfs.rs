@@ -4,10 +4,11 @@
 //! runtime, who sees an empty root) and a node id. A node id from another
 //! view is refused as if it did not exist. Answers carry cache lifetimes:
 //!
-//! - the root is shared by every view, so its attributes and the names
-//!   directly in it are never cached (lifetime zero): each lookup of
-//!   `/spfs/NAME` asks again, and a kernel that kept another view's answer
-//!   revalidates it, sees a different node id, and drops it;
+//! - the root is shared by every view, so the names directly in it are
+//!   never cached (lifetime zero): each lookup of `/spfs/NAME` asks again,
+//!   and a kernel that kept another view's answer revalidates it, sees a
+//!   different node id, and drops it. The root's own attributes are the same
+//!   for every view and are cached;
 //! - every other node belongs to one immutable view, so its attributes,
 //!   names, symlink targets and pages are cached for [`LONG_TTL`].
 
@@ -178,14 +179,16 @@ impl Vfs {
             .count() as u32
     }
 
-    fn root_attr(&self, view: Option<&View>) -> Attr {
+    /// The root's attributes: the same for every view, so the kernel may
+    /// cache them (every path walk through the mount checks them).
+    fn root_attr(&self) -> Attr {
         Attr {
             node: ROOT,
             kind: NodeKind::Dir,
             perm: 0o755,
             size: 0,
-            nlink: 2 + view.map(|v| Self::subdirs(&v.tree, 0)).unwrap_or(0),
-            mtime: view.map(|v| v.mtime).unwrap_or(self.started),
+            nlink: 2,
+            mtime: self.started,
             uid: 0,
             gid: 0,
         }
@@ -232,7 +235,7 @@ impl Vfs {
     /// The attributes of a node and how long they may be cached.
     pub fn getattr(&self, view: Option<&View>, node: u64) -> Result<(Attr, Duration)> {
         match Self::resolve(view, node)? {
-            Node::Root => Ok((self.root_attr(view), NO_TTL)),
+            Node::Root => Ok((self.root_attr(), LONG_TTL)),
             Node::Entry(v, i, e) => Ok((Self::entry_attr(v, i, e), LONG_TTL)),
         }
     }

@@ -19,7 +19,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
     Request,
 };
-use spfs_vfs::{Attr, NodeKind, Runtime, Vfs, VfsError};
+use spfs_vfs::{Attr, DirItem, NodeKind, Runtime, Vfs, VfsError, View};
 
 use crate::route::Router;
 
@@ -76,6 +76,11 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The view of a caller's runtime (`None`: the caller is in no runtime).
+fn view_of(rt: &Option<Arc<Runtime>>) -> Option<&View> {
+    rt.as_ref().map(|r| &*r.view)
+}
+
 fn file_type(k: NodeKind) -> FileType {
     match k {
         NodeKind::Dir => FileType::Directory,
@@ -99,6 +104,20 @@ impl FuseHost {
     /// Whether passthrough is in use (known after the mount's init).
     pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
         self.passthrough.clone()
+    }
+
+    /// List a directory for `readdir` and `readdirplus`.
+    fn list(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        offset: u64,
+        add: impl FnMut(DirItem<'_>) -> bool,
+    ) -> Result<(), Errno> {
+        let rt = self.caller(req);
+        self.vfs
+            .readdir(view_of(&rt), ino.0, offset, add)
+            .map_err(errno)
     }
 
     /// The caller's runtime, counting the request.
@@ -134,10 +153,7 @@ impl Filesystem for FuseHost {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let rt = self.caller(req);
-        match self
-            .vfs
-            .lookup(rt.as_ref().map(|r| &*r.view), parent.0, name.as_bytes())
-        {
+        match self.vfs.lookup(view_of(&rt), parent.0, name.as_bytes()) {
             Ok((attr, entry_ttl, attr_ttl)) => {
                 reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&attr), Generation(0))
             }
@@ -147,7 +163,7 @@ impl Filesystem for FuseHost {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let rt = self.caller(req);
-        match self.vfs.getattr(rt.as_ref().map(|r| &*r.view), ino.0) {
+        match self.vfs.getattr(view_of(&rt), ino.0) {
             Ok((attr, ttl)) => reply.attr(&ttl, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
@@ -155,7 +171,7 @@ impl Filesystem for FuseHost {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let rt = self.caller(req);
-        match self.vfs.readlink(rt.as_ref().map(|r| &*r.view), ino.0) {
+        match self.vfs.readlink(view_of(&rt), ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(e)),
         }
@@ -164,7 +180,7 @@ impl Filesystem for FuseHost {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let rt = self.caller(req);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        let view = rt.as_ref().map(|r| &*r.view);
+        let view = view_of(&rt);
         if self.passthrough.load(Ordering::Relaxed) {
             // The kernel wants every open file of an inode to use the same
             // backing file: reuse the registered one while any is open.
@@ -270,7 +286,7 @@ impl Filesystem for FuseHost {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let rt = self.caller(req);
-        match self.vfs.opendir(rt.as_ref().map(|r| &*r.view), ino.0) {
+        match self.vfs.opendir(view_of(&rt), ino.0) {
             Ok(()) => {
                 let flags = if Vfs::dir_listing_cacheable(ino.0) {
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
@@ -291,20 +307,17 @@ impl Filesystem for FuseHost {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let rt = self.caller(req);
-        let res = self
-            .vfs
-            .readdir(rt.as_ref().map(|r| &*r.view), ino.0, offset, |item| {
-                reply.add(
-                    INodeNo(item.attr.node),
-                    item.next,
-                    file_type(item.attr.kind),
-                    OsStr::from_bytes(item.name),
-                )
-            });
+        let res = self.list(req, ino, offset, |item| {
+            reply.add(
+                INodeNo(item.attr.node),
+                item.next,
+                file_type(item.attr.kind),
+                OsStr::from_bytes(item.name),
+            )
+        });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -318,28 +331,26 @@ impl Filesystem for FuseHost {
     ) {
         // Names and attributes in one answer: a `find`-style walk needs no
         // separate lookup per entry.
-        let rt = self.caller(req);
-        let res = self
-            .vfs
-            .readdir(rt.as_ref().map(|r| &*r.view), ino.0, offset, |item| {
-                reply.add(
-                    INodeNo(item.attr.node),
-                    item.next,
-                    OsStr::from_bytes(item.name),
-                    &item.ttl,
-                    &file_attr(&item.attr),
-                    Generation(0),
-                )
-            });
+        let res = self.list(req, ino, offset, |item| {
+            let attr = file_attr(&item.attr);
+            reply.add(
+                INodeNo(item.attr.node),
+                item.next,
+                OsStr::from_bytes(item.name),
+                &item.ttl,
+                &attr,
+                Generation(0),
+            )
+        });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
         }
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let rt = self.caller(req);
-        let s = self.vfs.statfs(rt.as_ref().map(|r| &*r.view));
+        let s = self.vfs.statfs(view_of(&rt));
         reply.statfs(
             s.blocks,
             0,

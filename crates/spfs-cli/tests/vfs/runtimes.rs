@@ -182,20 +182,23 @@ fn non_root_caller_cannot_register_a_root_process() {
         .arg("30")
         .spawn()
         .unwrap();
-    let out = w
-        .command("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            SPFS_VFS,
-            "mount",
-            "--root-process",
-        ])
-        .arg(root_proc.id().to_string())
-        .arg("auth/a")
-        .output()
-        .unwrap();
+    // `nobody` asks the service to register a view for process `pid`.
+    let mount_as_nobody = |pid: u32| {
+        w.command("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                SPFS_VFS,
+                "mount",
+                "--root-process",
+            ])
+            .arg(pid.to_string())
+            .arg("auth/a")
+            .output()
+            .unwrap()
+    };
+    let out = mount_as_nobody(root_proc.id());
     assert_ne!(
         out.status.code(),
         Some(0),
@@ -216,20 +219,7 @@ fn non_root_caller_cannot_register_a_root_process() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let out = w
-        .command("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            SPFS_VFS,
-            "mount",
-            "--root-process",
-        ])
-        .arg(own.id().to_string())
-        .arg("auth/a")
-        .output()
-        .unwrap();
+    let out = mount_as_nobody(own.id());
     ok(&out, "own process");
     for c in [&mut root_proc, &mut own] {
         let _ = c.kill();

@@ -22,8 +22,9 @@ use spfs_vfs::{Registry, Runtime};
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for a thread rather than a process.
 const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
 
-/// The largest number of threads remembered before dead ones are swept.
-const CACHE_SWEEP_AT: usize = 16 * 1024;
+/// The largest number of threads remembered (each holds a pidfd) before
+/// dead ones are swept; if that is not enough, the cache starts afresh.
+const CACHE_SWEEP_AT: usize = 4096;
 
 struct Cached {
     pidfd: OwnedFd,
@@ -106,9 +107,16 @@ impl Router {
         // Kernels before 6.9 have no thread pidfds: fall back to a process
         // pidfd, which works for every single-threaded caller and for the
         // main thread of the others.
-        let pidfd = pidfd_open(tid, true)
-            .or_else(|_| pidfd_open(tid, false))
-            .ok()?;
+        let pidfd = match pidfd_open(tid, true).or_else(|_| pidfd_open(tid, false)) {
+            Ok(fd) => fd,
+            // Out of descriptors: answer correctly for now, without caching.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                tracing::warn!("cannot open a pidfd ({e}); routing thread {tid} uncached");
+                return cgroup_of(tid).and_then(|c| self.runtime_for_cgroup(&c));
+            }
+            // The thread is gone.
+            Err(_) => return None,
+        };
         let cgroup = cgroup_of(tid)?;
         // The pidfd was opened before /proc was read: if the thread is still
         // alive now, what we read belongs to it.
@@ -119,6 +127,9 @@ impl Router {
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_SWEEP_AT {
             cache.retain(|_, c| !has_exited(&c.pidfd));
+            if cache.len() >= CACHE_SWEEP_AT {
+                cache.clear();
+            }
         }
         cache.insert(
             tid,

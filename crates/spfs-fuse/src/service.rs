@@ -339,6 +339,19 @@ impl ControlHandler for Handler {
     }
 }
 
+/// The service holds a pidfd per known caller thread and a descriptor per
+/// open file: allow as many descriptors as the hard limit does.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open file limit: {e}");
+        }
+    }
+}
+
 /// Hold an exclusive lock on `path` for this process's life.
 fn take_service_lock(path: &std::path::Path) -> Result<std::fs::File, ServiceError> {
     if let Some(dir) = path.parent() {
@@ -368,6 +381,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         .map_err(|e: spfs_control::ControlError| {
             ServiceError::BadListen(config.vfs.listen.clone(), e.to_string())
         })?;
+    raise_open_file_limit();
     let repo = match FsRepository::open(&config.storage.root) {
         Err(StorageError::NoRepository(_)) => FsRepository::create(&config.storage.root)?,
         other => other?,

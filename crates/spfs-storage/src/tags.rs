@@ -44,10 +44,22 @@ fn now() -> u64 {
 
 /// The name of the current user, for tag history.
 pub fn current_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
     std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| rustix::process::getuid().as_raw().to_string())
+        .or_else(|| user_name(uid))
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// The name of user `uid` in `/etc/passwd` (name:password:uid:...).
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
 }
 
 fn parse_history(path: &Path, text: &str) -> Result<Vec<TagVersion>> {
@@ -283,6 +295,12 @@ impl FsRepository {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_names_come_from_passwd() {
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        assert_eq!(user_name(u32::MAX - 7), None);
+    }
 
     #[test]
     fn history_and_versions() {

@@ -44,6 +44,9 @@ struct Backing {
     opens: u32,
 }
 
+/// Registered backing files kept while no file uses them, at most.
+const IDLE_BACKING_MAX: usize = 4096;
+
 /// The file handle bit that marks a passthrough open.
 const PASSTHROUGH_FH: u64 = 1 << 63;
 
@@ -273,7 +276,10 @@ impl Filesystem for FuseHost {
             let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(b) = backing.get_mut(&ino.0) {
                 b.opens = b.opens.saturating_sub(1);
-                if b.opens == 0 {
+                // An idle backing file stays registered until the kernel
+                // forgets the inode, so reopening it costs no file open and
+                // no registration; past a bound, idle ones go at once.
+                if b.opens == 0 && backing.len() > IDLE_BACKING_MAX {
                     // Dropping the id unregisters the backing file.
                     backing.remove(&ino.0);
                 }
@@ -361,6 +367,13 @@ impl Filesystem for FuseHost {
             s.name_max,
             s.block_size,
         );
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        if backing.get(&ino.0).is_some_and(|b| b.opens == 0) {
+            backing.remove(&ino.0);
+        }
     }
 
     fn flush(

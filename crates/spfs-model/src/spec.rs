@@ -20,6 +20,8 @@ pub enum SpecError {
     InvalidTag(String),
     #[error("invalid reference '{0}' in environment spec")]
     InvalidItem(String),
+    #[error("spec files are not accepted here ('{0}'): expand them first (spfs does this for you)")]
+    FileNotAllowed(String),
     #[error(transparent)]
     InvalidDigest(#[from] crate::digest::DigestError),
     #[error("cannot read spec file {path}: {source}")]
@@ -138,14 +140,29 @@ struct SpecFile {
 }
 
 impl EnvSpec {
-    /// Parse a spec; `*.spfs.yaml` paths are read and expanded.
+    /// Parse a spec; `*.spfs.yaml` paths are read and expanded (with the
+    /// caller's own permissions: only a client should do this).
     pub fn parse(text: &str) -> Result<Self, SpecError> {
         let mut items = Vec::new();
-        Self::parse_into(text, &mut items, 0)?;
+        Self::parse_into(text, &mut items, 0, true)?;
         Ok(EnvSpec { items })
     }
 
-    fn parse_into(text: &str, items: &mut Vec<SpecItem>, depth: usize) -> Result<(), SpecError> {
+    /// Parse a spec of references only: a file path is an error. A service
+    /// that parses specs for other users must use this, so that it never
+    /// reads files on their behalf.
+    pub fn parse_references(text: &str) -> Result<Self, SpecError> {
+        let mut items = Vec::new();
+        Self::parse_into(text, &mut items, 0, false)?;
+        Ok(EnvSpec { items })
+    }
+
+    fn parse_into(
+        text: &str,
+        items: &mut Vec<SpecItem>,
+        depth: usize,
+        files: bool,
+    ) -> Result<(), SpecError> {
         let text = text.trim();
         if text.is_empty() || text == "-" {
             return Ok(());
@@ -156,6 +173,9 @@ impl EnvSpec {
                 return Err(SpecError::InvalidItem(text.to_string()));
             }
             if part.starts_with('/') {
+                if !files {
+                    return Err(SpecError::FileNotAllowed(part.to_string()));
+                }
                 Self::parse_file(Path::new(part), items, depth)?;
             } else {
                 items.push(SpecItem::parse(part)?);
@@ -174,16 +194,25 @@ impl EnvSpec {
                 message: "spec files must be named *.spfs.yaml".into(),
             });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::ReadFile {
+        let read_err = |source| SpecError::ReadFile {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // Only a small regular file: never a device, fifo or huge file.
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        if !meta.is_file() || meta.len() > 1 << 20 {
+            return Err(SpecError::BadFile {
+                path: path.to_path_buf(),
+                message: "not a regular file of at most 1 MiB".into(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
         let file: SpecFile = serde_yaml::from_str(&text).map_err(|e| SpecError::BadFile {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
         for layer in file.layers {
-            Self::parse_into(&layer, items, depth + 1)?;
+            Self::parse_into(&layer, items, depth + 1, true)?;
         }
         Ok(())
     }

@@ -273,12 +273,29 @@ impl FsRepository {
     }
 
     /// Open the bytes of a blob.
+    ///
+    /// Only a regular file is opened: never through a symlink, and never a
+    /// fifo or device that something put in its place (the VFS service
+    /// opens payloads as root on behalf of other users).
     pub fn open_payload(&self, digest: &Digest) -> Result<File> {
         let path = self.payload_path(digest);
-        File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StorageError::UnknownObject(*digest),
-            _ => StorageError::io("cannot open", &path)(e),
-        })
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StorageError::UnknownObject(*digest),
+                _ => StorageError::io("cannot open", &path)(e),
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(StorageError::io("cannot read", &path))?;
+        if !meta.is_file() {
+            return Err(StorageError::io("not a regular file:", &path)(
+                std::io::Error::from(std::io::ErrorKind::InvalidData),
+            ));
+        }
+        Ok(file)
     }
 
     /// Store a blob from memory, durably.

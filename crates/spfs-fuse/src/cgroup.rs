@@ -24,7 +24,7 @@ pub struct Cgroups {
 
 /// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> io::Result<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let text = String::from_utf8_lossy(&std::fs::read("/proc/self/mountinfo")?).into_owned();
     for line in text.lines() {
         // ... mountpoint ... - fstype source options
         let Some((left, right)) = line.split_once(" - ") else {
@@ -161,13 +161,22 @@ impl Watcher {
                             return;
                         }
                     };
-                    let name = watches2
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&wd)
-                        .cloned();
-                    let Some(name) = name else { continue };
-                    if !cg2.is_populated(&name).unwrap_or(false) {
+                    // An overflowed queue (wd -1) may have lost events:
+                    // look at every watched cgroup.
+                    let candidates: Vec<(i32, String)> = {
+                        let w = watches2.lock().unwrap_or_else(|p| p.into_inner());
+                        if wd == -1 {
+                            w.iter().map(|(k, v)| (*k, v.clone())).collect()
+                        } else {
+                            w.get(&wd)
+                                .map(|n| vec![(wd, n.clone())])
+                                .unwrap_or_default()
+                        }
+                    };
+                    for (wd, name) in candidates {
+                        if cg2.is_populated(&name).unwrap_or(false) {
+                            continue;
+                        }
                         let removed = watches2
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -186,25 +195,16 @@ impl Watcher {
         })
     }
 
-    /// Watch the cgroup of `name`. Returns false if it is already empty
-    /// (the caller handles that case itself; no callback will come).
-    pub fn watch(&self, name: &str) -> io::Result<bool> {
+    /// Watch the cgroup of `name` (before any process joins it): the
+    /// callback comes when it has been populated and is empty again.
+    pub fn watch(&self, name: &str) -> io::Result<()> {
         let events = self.cgroups.path(name).join("cgroup.events");
         let wd = inotify::add_watch(&*self.fd, &events, inotify::WatchFlags::MODIFY)?;
         self.watches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(wd, name.to_string());
-        if !self.cgroups.is_populated(name)? {
-            let removed = self
-                .watches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&wd);
-            let _ = inotify::remove_watch(&*self.fd, wd);
-            return Ok(removed.is_none());
-        }
-        Ok(true)
+        Ok(())
     }
 
     /// Stop watching `name` (it was dropped by request).

@@ -5,7 +5,8 @@ use std::path::Path;
 
 /// The filesystem type mounted at `path`, if something is mounted there.
 pub fn mounted_type(path: &Path) -> io::Result<Option<String>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // Other users' mount points may hold any bytes: read them lossily.
+    let text = String::from_utf8_lossy(&std::fs::read("/proc/self/mountinfo")?).into_owned();
     let want = path.to_string_lossy();
     let mut found = None;
     for line in text.lines() {
@@ -41,17 +42,19 @@ fn unescape(s: &str) -> String {
 }
 
 /// Prepare `path` for a new mount: create it, and detach a FUSE mount left
-/// there by a service that died. Returns whether a stale mount was removed.
-/// Another kind of filesystem mounted there is an error.
+/// there by a service that died (its filesystem answers ENOTCONN). Returns
+/// whether a stale mount was removed. A live filesystem there is an error:
+/// this service must not take over a mount that something still serves.
 pub fn prepare_mountpoint(path: &Path) -> io::Result<bool> {
-    // A dead FUSE mount answers ENOTCONN to stat; create_dir_all would fail.
     let mut removed = false;
     while let Some(kind) = mounted_type(path)? {
-        if !kind.starts_with("fuse") {
+        let dead = kind.starts_with("fuse")
+            && matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        if !dead {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!(
-                    "{} already has a {kind} filesystem mounted on it",
+                    "{} already has a live {kind} filesystem mounted on it",
                     path.display()
                 ),
             ));

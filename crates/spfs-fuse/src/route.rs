@@ -38,6 +38,9 @@ pub struct Router {
     prefix: String,
     registry: Arc<Registry>,
     cache: RwLock<HashMap<u32, Cached>>,
+    /// Bumped by [`Router::forget_all`]: an answer computed before a
+    /// registration must not be cached after it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Open a pidfd for a thread (or process) id.
@@ -84,6 +87,7 @@ impl Router {
             prefix: prefix.trim_end_matches('/').to_string(),
             registry,
             cache: RwLock::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -104,14 +108,24 @@ impl Router {
     }
 
     fn route_slow(&self, tid: u32) -> Option<Arc<Runtime>> {
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::Acquire);
         // Kernels before 6.9 have no thread pidfds: fall back to a process
         // pidfd, which works for every single-threaded caller and for the
         // main thread of the others.
         let pidfd = match pidfd_open(tid, true).or_else(|_| pidfd_open(tid, false)) {
             Ok(fd) => fd,
-            // Out of descriptors: answer correctly for now, without caching.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                tracing::warn!("cannot open a pidfd ({e}); routing thread {tid} uncached");
+            // Out of descriptors, or a kernel before 6.9 that has no pidfds
+            // for threads other than the main one: answer without caching.
+            // That is still correct: the caller is blocked in this request,
+            // so its id cannot be reused while we look.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::EINVAL)
+                ) =>
+            {
+                tracing::debug!("no pidfd for thread {tid} ({e}); routing it uncached");
                 return cgroup_of(tid).and_then(|c| self.runtime_for_cgroup(&c));
             }
             // The thread is gone.
@@ -125,6 +139,9 @@ impl Router {
         }
         let runtime = self.runtime_for_cgroup(&cgroup);
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if self.generation.load(Ordering::Acquire) != generation {
+            return runtime;
+        }
         if cache.len() >= CACHE_SWEEP_AT {
             cache.retain(|_, c| !has_exited(&c.pidfd));
             if cache.len() >= CACHE_SWEEP_AT {

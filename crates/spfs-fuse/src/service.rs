@@ -6,9 +6,11 @@
 //! a client that connected early simply waits for its first answer.
 //! SIGTERM, SIGINT or the Shutdown call stop the service and unmount.
 
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use spfs_config::Config;
@@ -59,6 +61,9 @@ struct State {
     requests: Arc<AtomicU64>,
     shutdown: tokio::sync::Notify,
     service_uid: u32,
+    /// A pidfd of each runtime's root process: a root PID that a new
+    /// process has reused never matches a runtime.
+    roots: Mutex<HashMap<String, OwnedFd>>,
 }
 
 impl State {
@@ -66,8 +71,22 @@ impl State {
         self.vfs.repo()
     }
 
+    /// The runtime whose root process is `pid`, if that process still lives.
+    fn rooted_at(&self, pid: u32) -> Option<Arc<spfs_vfs::Runtime>> {
+        let roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        self.vfs
+            .registry
+            .list()
+            .into_iter()
+            .find(|r| r.root_pid == pid && roots.get(&r.name).is_some_and(|fd| !has_exited(fd)))
+    }
+
     /// Drop a runtime: its view, its record and (once empty) its cgroup.
     fn drop_runtime(&self, name: &str, why: &str) {
+        self.roots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         if let Some(rt) = self.vfs.registry.remove(name) {
             tracing::info!(
                 runtime = name,
@@ -101,11 +120,36 @@ impl State {
     }
 }
 
-/// The real uid of process `pid`.
-fn process_uid(pid: u32) -> Option<u32> {
+/// The real, effective, saved and filesystem uids of process `pid`.
+fn process_uids(pid: u32) -> Option<[u32; 4]> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let mut ids = line
+        .split_whitespace()
+        .skip(1)
+        .map(|u| u.parse::<u32>().ok());
+    Some([ids.next()??, ids.next()??, ids.next()??, ids.next()??])
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: fields after its ')'.
+    text.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Whether a caller may decide what a process with `uids` sees: root may;
+/// anyone else only for processes that are wholly theirs (all four uids,
+/// so not a setuid program they started).
+fn may_manage(caller: &Caller, uids: [u32; 4]) -> bool {
+    caller.via_token
+        || caller.uid == Some(0)
+        || caller.uid.is_some_and(|u| uids.iter().all(|id| *id == u))
 }
 
 /// The children of every thread of `pid`.
@@ -149,6 +193,35 @@ fn valid_runtime_name(name: &str) -> bool {
 
 struct Handler(Arc<State>);
 
+impl Handler {
+    /// Move the descendants of `root` into the cgroup of `name`: those the
+    /// caller may manage and that are in no runtime yet. Each is named by a
+    /// pidfd and checked to still be a child of its parent, so a reused PID
+    /// cannot drag in an unrelated process.
+    fn adopt_descendants(&self, caller: &Caller, name: &str, root: u32) {
+        let s = &self.0;
+        let me = std::process::id();
+        let mut todo = vec![root];
+        while let Some(parent) = todo.pop() {
+            for child in children(parent) {
+                if child == me {
+                    continue; // The service itself (a client may have started it).
+                }
+                let Ok(fd) = pidfd_open(child, false) else {
+                    continue;
+                };
+                let ok = parent_of(child) == Some(parent)
+                    && process_uids(child).is_some_and(|u| may_manage(caller, u))
+                    && crate::route::cgroup_of(child)
+                        .is_some_and(|c| !c.starts_with(s.cgroups.prefix()));
+                if ok && !has_exited(&fd) && s.cgroups.add_process(name, child).is_ok() {
+                    todo.push(child);
+                }
+            }
+        }
+    }
+}
+
 impl ControlHandler for Handler {
     fn mount(
         &self,
@@ -160,13 +233,18 @@ impl ControlHandler for Handler {
         if pid == 0 {
             return Err(Status::invalid_argument("root_pid must be a process id"));
         }
-        let pidfd =
-            pidfd_open(pid, false).map_err(|_| Status::not_found(format!("no process {pid}")))?;
-        let owner =
-            process_uid(pid).ok_or_else(|| Status::not_found(format!("no process {pid}")))?;
-        s.authorize(caller, owner)?;
-        let spec =
-            EnvSpec::parse(&req.spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let no_process = || Status::not_found(format!("no process {pid}"));
+        let pidfd = pidfd_open(pid, false).map_err(|_| no_process())?;
+        let uids = process_uids(pid).ok_or_else(no_process)?;
+        if !may_manage(caller, uids) {
+            return Err(Status::permission_denied(format!(
+                "user {} may not manage views of process {pid} (user ids {uids:?})",
+                caller.uid.map(|u| u.to_string()).unwrap_or_default()
+            )));
+        }
+        // References only: the service never reads files for a caller.
+        let spec = EnvSpec::parse_references(&req.spec)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let digests = s.repo().resolve_spec(&spec).map_err(storage_status)?;
         let layers = s.repo().flatten(&digests).map_err(storage_status)?;
         let name = if req.runtime.is_empty() {
@@ -179,44 +257,12 @@ impl ControlHandler for Handler {
                 req.runtime
             )));
         };
-        if s.vfs.registry.get(&name).is_some() {
-            return Err(Status::already_exists(format!(
-                "runtime '{name}' is already mounted"
-            )));
-        }
-        if s.vfs.registry.by_root_pid(pid).is_some() {
+        if s.rooted_at(pid).is_some() {
             return Err(Status::already_exists(format!(
                 "process {pid} already roots a runtime"
             )));
         }
-        s.cgroups
-            .create(&name)
-            .map_err(|e| Status::internal(format!("cannot create the runtime's cgroup: {e}")))?;
-        let fail = |status: Status| {
-            let _ = s.cgroups.remove(&name);
-            status
-        };
-        // The root and any children it already has join the cgroup.
-        // (Never the service itself, which a client may have started.)
-        let me = std::process::id();
-        let mut todo = vec![pid];
-        while let Some(p) = todo.pop() {
-            if p == me {
-                continue;
-            }
-            if let Err(e) = s.cgroups.add_process(&name, p) {
-                if p == pid {
-                    return Err(fail(Status::failed_precondition(format!(
-                        "cannot bind process {pid}: {e}"
-                    ))));
-                }
-                continue;
-            }
-            todo.extend(children(p));
-        }
-        if has_exited(&pidfd) {
-            return Err(fail(Status::not_found(format!("process {pid} exited"))));
-        }
+        // 1. The view (the expensive, fallible part) before touching any process.
         let repo = s.repo().clone();
         let build_layers = layers.clone();
         let rt = s
@@ -227,7 +273,7 @@ impl ControlHandler for Handler {
                     name: name.clone(),
                     spec: req.spec.clone(),
                     root_pid: pid,
-                    owner_uid: owner,
+                    owner_uid: uids[0],
                 },
                 layers.clone(),
                 move || {
@@ -244,20 +290,49 @@ impl ControlHandler for Handler {
                     Ok::<_, StorageError>((tree, mtime))
                 },
             )
-            .map_err(|e| {
-                let status = match e {
-                    spfs_vfs::registry::RegistryError::Build(e) => storage_status(e),
-                    e => Status::internal(e.to_string()),
-                };
-                fail(status)
+            .map_err(|e| match e {
+                spfs_vfs::registry::RegistryError::Build(e) => storage_status(e),
+                spfs_vfs::registry::RegistryError::Exists(n) => {
+                    Status::already_exists(format!("runtime '{n}' is already mounted"))
+                }
+                e => Status::internal(e.to_string()),
             })?;
-        s.router.forget_all();
-        if let Some(w) = s.watcher.get() {
-            match w.watch(&name) {
-                Ok(true) => {}
-                Ok(false) => s.drop_runtime(&name, "its processes exited before it was watched"),
-                Err(e) => tracing::warn!(runtime = %name, "cannot watch cgroup: {e}"),
+        // 2. Its cgroup, watched before anything can join it.
+        let undo = |status: Status| {
+            s.vfs.registry.remove(&name);
+            if let Some(w) = s.watcher.get() {
+                w.unwatch(&name);
             }
+            let _ = s.cgroups.remove(&name);
+            status
+        };
+        s.cgroups.create(&name).map_err(|e| {
+            undo(Status::internal(format!(
+                "cannot create the runtime's cgroup: {e}"
+            )))
+        })?;
+        if let Some(w) = s.watcher.get() {
+            w.watch(&name).map_err(|e| {
+                undo(Status::internal(format!(
+                    "cannot watch the runtime's cgroup: {e}"
+                )))
+            })?;
+        }
+        // 3. The root process, then its descendants.
+        s.cgroups.add_process(&name, pid).map_err(|e| {
+            undo(Status::failed_precondition(format!(
+                "cannot bind process {pid}: {e}"
+            )))
+        })?;
+        self.adopt_descendants(caller, &name, pid);
+        s.roots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), pidfd);
+        s.router.forget_all();
+        if !s.cgroups.is_populated(&name).unwrap_or(false) {
+            s.drop_runtime(&name, "its processes exited while it was mounted");
+            return Err(Status::not_found(format!("process {pid} exited")));
         }
         tracing::info!(runtime = %name, root_pid = pid, layers = layers.len(), view = rt.view.id, "view registered");
         Ok(proto::MountResponse {
@@ -275,7 +350,7 @@ impl ControlHandler for Handler {
         let rt = if !req.runtime.is_empty() {
             s.vfs.registry.get(&req.runtime)
         } else {
-            s.vfs.registry.by_root_pid(req.root_pid)
+            s.rooted_at(req.root_pid)
         };
         let rt = rt.ok_or_else(|| {
             Status::not_found(if req.runtime.is_empty() {
@@ -291,13 +366,16 @@ impl ControlHandler for Handler {
         })
     }
 
-    fn list(&self, _caller: &Caller) -> Result<proto::ListResponse, Status> {
+    fn list(&self, caller: &Caller) -> Result<proto::ListResponse, Status> {
+        // Users see their own runtimes; root sees all.
+        let all = caller.via_token || caller.uid == Some(0);
         let runtimes = self
             .0
             .vfs
             .registry
             .list()
             .into_iter()
+            .filter(|r| all || caller.uid == Some(r.owner_uid))
             .map(|r| proto::RuntimeInfo {
                 runtime: r.name.clone(),
                 root_pid: r.root_pid,
@@ -352,6 +430,23 @@ fn raise_open_file_limit() {
     }
 }
 
+/// How long stopping waits for clients still connected.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The lock that allows one service per mount point, whatever its address.
+fn mountpoint_lock_path(mountpoint: &std::path::Path) -> PathBuf {
+    let escaped: String = mountpoint
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            '/' => "%2F".to_string(),
+            '%' => "%25".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    PathBuf::from("/run/spfs/mounts").join(format!("{escaped}.lock"))
+}
+
 /// Hold an exclusive lock on `path` for this process's life.
 fn take_service_lock(path: &std::path::Path) -> Result<std::fs::File, ServiceError> {
     if let Some(dir) = path.parent() {
@@ -391,6 +486,15 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         .enable_all()
         .build()
         .map_err(io_err("cannot start the control plane"))?;
+    // 1. One service per control address and per mount point: a second
+    //    one stops here, before it changes anything. The locks are released
+    //    by the kernel if this process dies.
+    let lock_path = match &listen {
+        Listen::Unix(p) => p.with_extension("lock"),
+        Listen::Tcp(_) => config.vfs.token_file.with_extension("lock"),
+    };
+    let _lock = take_service_lock(&lock_path)?;
+    let _mount_lock = take_service_lock(&mountpoint_lock_path(&config.vfs.mountpoint))?;
     let token = match &listen {
         Listen::Tcp(_) => Some(
             spfs_control::create_token_file(&config.vfs.token_file).map_err(io_err(format!(
@@ -400,13 +504,6 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         ),
         Listen::Unix(_) => None,
     };
-    // 1. One service per control address: a second one stops here. The
-    //    lock is released by the kernel if this process dies.
-    let lock_path = match &listen {
-        Listen::Unix(p) => p.with_extension("lock"),
-        Listen::Tcp(_) => config.vfs.token_file.with_extension("lock"),
-    };
-    let _lock = take_service_lock(&lock_path)?;
     let bound = match runtime.block_on(spfs_control::bind(&listen, token)) {
         Err(spfs_control::ControlError::AlreadyRunning(l)) => {
             return Err(ServiceError::AlreadyRunning(l.to_string()));
@@ -473,6 +570,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         requests,
         shutdown: tokio::sync::Notify::new(),
         service_uid: rustix::process::getuid().as_raw(),
+        roots: Mutex::new(HashMap::new()),
     });
     let weak = Arc::downgrade(&state);
     let watcher = Watcher::start(
@@ -486,26 +584,62 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     .map_err(io_err("cannot watch runtime cgroups"))?;
     let _ = state.watcher.set(watcher);
     tracing::info!(mountpoint = %mountpoint.display(), listen = %state.listen, "VFS service ready");
-    // 4. Serve until stopped.
+    // 4. Serve until stopped. Connections in flight get a few seconds to
+    //    finish; a client that never finishes cannot keep the service up.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_state = state.clone();
-    let stopped = async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return stop_state.shutdown.notified().await,
-            };
+    let handler = Arc::new(Handler(state.clone()));
+    let served = runtime.block_on(async move {
+        tokio::spawn(async move {
+            let reason =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut term) => tokio::select! {
+                        _ = stop_state.shutdown.notified() => "shutdown requested",
+                        _ = term.recv() => "SIGTERM received",
+                        _ = tokio::signal::ctrl_c() => "SIGINT received",
+                    },
+                    Err(_) => {
+                        stop_state.shutdown.notified().await;
+                        "shutdown requested"
+                    }
+                };
+            tracing::info!("{reason}; stopping");
+            let _ = stop_tx.send(true);
+        });
+        let mut stopped = stop_rx.clone();
+        let mut drained = stop_rx;
+        let serve = bound.serve(handler, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        tokio::pin!(serve);
         tokio::select! {
-            _ = stop_state.shutdown.notified() => {}
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            r = &mut serve => r,
+            _ = async {
+                let _ = drained.wait_for(|s| *s).await;
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } => {
+                tracing::warn!("clients did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
+                Ok(())
+            }
         }
-    };
-    let served = runtime.block_on(bound.serve(Arc::new(Handler(state.clone())), stopped));
+    });
     // 5. Stop: drop every view and record, unmount, remove empty cgroups.
     for rt in state.vfs.registry.list() {
         state.drop_runtime(&rt.name, "the service is stopping");
     }
     drop(background);
+    // A busy mount (a process's working directory in it) refuses a plain
+    // unmount: detach it, so nothing is left answering ENOTCONN.
+    while crate::mounts::mounted_type(&mountpoint)
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.starts_with("fuse"))
+    {
+        if let Err(e) = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH) {
+            tracing::error!("cannot detach {}: {e}", mountpoint.display());
+            break;
+        }
+    }
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; VFS service stopped");
     served?;
     Ok(())

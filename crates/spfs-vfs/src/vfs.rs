@@ -329,11 +329,9 @@ impl Vfs {
     pub fn readlink(&self, view: Option<&View>, node: u64) -> Result<Vec<u8>> {
         match Self::resolve(view, node)? {
             Node::Entry(_, _, e) if e.kind == EntryKind::Symlink => {
-                let path = self.repo.payload_path(&e.object);
-                std::fs::read(&path).map_err(|err| match err.kind() {
-                    std::io::ErrorKind::NotFound => VfsError::MissingPayload(e.object.to_string()),
-                    _ => VfsError::Io(err),
-                })
+                let mut target = Vec::with_capacity(e.size as usize);
+                std::io::Read::read_to_end(&mut self.payload(e)?, &mut target)?;
+                Ok(target)
             }
             _ => Err(VfsError::NotSymlink),
         }
@@ -346,15 +344,18 @@ impl Vfs {
             Node::Entry(_, _, e) => match e.kind {
                 EntryKind::Dir => Err(VfsError::IsDir),
                 _ if write => Err(VfsError::ReadOnly),
-                _ => self.repo.open_payload(&e.object).map_err(|err| match err {
-                    spfs_storage::StorageError::UnknownObject(d) => {
-                        VfsError::MissingPayload(d.to_string())
-                    }
-                    spfs_storage::StorageError::Io { source, .. } => VfsError::Io(source),
-                    other => VfsError::Io(std::io::Error::other(other.to_string())),
-                }),
+                _ => self.payload(e),
             },
         }
+    }
+
+    /// Open the payload of an entry.
+    fn payload(&self, e: &Entry) -> Result<File> {
+        self.repo.open_payload(&e.object).map_err(|err| match err {
+            spfs_storage::StorageError::UnknownObject(d) => VfsError::MissingPayload(d.to_string()),
+            spfs_storage::StorageError::Io { source, .. } => VfsError::Io(source),
+            other => VfsError::Io(std::io::Error::other(other.to_string())),
+        })
     }
 
     /// Numbers for `statfs`: the caller's view's size.

@@ -156,6 +156,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             runtime: name,
             spec,
         } => {
+            // Spec files are read here, with this user's permissions; the
+            // service takes references only.
+            let spec = spfs_model::EnvSpec::parse(&spec)?.to_string();
             let rt = runtime()?;
             rt.block_on(async {
                 let client = launch::connect_or_start(&config).await?;

@@ -144,3 +144,89 @@ fn reads_work_without_passthrough() {
     assert_eq!(stdout(&out), "small");
     assert_eq!(w.status().unwrap()["passthrough"], false);
 }
+
+#[test]
+fn the_service_reads_no_files_for_callers() {
+    require_vfs!();
+    let w = World::new();
+    w.start_service();
+    // A root-only secret, offered as a spec file through a symlink.
+    let secret = w.dir.path().join("secret");
+    std::fs::write(&secret, "TOP-SECRET").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let link = w.dir.path().join("t.spfs.yaml");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        let listen: spfs_control::Listen = format!("unix:{}", w.sock.display()).parse().unwrap();
+        let client = spfs_control::Client::connect(&listen, None).await.unwrap();
+        client
+            .mount(spfs_control::proto::MountRequest {
+                root_pid: std::process::id(),
+                spec: link.display().to_string(),
+                runtime: String::new(),
+            })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        !status.message().contains("TOP-SECRET"),
+        "{}",
+        status.message()
+    );
+    assert!(w.list().is_empty());
+}
+
+#[test]
+fn a_second_service_changes_nothing() {
+    require_vfs!();
+    let w = World::new();
+    w.commit("two/a", &[("data", b"first")]);
+    let mut child = w.spawn_sh("two/a", "sleep 30");
+    assert!(wait_for(Duration::from_secs(10), || w.list().len() == 1));
+    // Same mount point, another control socket: refused before touching the mount.
+    let other = w.dir.path().join("other.sock");
+    let out = w
+        .command(SPFS_VFS)
+        .args(["service"])
+        .env("SPFS_VFS_LISTEN", format!("unix:{}", other.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "second service started");
+    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    assert_eq!(w.list().len(), 1, "the first service keeps its runtime");
+    let out = w.run_sh("two/a", &format!("cat {}/data", w.mnt.display()));
+    ok(&out, "first service still serves");
+    assert_eq!(stdout(&out), "first");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn idle_clients_and_busy_mounts_do_not_block_stopping() {
+    require_vfs!();
+    let w = World::new();
+    w.commit("busy/a", &[("dir/data", b"x")]);
+    // A process whose working directory is inside the mount.
+    let mut busy = w.spawn_sh("busy/a", &format!("cd {}/dir && sleep 30", w.mnt.display()));
+    assert!(wait_for(Duration::from_secs(10), || w.list().len() == 1));
+    // A client that connects and never says anything.
+    let _idle = std::os::unix::net::UnixStream::connect(&w.sock).unwrap();
+    let start = Instant::now();
+    ok(&w.vfs(&["service", "--stop"]), "stop");
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "stopping took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        spfs_fuse::mounts::mounted_type(&w.mnt).unwrap().is_none(),
+        "busy mount detached, not left stale"
+    );
+    let _ = busy.kill();
+    let _ = busy.wait();
+}

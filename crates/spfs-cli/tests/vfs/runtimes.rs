@@ -221,6 +221,30 @@ fn non_root_caller_cannot_register_a_root_process() {
     std::thread::sleep(Duration::from_millis(100));
     let out = mount_as_nobody(own.id());
     ok(&out, "own process");
+    // A process that is only partly nobody's (a setuid program it started:
+    // real uid nobody, effective uid root) is not nobody's to manage.
+    let mut setuid_like = w
+        .command("setpriv")
+        .args([
+            "--ruid=65534",
+            "--rgid=65534",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let out = mount_as_nobody(setuid_like.id());
+    assert!(
+        !out.status.success() && stderr(&out).contains("may not"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = setuid_like.kill();
+    let _ = setuid_like.wait();
+    let out = mount_as_nobody(own.id());
+    assert!(stderr(&out).contains("already roots"), "{}", stderr(&out));
     for c in [&mut root_proc, &mut own] {
         let _ = c.kill();
         let _ = c.wait();
@@ -274,6 +298,16 @@ fn loopback_tcp_control_needs_the_token() {
         "{}",
         stderr(&out)
     );
+    // A second service fails on the lock and leaves the token alone.
+    let out = w
+        .command(SPFS_VFS)
+        .arg("service")
+        .env("SPFS_VFS_LISTEN", &listen)
+        .env("SPFS_VFS_TOKEN_FILE", &token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    ok(&run(&["vfs", "list"], &token), "token still valid");
     ok(&run(&["vfs", "service", "--stop"], &token), "stop over tcp");
 }
 

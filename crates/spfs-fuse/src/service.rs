@@ -242,6 +242,21 @@ impl ControlHandler for Handler {
                 caller.uid.map(|u| u.to_string()).unwrap_or_default()
             )));
         }
+        let privileged = caller.via_token || caller.uid == Some(0);
+        if !privileged
+            && s.vfs
+                .registry
+                .list()
+                .iter()
+                .filter(|r| r.owner_uid == uids[0])
+                .count()
+                >= MAX_RUNTIMES_PER_USER
+        {
+            return Err(Status::resource_exhausted(format!(
+                "user {} already has {MAX_RUNTIMES_PER_USER} runtimes",
+                uids[0]
+            )));
+        }
         // References only: the service never reads files for a caller.
         let spec = EnvSpec::parse_references(&req.spec)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -429,6 +444,9 @@ fn raise_open_file_limit() {
         }
     }
 }
+
+/// Runtimes one (non-root) user may have at once: each holds a view.
+const MAX_RUNTIMES_PER_USER: usize = 512;
 
 /// How long stopping waits for clients still connected.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -44,6 +44,14 @@ struct Backing {
     opens: u32,
 }
 
+impl Backing {
+    /// Answer an open with this backing file.
+    fn open(&mut self, reply: ReplyOpen) {
+        self.opens += 1;
+        reply.opened_passthrough(FileHandle(PASSTHROUGH_FH), FopenFlags::empty(), &self.id);
+    }
+}
+
 /// Registered backing files kept while no file uses them, at most.
 const IDLE_BACKING_MAX: usize = 4096;
 
@@ -199,13 +207,7 @@ impl Filesystem for FuseHost {
                     if write {
                         return reply.error(Errno::EROFS);
                     }
-                    b.opens += 1;
-                    reply.opened_passthrough(
-                        FileHandle(PASSTHROUGH_FH),
-                        FopenFlags::empty(),
-                        &b.id,
-                    );
-                    return;
+                    return b.open(reply);
                 }
             }
             let file = match self.vfs.open(view, ino.0, write) {
@@ -217,14 +219,10 @@ impl Filesystem for FuseHost {
                     let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
                     // Another thread may have registered one meanwhile: use
                     // that one (ours is unregistered when dropped).
-                    let b = backing.entry(ino.0).or_insert(Backing { id, opens: 0 });
-                    b.opens += 1;
-                    reply.opened_passthrough(
-                        FileHandle(PASSTHROUGH_FH),
-                        FopenFlags::empty(),
-                        &b.id,
-                    );
-                    return;
+                    return backing
+                        .entry(ino.0)
+                        .or_insert(Backing { id, opens: 0 })
+                        .open(reply);
                 }
                 Err(e) => {
                     tracing::warn!(

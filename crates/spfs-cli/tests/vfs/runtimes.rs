@@ -207,34 +207,23 @@ fn non_root_caller_cannot_register_a_root_process() {
     assert!(stderr(&out).contains("may not"), "{}", stderr(&out));
     assert!(w.list().is_empty());
     // The same user may register its own process.
-    let mut own = w
-        .command("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sleep",
-            "30",
-        ])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // `sleep 30` with the user ids that setpriv ARGS give it.
+    let sleeper = |ids: &[&str]| {
+        let child = w
+            .command("setpriv")
+            .args(ids)
+            .args(["--clear-groups", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        child
+    };
+    let mut own = sleeper(&["--reuid=65534", "--regid=65534"]);
     let out = mount_as_nobody(own.id());
     ok(&out, "own process");
     // A process that is only partly nobody's (a setuid program it started:
     // real uid nobody, effective uid root) is not nobody's to manage.
-    let mut setuid_like = w
-        .command("setpriv")
-        .args([
-            "--ruid=65534",
-            "--rgid=65534",
-            "--clear-groups",
-            "sleep",
-            "30",
-        ])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let mut setuid_like = sleeper(&["--ruid=65534", "--rgid=65534"]);
     let out = mount_as_nobody(setuid_like.id());
     assert!(
         !out.status.success() && stderr(&out).contains("may not"),

@@ -29,6 +29,10 @@ pub struct FuseHost {
     router: Arc<Router>,
     /// Whether to try passthrough (configuration).
     want_passthrough: bool,
+    /// Whether the kernel opens files without asking (configuration).
+    cache_opens: bool,
+    /// Payloads read without an open (with `cache_opens`), by node.
+    node_files: Mutex<HashMap<u64, Arc<std::fs::File>>>,
     /// Whether the kernel granted passthrough (set at init).
     passthrough: Arc<AtomicBool>,
     /// Backing files registered for passthrough, by node: the kernel
@@ -101,11 +105,18 @@ fn file_type(k: NodeKind) -> FileType {
 }
 
 impl FuseHost {
-    pub fn new(vfs: Arc<Vfs>, router: Arc<Router>, want_passthrough: bool) -> Self {
+    pub fn new(
+        vfs: Arc<Vfs>,
+        router: Arc<Router>,
+        want_passthrough: bool,
+        cache_opens: bool,
+    ) -> Self {
         FuseHost {
             vfs,
             router,
-            want_passthrough,
+            want_passthrough: want_passthrough && !cache_opens,
+            cache_opens,
+            node_files: Mutex::new(HashMap::new()),
             passthrough: Arc::new(AtomicBool::new(false)),
             backing: Mutex::new(HashMap::new()),
             requests: Arc::new(AtomicU64::new(0)),
@@ -115,6 +126,39 @@ impl FuseHost {
     /// Whether passthrough is in use (known after the mount's init).
     pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
         self.passthrough.clone()
+    }
+
+    /// Read a node's payload without a handle (the kernel opened the file
+    /// itself). The caller's view must hold the node.
+    fn read_node(
+        &self,
+        req: &Request,
+        node: u64,
+        offset: u64,
+        size: usize,
+    ) -> Result<Vec<u8>, Errno> {
+        let rt = self.caller(req);
+        let view = view_of(&rt);
+        self.vfs.getattr(view, node).map_err(errno)?;
+        let cached = self
+            .node_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .cloned();
+        let file = match cached {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(self.vfs.open(view, node, false).map_err(errno)?);
+                let mut files = self.node_files.lock().unwrap_or_else(|p| p.into_inner());
+                if files.len() >= IDLE_BACKING_MAX {
+                    files.clear();
+                }
+                files.insert(node, f.clone());
+                f
+            }
+        };
+        spfs_vfs::handles::read_at(&file, offset, size).map_err(Errno::from)
     }
 
     /// List a directory for `readdir` and `readdirplus`.
@@ -189,6 +233,11 @@ impl Filesystem for FuseHost {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.cache_opens {
+            // The kernel takes ENOSYS as "opens always succeed": it never
+            // asks again, and keeps each node's pages cached.
+            return reply.error(Errno::ENOSYS);
+        }
         let rt = self.caller(req);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let view = view_of(&rt);
@@ -244,8 +293,8 @@ impl Filesystem for FuseHost {
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -253,10 +302,18 @@ impl Filesystem for FuseHost {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        // The handle was made for this caller's view at open.
-        match self.vfs.handles.read(fh.0, offset, size as usize) {
+        let res = if self.cache_opens {
+            self.read_node(req, ino.0, offset, size as usize)
+        } else {
+            // The handle was made for this caller's view at open.
+            self.vfs
+                .handles
+                .read(fh.0, offset, size as usize)
+                .map_err(Errno::from)
+        };
+        match res {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(Errno::from(e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -368,6 +425,10 @@ impl Filesystem for FuseHost {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.node_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino.0);
         let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         if backing.get(&ino.0).is_some_and(|b| b.opens == 0) {
             backing.remove(&ino.0);

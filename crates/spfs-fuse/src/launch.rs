@@ -121,6 +121,7 @@ pub fn spawn_service(config: &Config) -> Result<std::process::Child, LaunchError
             config.vfs.cgroup_root.display().to_string(),
         ),
         ("vfs", "passthrough", config.vfs.passthrough.to_string()),
+        ("vfs", "cache_opens", config.vfs.cache_opens.to_string()),
         ("vfs", "threads", config.vfs.threads.to_string()),
         ("vfs", "log_file", config.vfs.log_file.display().to_string()),
     ];

@@ -556,7 +556,12 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         cgroups.prefix().to_string(),
         vfs.registry.clone(),
     ));
-    let host = FuseHost::new(vfs.clone(), router.clone(), config.vfs.passthrough);
+    let host = FuseHost::new(
+        vfs.clone(),
+        router.clone(),
+        config.vfs.passthrough,
+        config.vfs.cache_opens,
+    );
     let passthrough = host.passthrough_flag();
     let requests = host.requests.clone();
     let mut fuse_config = fuser::Config::default();

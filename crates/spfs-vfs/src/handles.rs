@@ -6,6 +6,22 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// Read up to `size` bytes at `offset`; short only at end of file.
+pub fn read_at(file: &File, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size];
+    let mut done = 0;
+    while done < size {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
 /// A table of open payload files, indexed by handle number.
 #[derive(Default)]
 pub struct Handles {
@@ -27,23 +43,12 @@ impl Handles {
         self.open.read().ok()?.get(&fh).cloned()
     }
 
-    /// Read up to `size` bytes at `offset`; short only at end of file.
+    /// Read up to `size` bytes at `offset` of handle `fh`.
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
         let file = self
             .get(fh)
             .ok_or_else(|| std::io::Error::from_raw_os_error(9))?;
-        let mut buf = vec![0u8; size];
-        let mut done = 0;
-        while done < size {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        buf.truncate(done);
-        Ok(buf)
+        read_at(&file, offset, size)
     }
 
     pub fn remove(&self, fh: u64) {

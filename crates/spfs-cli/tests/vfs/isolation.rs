@@ -218,3 +218,33 @@ fn files_show_real_sizes_modes_symlinks_statfs_and_are_read_only() {
     );
     assert!(s.trim_end().ends_with('1'), "mkdir fails with EROFS: {s}");
 }
+
+#[test]
+fn kernel_cached_opens_keep_views_apart() {
+    require_vfs!();
+    let w = World::new();
+    let big_a: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 241) as u8).collect();
+    w.commit("ko/a", &[("data", b"view-a"), ("big", &big_a)]);
+    w.commit("ko/b", &[("data", b"view-b!!")]);
+    let mnt = w.mnt.display().to_string();
+    let run = |tag: &str, script: &str| {
+        w.command(SPFS)
+            .env("SPFS_VFS_CACHE_OPENS", "true")
+            .args(["run", tag, "--", "sh", "-c", script])
+            .output()
+            .unwrap()
+    };
+    let src_big = w.dir.path().join("src-ko-a/big").display().to_string();
+    for _ in 0..20 {
+        let a = run(
+            "ko/a",
+            &format!("cat {mnt}/data; cmp {mnt}/big {src_big} && echo same"),
+        );
+        ok(&a, "view a");
+        assert_eq!(stdout(&a), "view-asame\n");
+        let b = run("ko/b", &format!("cat {mnt}/data; ls {mnt}"));
+        ok(&b, "view b");
+        assert_eq!(stdout(&b), "view-b!!data\n");
+    }
+    assert_eq!(w.status().unwrap()["passthrough"], false);
+}

@@ -142,8 +142,14 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Start the watching thread.
-    pub fn start(cgroups: Cgroups, on_empty: Arc<Callback>) -> io::Result<Watcher> {
+    /// Start the watching thread. `on_empty` gets each cgroup that became
+    /// empty; `on_failure` is called once if watching becomes impossible
+    /// (runtimes would never be cleaned up any more).
+    pub fn start(
+        cgroups: Cgroups,
+        on_empty: Arc<Callback>,
+        on_failure: Arc<Callback>,
+    ) -> io::Result<Watcher> {
         let fd = Arc::new(inotify::init(inotify::CreateFlags::CLOEXEC)?);
         let watches: Arc<Mutex<HashMap<i32, String>>> = Arc::default();
         let (fd2, watches2, cg2) = (fd.clone(), watches.clone(), cgroups.clone());
@@ -157,7 +163,7 @@ impl Watcher {
                         Ok(ev) => ev.wd(),
                         Err(rustix::io::Errno::INTR) => continue,
                         Err(e) => {
-                            tracing::error!("cgroup watcher stopped: {e}");
+                            on_failure(&e.to_string());
                             return;
                         }
                     };

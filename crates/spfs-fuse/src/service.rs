@@ -595,12 +595,20 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         service_uid: rustix::process::getuid().as_raw(),
         roots: Mutex::new(HashMap::new()),
     });
-    let weak = Arc::downgrade(&state);
+    let (weak, weak2) = (Arc::downgrade(&state), Arc::downgrade(&state));
     let watcher = Watcher::start(
         cgroups,
         Arc::new(move |name: &str| {
             if let Some(s) = weak.upgrade() {
                 s.drop_runtime(name, "its process tree exited");
+            }
+        }),
+        // Without the watcher no runtime would ever be cleaned up: stop,
+        // so that the next client starts a healthy service.
+        Arc::new(move |error: &str| {
+            tracing::error!("cannot watch runtime cgroups any more ({error}); stopping");
+            if let Some(s) = weak2.upgrade() {
+                s.shutdown.notify_one();
             }
         }),
     )

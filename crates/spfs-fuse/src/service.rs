@@ -452,7 +452,7 @@ const MAX_RUNTIMES_PER_USER: usize = 512;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The lock that allows one service per mount point, whatever its address.
-fn mountpoint_lock_path(mountpoint: &std::path::Path) -> PathBuf {
+pub fn mountpoint_lock_path(mountpoint: &std::path::Path) -> PathBuf {
     let escaped: String = mountpoint
         .to_string_lossy()
         .chars()

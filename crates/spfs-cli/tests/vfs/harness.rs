@@ -245,6 +245,7 @@ impl Drop for World {
                 .unwrap_or(true)
         });
         let _ = std::fs::remove_dir(&self.cgroups);
+        let _ = std::fs::remove_file(spfs_fuse::service::mountpoint_lock_path(&self.mnt));
         while spfs_fuse::mounts::mounted_type(&self.mnt)
             .ok()
             .flatten()

@@ -105,6 +105,8 @@ cleanup() {
 		done
 	fi
 	[ -n "$TRACEFS_MOUNTED" ] && umount /sys/kernel/tracing 2>/dev/null
+	# The service's per-mount-point lock file.
+	rm -f "/run/spfs/mounts/${MNT//\//%2F}.lock"
 	if [ $rc != 0 ] && [ -f "$W/vfs.log" ]; then
 		echo "--- last lines of the service log ---" >&2
 		tail -n 20 "$W/vfs.log" >&2

@@ -18,6 +18,7 @@ export SPFS_CONFIG="$demo/empty.toml" SPFS_STORAGE_ROOT="$demo/repo" \
 cleanup() {
   spfs-vfs service --stop >/dev/null 2>&1 || true
   rmdir "$cg"/* "$cg" 2>/dev/null || true
+  rm -f "/run/spfs/mounts/${SPFS_VFS_MOUNTPOINT//\//%2F}.lock"
   rm -rf "$demo"
 }
 trap cleanup EXIT

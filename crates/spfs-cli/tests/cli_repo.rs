@@ -730,9 +730,12 @@ fn platform_commit_and_merged_ls_with_masks() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
+    // A layer repeated higher up decides every name it holds, so the lower
+    // copy is dropped: base+top+base flattens to top+base.
+    assert_eq!(layers, [dtop.to_string(), dbase.to_string()]);
     assert_eq!(
-        layers,
-        [dbase.to_string(), dtop.to_string(), dbase.to_string()]
+        env.ok(&["ls", "-R", &plat2.to_string()]),
+        env.ok(&["ls", "-R", &format!("{dbase}+{dtop}+{dbase}")])
     );
     let j = env.json(&["info", "org/plat"]);
     assert_eq!(j["stack"][0], dbase.to_string());

@@ -235,8 +235,9 @@ impl Config {
                 },
                 Kind::Int => toml::Value::Integer(
                     raw.trim()
-                        .parse()
-                        .map_err(|_| bad("expected a whole number"))?,
+                        .parse::<u32>()
+                        .map(i64::from)
+                        .map_err(|_| bad("expected a whole number from 0 to 4294967295"))?,
                 ),
             };
             let mut layer = toml::Table::new();

@@ -50,10 +50,14 @@ impl TagSpec {
             Some((n, v)) => (n, v.parse::<u64>().map_err(|_| bad())?),
             None => (text, 0),
         };
+        // `.tag` and `.lock` endings are how tags are stored: a folder named
+        // so would collide with a tag.
         let valid_part = |p: &str| {
             !p.is_empty()
                 && p != "."
                 && p != ".."
+                && !p.ends_with(".tag")
+                && !p.ends_with(".lock")
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         };

@@ -243,6 +243,16 @@ proptest! {
         prop_assert_eq!(merge(&[&b, &b]), merge(&[&b]));
     }
 
+    /// What flattening platforms relies on: a lower copy of a layer that is
+    /// repeated higher up can be dropped.
+    #[test]
+    fn a_lower_copy_of_a_repeated_layer_changes_nothing(
+        a in tree(true), b in tree(true), c in tree(true)
+    ) {
+        prop_assert_eq!(merge(&[&a, &b, &a]), merge(&[&b, &a]));
+        prop_assert_eq!(merge(&[&a, &b, &c, &a, &c]), merge(&[&b, &a, &c]));
+    }
+
     #[test]
     fn diff_is_empty_on_itself_and_mirrors(a in tree(false), b in tree(false)) {
         prop_assert!(diff(&a, &a).is_empty());

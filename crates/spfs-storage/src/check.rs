@@ -113,7 +113,12 @@ pub fn check(repo: &FsRepository, roots: &[Digest]) -> Result<CheckReport> {
 pub fn tag_roots(repo: &FsRepository) -> Result<Vec<Digest>> {
     let mut out = Vec::new();
     for tag in repo.tags()? {
-        out.extend(repo.tag_history(&tag)?.into_iter().map(|v| v.target));
+        match repo.tag_history(&tag) {
+            Ok(history) => out.extend(history.into_iter().map(|v| v.target)),
+            // Removed meanwhile by another process.
+            Err(StorageError::UnknownTag(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
 }

@@ -39,6 +39,8 @@ pub enum StorageError {
     },
     #[error("ambiguous digest prefix '{prefix}': it matches {count} objects; type more characters")]
     AmbiguousDigest { prefix: String, count: usize },
+    #[error("'{0}' is both a tag and a digest prefix; use the full digest or another tag name")]
+    AmbiguousReference(String),
     #[error("object {digest} is corrupt: {source}")]
     Corrupt { digest: Digest, source: DecodeError },
     #[error("object {digest} is a {found}, expected {expected}")]
@@ -57,7 +59,7 @@ pub enum StorageError {
     BadRecord { path: PathBuf, message: String },
     #[error("unknown runtime '{0}'")]
     UnknownRuntime(String),
-    #[error("platforms nest too deeply at {0}")]
+    #[error("platform {0} nests too deeply or flattens to too many layers")]
     TooDeep(Digest),
 }
 

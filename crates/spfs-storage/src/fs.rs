@@ -244,6 +244,15 @@ impl FsRepository {
             }
             Err(e) => return Err(StorageError::io("cannot read", &path)(e)),
         };
+        // The name is the hash of the content: anything else is corrupt,
+        // even if it still decodes.
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(StorageError::Corrupt {
+                digest: *digest,
+                source: spfs_model::DecodeError::Invalid(format!("content hashes to {actual}")),
+            });
+        }
         Object::decode(&bytes).map_err(|source| StorageError::Corrupt {
             digest: *digest,
             source,
@@ -498,7 +507,10 @@ impl FsRepository {
     /// The one object or payload whose digest starts with `partial`.
     pub fn resolve_partial(&self, partial: &PartialDigest) -> Result<Digest> {
         if let Some(full) = partial.to_full() {
-            return Ok(full);
+            if self.has_object(&full) || self.has_payload(&full) {
+                return Ok(full);
+            }
+            return Err(StorageError::UnknownReference(partial.to_string()));
         }
         let mut found = self.list_area("objects", partial.as_str())?;
         found.extend(self.list_area("payloads", partial.as_str())?);

@@ -1,6 +1,7 @@
 //! Resolving references: spec items to digests, platforms to layers, and
 //! layers to the trees they hold.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use spfs_model::{Digest, EnvSpec, Object, ObjectKind, SpecItem, TagSpec, Tree};
@@ -32,16 +33,25 @@ impl FsRepository {
                     Err(StorageError::UnknownObject(*d))
                 }
             }
-            SpecItem::Partial(p) => match self.resolve_partial(p) {
-                Err(StorageError::UnknownReference(text)) => match TagSpec::parse(&text) {
-                    Ok(tag) => self.resolve_tag(&tag).map_err(|e| match e {
-                        StorageError::UnknownTag(_) => StorageError::UnknownReference(text),
-                        e => e,
-                    }),
-                    Err(_) => Err(StorageError::UnknownReference(text)),
-                },
-                other => other,
-            },
+            SpecItem::Partial(p) => {
+                // Text like `LC` may be a digest prefix and a tag name at
+                // once: that must not silently pick one.
+                let as_tag = TagSpec::parse(p.as_str())
+                    .ok()
+                    .map(|t| self.resolve_tag(&t));
+                match (self.resolve_partial(p), as_tag) {
+                    (Ok(d), Some(Ok(t))) if d != t => {
+                        Err(StorageError::AmbiguousReference(p.to_string()))
+                    }
+                    (Err(StorageError::UnknownReference(_)), Some(Ok(t))) => Ok(t),
+                    (
+                        Err(StorageError::UnknownReference(text)),
+                        Some(Err(StorageError::UnknownTag(_))),
+                    ) => Err(StorageError::UnknownReference(text)),
+                    (Err(StorageError::UnknownReference(_)), Some(Err(e))) => Err(e),
+                    (other, _) => other,
+                }
+            }
             SpecItem::Tag(t) => self.resolve_tag(t),
         }
     }
@@ -59,37 +69,55 @@ impl FsRepository {
     /// Expand platforms into the layers (or bare manifests) they stack,
     /// bottom first.
     pub fn flatten(&self, stack: &[Digest]) -> Result<Vec<Digest>> {
+        let mut memo = HashMap::new();
         let mut out = Vec::new();
         for d in stack {
-            self.flatten_into(d, &mut out, 0)?;
+            out.extend(self.flatten_one(d, &mut memo, 0)?);
         }
-        Ok(out)
+        Ok(keep_last(out))
     }
 
-    fn flatten_into(&self, digest: &Digest, out: &mut Vec<Digest>, depth: usize) -> Result<()> {
+    /// The layers of one digest, each platform flattened once (memoised)
+    /// and de-duplicated keeping the last occurrence: a layer repeated
+    /// higher up decides every name it holds, so the lower copy changes
+    /// nothing. Nested platforms therefore cost time in proportion to the
+    /// distinct objects, never to the paths through them.
+    fn flatten_one(
+        &self,
+        digest: &Digest,
+        memo: &mut HashMap<Digest, Vec<Digest>>,
+        depth: usize,
+    ) -> Result<Vec<Digest>> {
         if depth > MAX_DEPTH {
             return Err(StorageError::TooDeep(*digest));
         }
-        match self.read_object(digest) {
+        if let Some(done) = memo.get(digest) {
+            return Ok(done.clone());
+        }
+        let layers = match self.read_object(digest) {
             Ok(Object::Platform(p)) => {
+                let mut out = Vec::new();
                 for d in &p.stack {
-                    self.flatten_into(d, out, depth + 1)?;
+                    out.extend(self.flatten_one(d, memo, depth + 1)?);
                 }
-                Ok(())
+                let out = keep_last(out);
+                if out.len() > MAX_LAYERS {
+                    return Err(StorageError::TooDeep(*digest));
+                }
+                out
             }
-            Ok(Object::Layer(_)) | Ok(Object::Manifest(_)) => {
-                out.push(*digest);
-                Ok(())
-            }
+            Ok(Object::Layer(_)) | Ok(Object::Manifest(_)) => vec![*digest],
             Err(StorageError::UnknownObject(d)) if self.has_payload(&d) => {
-                Err(StorageError::WrongKind {
+                return Err(StorageError::WrongKind {
                     digest: d,
                     found: "blob",
                     expected: "layer or platform",
-                })
+                });
             }
-            Err(e) => Err(e),
-        }
+            Err(e) => return Err(e),
+        };
+        memo.insert(*digest, layers.clone());
+        Ok(layers)
     }
 
     /// The tree of a layer or manifest.
@@ -128,6 +156,21 @@ impl FsRepository {
         Ok(Arc::new(self.merged_tree(&self.resolve_spec(spec)?)?))
     }
 }
+
+/// Drop all but the last occurrence of each digest, keeping order.
+fn keep_last(stack: Vec<Digest>) -> Vec<Digest> {
+    let mut seen = HashSet::new();
+    let mut out: Vec<Digest> = stack
+        .into_iter()
+        .rev()
+        .filter(|d| seen.insert(*d))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// The most layers a stack may flatten to.
+const MAX_LAYERS: usize = 10_000;
 
 /// The display name of an object kind.
 pub fn kind_name(kind: ObjectKind) -> &'static str {

@@ -45,11 +45,21 @@ fn now() -> u64 {
 /// The name of the current user, for tag history.
 pub fn current_user() -> String {
     let uid = rustix::process::getuid().as_raw();
-    std::env::var("USER")
+    let name = std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())
         .or_else(|| user_name(uid))
-        .unwrap_or_else(|| uid.to_string())
+        .unwrap_or_else(|| uid.to_string());
+    // One field of a one-line record: no spaces or control characters.
+    name.chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// The name of user `uid` in `/etc/passwd` (name:password:uid:...).

@@ -66,7 +66,14 @@ pub(crate) fn spec_tree(repo: &FsRepository, text: &str) -> anyhow::Result<Tree>
 pub(crate) fn tags_by_target(repo: &FsRepository) -> anyhow::Result<BTreeMap<Digest, Vec<String>>> {
     let mut out: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
     for name in repo.tags()? {
-        let history = repo.tag_history(&name)?;
+        // A tag removed meanwhile, or unreadable, only leaves out its name.
+        let history = match repo.tag_history(&name) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("skipping tag {name}: {e}");
+                continue;
+            }
+        };
         for (n, v) in history.iter().rev().enumerate() {
             let spec = if n == 0 {
                 name.clone()

@@ -1,7 +1,5 @@
 //! Comparing two trees: which paths were added, changed or removed.
 
-use std::collections::BTreeMap;
-
 use crate::tree::{Entry, Tree};
 
 /// How a path differs between two trees.
@@ -20,34 +18,77 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
-/// The differences from `a` to `b`, sorted by path.
+/// The differences from `a` to `b`, sorted by path. Names are compared as
+/// bytes (two names that are not UTF-8 stay distinct); paths are shown
+/// with invalid bytes replaced.
 pub fn diff(a: &Tree, b: &Tree) -> Vec<Change> {
-    let left: BTreeMap<String, &Entry> = a.walk().into_iter().collect();
-    let right: BTreeMap<String, &Entry> = b.walk().into_iter().collect();
     let mut out = Vec::new();
-    for (path, l) in &left {
-        match right.get(path) {
-            None => out.push(Change {
-                path: path.clone(),
-                kind: ChangeKind::Removed,
-            }),
-            Some(r) if !l.same_content(r) => out.push(Change {
-                path: path.clone(),
-                kind: ChangeKind::Changed,
-            }),
-            Some(_) => {}
+    compare(a, Some(0), b, Some(0), &[], &mut out);
+    // Byte order is the order of the paths as text for UTF-8 names.
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out.into_iter()
+        .map(|(path, kind)| Change {
+            path: String::from_utf8_lossy(&path).into_owned(),
+            kind,
+        })
+        .collect()
+}
+
+/// Compare directory `da` of `a` with directory `db` of `b` (`None`: the
+/// directory does not exist on that side).
+fn compare(
+    a: &Tree,
+    da: Option<u32>,
+    b: &Tree,
+    db: Option<u32>,
+    prefix: &[u8],
+    out: &mut Vec<(Vec<u8>, ChangeKind)>,
+) {
+    let left = da.map_or(&[][..], |d| a.children(d));
+    let right = db.map_or(&[][..], |d| b.children(d));
+    let path_of = |e: &Entry| {
+        let mut p = prefix.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(&e.name);
+        p
+    };
+    let dir = |e: &Entry| e.is_dir().then_some(e.dir);
+    let (mut i, mut j) = (0, 0);
+    while i < left.len() || j < right.len() {
+        let order = match (left.get(i), right.get(j)) {
+            (Some(l), Some(r)) => l.name.cmp(&r.name),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let l = &left[i];
+                let path = path_of(l);
+                compare(a, dir(l), b, None, &path, out);
+                out.push((path, ChangeKind::Removed));
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                let r = &right[j];
+                let path = path_of(r);
+                compare(a, None, b, dir(r), &path, out);
+                out.push((path, ChangeKind::Added));
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (l, r) = (&left[i], &right[j]);
+                let path = path_of(l);
+                compare(a, dir(l), b, dir(r), &path, out);
+                if !l.same_content(r) {
+                    out.push((path, ChangeKind::Changed));
+                }
+                i += 1;
+                j += 1;
+            }
         }
     }
-    for path in right.keys() {
-        if !left.contains_key(path) {
-            out.push(Change {
-                path: path.clone(),
-                kind: ChangeKind::Added,
-            });
-        }
-    }
-    out.sort_by(|x, y| x.path.cmp(&y.path));
-    out
 }
 
 #[cfg(test)]
@@ -81,6 +122,37 @@ mod tests {
                 ("gone", ChangeKind::Removed),
                 ("new", ChangeKind::Added)
             ]
+        );
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_stay_distinct() {
+        let tree = |second: &[u8]| {
+            let mut t = TreeBuilder::new();
+            t.add(b"d/\xff", EntryKind::File, 0o100644, 1, Digest::of(b"1"))
+                .unwrap();
+            t.add(b"d/\xfe", EntryKind::File, 0o100644, 1, Digest::of(second))
+                .unwrap();
+            t.build().unwrap()
+        };
+        let d = diff(&tree(b"2"), &tree(b"3"));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, ChangeKind::Changed);
+    }
+
+    #[test]
+    fn a_directory_replacing_a_file_lists_its_children() {
+        let mut a = TreeBuilder::new();
+        a.add(b"x", EntryKind::File, 0o100644, 1, Digest::of(b"1"))
+            .unwrap();
+        let mut b = TreeBuilder::new();
+        b.add(b"x/y", EntryKind::File, 0o100644, 1, Digest::of(b"1"))
+            .unwrap();
+        let d = diff(&a.build().unwrap(), &b.build().unwrap());
+        let got: Vec<_> = d.iter().map(|c| (c.path.as_str(), c.kind)).collect();
+        assert_eq!(
+            got,
+            [("x", ChangeKind::Changed), ("x/y", ChangeKind::Added)]
         );
     }
 }

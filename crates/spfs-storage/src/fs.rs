@@ -40,6 +40,41 @@ pub struct FsRepository {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// How old a temporary file of another host or PID namespace must be
+/// before it is taken for abandoned.
+const FOREIGN_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Who writes temporary files: (boot id, PID namespace, PID). A PID alone
+/// means nothing to a process in another namespace or on another host.
+fn writer_identity() -> (String, u64, i32) {
+    static ID: std::sync::OnceLock<(String, u64)> = std::sync::OnceLock::new();
+    let (boot, ns) = ID.get_or_init(|| {
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|b| b.trim().replace('-', "").chars().take(12).collect())
+            .unwrap_or_else(|_| "noboot".into());
+        let ns = fs::metadata("/proc/self/ns/pid")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
+        (boot, ns)
+    });
+    (boot.clone(), *ns, std::process::id() as i32)
+}
+
+/// The owner part of this process's temporary file names.
+fn temp_owner() -> String {
+    let (boot, ns, pid) = writer_identity();
+    format!("{boot}.{ns}.{pid}")
+}
+
+/// `BOOT.NS.PID` back into its parts.
+fn parse_owner(owner: &str) -> Option<(String, u64, i32)> {
+    let mut parts = owner.split('.');
+    let boot = parts.next()?.to_string();
+    let ns = parts.next()?.parse().ok()?;
+    let pid = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((boot, ns, pid))
+}
+
 /// A payload written to a temporary file, not yet renamed into place.
 #[derive(Debug)]
 pub struct PendingPayload {
@@ -132,7 +167,7 @@ impl FsRepository {
         let dir = self.root.join("tmp");
         loop {
             let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!("{}-{n}", std::process::id()));
+            let path = dir.join(format!("{}-{n}", temp_owner()));
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -151,8 +186,10 @@ impl FsRepository {
 
     /// Remove the temporary files left in `tmp/` by processes that died
     /// (a killed commit, a crash); returns how many were removed. A file is
-    /// named after the process that writes it, and only files whose process
-    /// no longer exists are touched, so concurrent writers are safe.
+    /// named after its writer: boot, PID namespace and PID. Files of this
+    /// boot and namespace are removed once that PID is gone; files of other
+    /// hosts or namespaces (containers sharing the repository), whose PIDs
+    /// mean nothing here, only when they are a day old.
     pub fn remove_stale_temp_files(&self) -> Result<usize> {
         let dir = self.root.join("tmp");
         let rd = match fs::read_dir(&dir) {
@@ -160,23 +197,33 @@ impl FsRepository {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(StorageError::io("cannot list", &dir)(e)),
         };
+        let (boot, ns, _) = writer_identity();
         let mut removed = 0;
         for item in rd {
             let item = item.map_err(StorageError::io("cannot list", &dir))?;
             let name = item.file_name();
-            let Some(pid) = name
+            let Some((w_boot, w_ns, pid)) = name
                 .to_str()
-                .and_then(|n| n.split_once('-'))
-                .and_then(|(pid, _)| pid.parse::<i32>().ok())
-                .and_then(rustix::process::Pid::from_raw)
+                .and_then(|n| n.rsplit_once('-'))
+                .and_then(|(owner, _)| parse_owner(owner))
             else {
                 continue;
             };
-            let dead = matches!(
-                rustix::process::test_kill_process(pid),
-                Err(rustix::io::Errno::SRCH)
-            );
-            if dead && fs::remove_file(item.path()).is_ok() {
+            let stale = if w_boot == boot && w_ns == ns {
+                rustix::process::Pid::from_raw(pid).is_some_and(|p| {
+                    matches!(
+                        rustix::process::test_kill_process(p),
+                        Err(rustix::io::Errno::SRCH)
+                    )
+                })
+            } else {
+                item.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > FOREIGN_TEMP_AGE)
+            };
+            if stale && fs::remove_file(item.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -827,15 +874,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = FsRepository::create(dir.path().join("repo")).unwrap();
         let tmp = repo.root().join("tmp");
+        let (boot, ns, _) = writer_identity();
         // No process has this id (above the kernel's maximum).
-        fs::write(tmp.join("2000000000-1"), b"dead").unwrap();
-        let mine = tmp.join(format!("{}-999999", std::process::id()));
+        let dead = tmp.join(format!("{boot}.{ns}.2000000000-1"));
+        fs::write(&dead, b"dead").unwrap();
+        let mine = tmp.join(format!("{}-999999", temp_owner()));
         fs::write(&mine, b"alive").unwrap();
+        // Another namespace's file: its PID means nothing here.
+        let foreign = tmp.join(format!("{boot}.{}.2000000000-1", ns + 1));
+        fs::write(&foreign, b"elsewhere").unwrap();
+        let old_foreign = tmp.join("otherhost.4026531836.7-1");
+        let f = fs::File::create(&old_foreign).unwrap();
+        f.set_modified(std::time::SystemTime::now() - FOREIGN_TEMP_AGE * 2)
+            .unwrap();
         fs::write(tmp.join("not-a-temp-file"), b"other").unwrap();
-        assert_eq!(repo.remove_stale_temp_files().unwrap(), 1);
+        assert_eq!(repo.remove_stale_temp_files().unwrap(), 2);
         assert!(mine.exists());
+        assert!(
+            foreign.exists(),
+            "a live writer in another namespace keeps its file"
+        );
         assert!(tmp.join("not-a-temp-file").exists());
-        assert!(!tmp.join("2000000000-1").exists());
+        assert!(!dead.exists());
+        assert!(!old_foreign.exists());
     }
 
     #[test]

@@ -262,9 +262,9 @@ impl FsRepository {
             }
         };
         let parent = dest.parent().unwrap_or(&self.root);
-        sync_dir(parent);
+        sync_dir(parent)?;
         if created {
-            sync_dir(parent.parent().unwrap_or(&self.root));
+            sync_dir(parent.parent().unwrap_or(&self.root))?;
         }
         Ok(())
     }
@@ -757,10 +757,20 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// Make a directory's entries durable (best effort: some filesystems refuse).
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(f) = File::open(dir) {
-        let _ = f.sync_all();
+/// Make a directory's entries durable. Filesystems that cannot sync a
+/// directory (EINVAL, EROFS) are accepted; a real I/O error is not.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    let res = File::open(dir).and_then(|f| f.sync_all());
+    match res {
+        Err(e)
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::EROFS | libc::EBADF)
+            ) =>
+        {
+            Err(StorageError::io("cannot sync", dir)(e))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -226,8 +226,7 @@ impl FsRepository {
             if history.is_empty() {
                 fs::remove_file(path).map_err(StorageError::io("cannot remove", path))?;
                 let _ = fs::remove_file(path.with_extension("tag.lock"));
-                sync_dir(path.parent().unwrap_or(self.root()));
-                return Ok(());
+                return sync_dir(path.parent().unwrap_or(self.root()));
             }
             let text: String = history
                 .iter()

@@ -11,7 +11,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -466,9 +465,4 @@ impl Filesystem for FuseHost {
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         reply.error(Errno::ENOSYS);
     }
-}
-
-/// Time helpers shared with the service.
-pub fn since(t: SystemTime) -> Duration {
-    SystemTime::now().duration_since(t).unwrap_or_default()
 }

@@ -71,3 +71,13 @@ pub fn prepare_mountpoint(path: &Path) -> io::Result<bool> {
     std::fs::create_dir_all(path)?;
     Ok(removed)
 }
+
+/// Detach every FUSE mount at `path` (lazily: a busy mount goes too, and
+/// nothing is left answering ENOTCONN).
+pub fn detach_fuse(path: &Path) -> io::Result<()> {
+    while mounted_type(path)?.is_some_and(|t| t.starts_with("fuse")) {
+        rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| io::Error::other(format!("cannot detach {}: {e}", path.display())))?;
+    }
+    Ok(())
+}

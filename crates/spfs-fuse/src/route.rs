@@ -180,9 +180,4 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
     }
-
-    /// Threads remembered now.
-    pub fn cached(&self) -> usize {
-        self.cache.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }

@@ -661,15 +661,8 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     drop(background);
     // A busy mount (a process's working directory in it) refuses a plain
     // unmount: detach it, so nothing is left answering ENOTCONN.
-    while crate::mounts::mounted_type(&mountpoint)
-        .ok()
-        .flatten()
-        .is_some_and(|t| t.starts_with("fuse"))
-    {
-        if let Err(e) = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH) {
-            tracing::error!("cannot detach {}: {e}", mountpoint.display());
-            break;
-        }
+    if let Err(e) = crate::mounts::detach_fuse(&mountpoint) {
+        tracing::error!("{e}");
     }
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted; VFS service stopped");
     served?;

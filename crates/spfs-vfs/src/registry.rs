@@ -97,39 +97,39 @@ impl Registry {
         if self.read().runtimes.contains_key(&spec.name) {
             return Err(RegistryError::Exists(spec.name));
         }
-        // Holding a strong reference keeps a shared view alive meanwhile.
-        let existing = self.read().views.get(&layers).and_then(Weak::upgrade);
-        let built = match existing {
-            Some(_) => None,
-            None => Some(build().map_err(RegistryError::Build)?),
+        // A view of this stack that is alive is shared; otherwise one is
+        // built outside the lock, and used unless another registration
+        // made one meanwhile.
+        let shared = self.read().views.get(&layers).and_then(Weak::upgrade);
+        let view = match shared {
+            Some(v) => v,
+            None => {
+                let (tree, mtime) = build().map_err(RegistryError::Build)?;
+                let mut inner = self.write();
+                match inner.views.get(&layers).and_then(Weak::upgrade) {
+                    Some(v) => v,
+                    None => {
+                        let id = inner
+                            .last_view
+                            .checked_add(1)
+                            .ok_or(RegistryError::OutOfViewIds)?;
+                        inner.last_view = id;
+                        let v = Arc::new(View {
+                            id,
+                            layers: layers.clone(),
+                            tree,
+                            mtime,
+                        });
+                        inner.views.insert(layers, Arc::downgrade(&v));
+                        v
+                    }
+                }
+            }
         };
         let mut inner = self.write();
         if inner.runtimes.contains_key(&spec.name) {
             return Err(RegistryError::Exists(spec.name));
         }
-        let view = match (
-            existing,
-            inner.views.get(&layers).and_then(Weak::upgrade),
-            built,
-        ) {
-            (Some(v), _, _) | (None, Some(v), _) => v,
-            (None, None, built) => {
-                let (tree, mtime) = built.ok_or(RegistryError::OutOfViewIds)?;
-                let id = inner
-                    .last_view
-                    .checked_add(1)
-                    .ok_or(RegistryError::OutOfViewIds)?;
-                inner.last_view = id;
-                let v = Arc::new(View {
-                    id,
-                    layers: layers.clone(),
-                    tree,
-                    mtime,
-                });
-                inner.views.insert(layers, Arc::downgrade(&v));
-                v
-            }
-        };
         let rt = Arc::new(Runtime {
             name: spec.name.clone(),
             spec: spec.spec,
@@ -146,15 +146,6 @@ impl Registry {
 
     pub fn get(&self, name: &str) -> Option<Arc<Runtime>> {
         self.read().runtimes.get(name).cloned()
-    }
-
-    /// The runtime whose root process is `pid`.
-    pub fn by_root_pid(&self, pid: u32) -> Option<Arc<Runtime>> {
-        self.read()
-            .runtimes
-            .values()
-            .find(|r| r.root_pid == pid)
-            .cloned()
     }
 
     /// Drop a runtime; its view goes when no other runtime uses it.

@@ -246,15 +246,7 @@ impl Drop for World {
         });
         let _ = std::fs::remove_dir(&self.cgroups);
         let _ = std::fs::remove_file(spfs_fuse::service::mountpoint_lock_path(&self.mnt));
-        while spfs_fuse::mounts::mounted_type(&self.mnt)
-            .ok()
-            .flatten()
-            .is_some()
-        {
-            if rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH).is_err() {
-                break;
-            }
-        }
+        let _ = spfs_fuse::mounts::detach_fuse(&self.mnt);
     }
 }
 

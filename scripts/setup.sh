@@ -11,6 +11,7 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
 command -v pgrep >/dev/null || need+=(procps)
+command -v useradd >/dev/null || need+=(passwd)
 if [ "${1:-}" = "--bench" ]; then
   command -v squashfuse >/dev/null || need+=(squashfuse)
   command -v mksquashfs >/dev/null || need+=(squashfs-tools)

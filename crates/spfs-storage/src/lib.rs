@@ -7,12 +7,15 @@
 //!   and merged trees;
 //! - [`commit`]: storing a directory tree as a layer, hashing in parallel;
 //! - [`check`]: verifying everything reachable from a set of references;
+//! - [`quarantine`]: moving payloads that do not match their digest out of
+//!   the way, so that they read as missing and can be fetched again;
 //! - [`runtimes`]: the records of running environments.
 
 pub mod check;
 pub mod commit;
 mod error;
 pub mod fs;
+pub mod quarantine;
 pub mod resolve;
 pub mod runtimes;
 pub mod tags;

@@ -13,7 +13,9 @@
 //! - [`registry`]: the registered runtimes and the views they use;
 //! - [`vfs`]: the filesystem operations (lookup, getattr, readdir, readlink,
 //!   open, read, statfs) with their cache lifetimes;
-//! - [`handles`]: open files.
+//! - [`handles`]: open files;
+//! - [`verify`]: payloads checked against their digests before they are
+//!   first served, corrupt ones refused and quarantined.
 //!
 //! A platform host (FUSE on Linux, WinFSP on Windows) identifies the caller's
 //! runtime with the platform's own means and calls into [`vfs::Vfs`]; see
@@ -22,6 +24,7 @@
 pub mod handles;
 pub mod node;
 pub mod registry;
+pub mod verify;
 pub mod vfs;
 pub mod view;
 

@@ -15,12 +15,13 @@
 use std::fs::File;
 use std::time::{Duration, SystemTime};
 
-use spfs_model::{Entry, EntryKind, Tree};
+use spfs_model::{Digest, Entry, EntryKind, Tree};
 use spfs_storage::FsRepository;
 
 use crate::handles::Handles;
 use crate::node::{self, ROOT};
 use crate::registry::Registry;
+use crate::verify::Verifier;
 use crate::view::View;
 
 /// How long answers about content-addressed nodes may be cached.
@@ -67,6 +68,9 @@ pub enum VfsError {
     BadHandle,
     #[error("payload {0} is not available locally")]
     MissingPayload(String),
+    /// The payload's bytes do not hash to its digest (it was quarantined).
+    #[error("payload {0} is corrupt: its bytes do not match its digest")]
+    Corrupt(Digest),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -81,7 +85,7 @@ impl VfsError {
             VfsError::NotSymlink => libc_consts::EINVAL,
             VfsError::ReadOnly => libc_consts::EROFS,
             VfsError::BadHandle => libc_consts::EBADF,
-            VfsError::MissingPayload(_) => libc_consts::EIO,
+            VfsError::MissingPayload(_) | VfsError::Corrupt(_) => libc_consts::EIO,
             VfsError::Io(e) => e.raw_os_error().unwrap_or(libc_consts::EIO),
         }
     }
@@ -124,6 +128,9 @@ pub struct Vfs {
     repo: FsRepository,
     pub registry: std::sync::Arc<Registry>,
     pub handles: Handles,
+    /// The payloads verified against their digests in this service's
+    /// lifetime.
+    pub verifier: Verifier,
     started: SystemTime,
 }
 
@@ -141,6 +148,7 @@ impl Vfs {
             repo,
             registry: std::sync::Arc::default(),
             handles: Handles::default(),
+            verifier: Verifier::default(),
             started: SystemTime::now(),
         }
     }
@@ -349,13 +357,16 @@ impl Vfs {
         }
     }
 
-    /// Open the payload of an entry.
+    /// Open the payload of an entry, verified against its digest the first
+    /// time this service serves it (see [`crate::verify`]).
     fn payload(&self, e: &Entry) -> Result<File> {
-        self.repo.open_payload(&e.object).map_err(|err| match err {
+        let file = self.repo.open_payload(&e.object).map_err(|err| match err {
             spfs_storage::StorageError::UnknownObject(d) => VfsError::MissingPayload(d.to_string()),
             spfs_storage::StorageError::Io { source, .. } => VfsError::Io(source),
             other => VfsError::Io(std::io::Error::other(other.to_string())),
-        })
+        })?;
+        self.verifier.check(&self.repo, &e.object, &file)?;
+        Ok(file)
     }
 
     /// Numbers for `statfs`: the caller's view's size.

@@ -1,0 +1,406 @@
+//! Verifying payloads against their digests before they are first served.
+//!
+//! A payload is named by the SHA-256 of its bytes, but the bytes on disk
+//! can change under that name (a failing disk, a careless tool, someone
+//! with write access to the repository). So the first time a service is
+//! about to serve a payload (open of a file, readlink of a symlink), it
+//! hashes the very file it is about to hand out (positioned reads on the
+//! open descriptor: what is checked is what is served) and compares:
+//!
+//! - a match is remembered in [`Verifier`]'s set of verified digests, and
+//!   every later open of that payload costs one set lookup: passthrough
+//!   reads stay at disk speed;
+//! - a mismatch is [`VfsError::Corrupt`] (EIO for the reader), one error
+//!   line in the service's log naming the digest and the repository, and
+//!   the payload is moved to the repository's quarantine
+//!   ([`spfs_storage::quarantine`]), so later opens fail at once as a
+//!   missing payload and `spfs check` reports it missing until it is
+//!   fetched again.
+//!
+//! Concurrent first opens of one payload hash it once: the others wait for
+//! the first and then find the digest verified. The set is bounded
+//! ([`MAX_VERIFIED`] digests); when a shard of it fills up it is emptied,
+//! and its payloads are hashed again on their next open.
+//!
+//! What this does not cover: a payload changed on disk *after* it was
+//! verified is served as it is until the service restarts.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, RwLock};
+
+use spfs_model::{Digest, Hasher};
+use spfs_storage::FsRepository;
+
+use crate::vfs::VfsError;
+
+/// How many verified digests are remembered at most (32 bytes each, about
+/// 40 MiB with the sets' overhead when full).
+pub const MAX_VERIFIED: usize = SHARDS * PER_SHARD;
+
+/// The verified set is split by a digest's first byte, so that lookups
+/// from many threads rarely meet on one lock.
+const SHARDS: usize = 64;
+const PER_SHARD: usize = 8192;
+
+/// The largest read while hashing.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Which payloads this service has verified, and the ones being verified.
+pub struct Verifier {
+    verified: Vec<RwLock<HashSet<Digest>>>,
+    /// Digests some thread is hashing right now.
+    in_flight: Mutex<HashSet<Digest>>,
+    /// Signalled whenever a digest leaves `in_flight`.
+    finished: Condvar,
+    /// How many payloads were hashed (whatever the outcome).
+    hashed: AtomicU64,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            verified: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            in_flight: Mutex::default(),
+            finished: Condvar::new(),
+            hashed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Verifier {
+    fn shard(&self, digest: &Digest) -> &RwLock<HashSet<Digest>> {
+        &self.verified[digest.0[0] as usize % SHARDS]
+    }
+
+    /// Whether `digest` was verified by this service.
+    pub fn is_verified(&self, digest: &Digest) -> bool {
+        self.shard(digest)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(digest)
+    }
+
+    fn remember(&self, digest: Digest) {
+        let mut set = self
+            .shard(&digest)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if set.len() >= PER_SHARD {
+            set.clear();
+        }
+        set.insert(digest);
+    }
+
+    /// How many payloads this service has hashed so far.
+    pub fn hashed(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
+    /// Make sure `file`, just opened as the payload of `digest` in `repo`,
+    /// holds exactly the bytes the digest names, hashing it unless that is
+    /// already known. On a mismatch the payload is quarantined and logged.
+    pub fn check(&self, repo: &FsRepository, digest: &Digest, file: &File) -> Result<(), VfsError> {
+        if self.is_verified(digest) {
+            return Ok(());
+        }
+        let _claim = self.claim(*digest);
+        // Another thread may have verified it while this one waited.
+        if self.is_verified(digest) {
+            return Ok(());
+        }
+        let actual = hash_open_file(file)?;
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        if actual == *digest {
+            self.remember(actual);
+            return Ok(());
+        }
+        let repo_path = repo.root().display();
+        match repo.quarantine_opened_payload(digest, file) {
+            Ok(Some(moved)) => tracing::error!(
+                "payload {digest} in repository {repo_path} is corrupt (its bytes hash to \
+                 {actual}); refused to readers and quarantined as {}",
+                moved.display()
+            ),
+            Ok(None) => tracing::error!(
+                "payload {digest} in repository {repo_path} is corrupt (its bytes hash to \
+                 {actual}); refused to readers (already moved or replaced)"
+            ),
+            Err(e) => tracing::error!(
+                "payload {digest} in repository {repo_path} is corrupt (its bytes hash to \
+                 {actual}); refused to readers, but it could not be quarantined: {e}"
+            ),
+        }
+        Err(VfsError::Corrupt(*digest))
+    }
+
+    /// Wait until no other thread is hashing `digest`, then mark it as
+    /// hashed by this one until the returned claim is dropped.
+    fn claim(&self, digest: Digest) -> Claim<'_> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        while in_flight.contains(&digest) {
+            in_flight = self
+                .finished
+                .wait(in_flight)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        in_flight.insert(digest);
+        Claim {
+            verifier: self,
+            digest,
+        }
+    }
+}
+
+/// One thread's right to hash one digest; released on drop (also when the
+/// hashing fails or panics).
+struct Claim<'a> {
+    verifier: &'a Verifier,
+    digest: Digest,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.verifier
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.digest);
+        self.verifier.finished.notify_all();
+    }
+}
+
+/// The digest of everything in `file`, read with positioned reads (the
+/// file's own offset is left alone, so the caller can still read it from
+/// the start).
+pub fn hash_open_file(file: &File) -> std::io::Result<Digest> {
+    let size = file.metadata()?.len();
+    if size as usize >= READ_CHUNK {
+        // A larger read-ahead window while the whole file streams through.
+        let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
+    }
+    // Sized to the file, so a small file costs a small buffer; a file
+    // that grew meanwhile is still read to its end.
+    let mut buf = vec![0u8; (size as usize).clamp(4096, READ_CHUNK)];
+    let mut hasher = Hasher::new();
+    let mut offset = 0u64;
+    loop {
+        match file.read_at(&mut buf, offset) {
+            Ok(0) => return Ok(hasher.finish()),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use spfs_model::{EntryKind, TreeBuilder};
+
+    use super::*;
+    use crate::node::ROOT;
+    use crate::registry::RuntimeSpec;
+    use crate::{Runtime, Vfs};
+
+    /// A service on a fresh repository whose one view holds `files`
+    /// (`(name, kind, bytes)`) at the top.
+    fn world(files: &[(&str, EntryKind, &[u8])]) -> (tempfile::TempDir, Vfs, Arc<Runtime>) {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let mut b = TreeBuilder::new();
+        for (name, kind, bytes) in files {
+            let d = vfs.repo().write_blob(bytes).unwrap();
+            let mode = match kind {
+                EntryKind::Symlink => 0o120777,
+                _ => 0o100644,
+            };
+            b.add(name.as_bytes(), *kind, mode, bytes.len() as u64, d)
+                .unwrap();
+        }
+        let tree = b.build().unwrap();
+        let rt = vfs
+            .registry
+            .register(
+                RuntimeSpec {
+                    name: "test".into(),
+                    spec: String::new(),
+                    root_pid: 1,
+                    owner_uid: 0,
+                },
+                vec![Digest::of(b"test stack")],
+                || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
+            )
+            .unwrap();
+        (dir, vfs, rt)
+    }
+
+    /// The node of `name` and its payload's digest.
+    fn node(vfs: &Vfs, rt: &Runtime, name: &str) -> (u64, Digest) {
+        let (attr, _, _) = vfs.lookup(Some(&rt.view), ROOT, name.as_bytes()).unwrap();
+        let index = crate::node::split(attr.node).unwrap().1;
+        (attr.node, rt.view.tree.entries()[index as usize].object)
+    }
+
+    /// Flip one bit of a stored payload, in place.
+    fn flip_bit(vfs: &Vfs, digest: &Digest) {
+        let path = vfs.repo().payload_path(digest);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    fn quarantined(vfs: &Vfs) -> Vec<String> {
+        std::fs::read_dir(vfs.repo().quarantine_dir())
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn read_all(mut f: File) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_corrupt_payload_is_refused_and_quarantined() {
+        let (_dir, vfs, rt) = world(&[
+            ("bad", EntryKind::File, b"one flipped bit"),
+            ("good", EntryKind::File, b"intact"),
+        ]);
+        let (bad, bad_digest) = node(&vfs, &rt, "bad");
+        let (good, _) = node(&vfs, &rt, "good");
+        flip_bit(&vfs, &bad_digest);
+        let err = vfs.open(Some(&rt.view), bad, false).unwrap_err();
+        assert!(
+            matches!(err, VfsError::Corrupt(d) if d == bad_digest),
+            "{err}"
+        );
+        assert_eq!(err.errno(), 5, "EIO");
+        assert!(!vfs.repo().has_payload(&bad_digest));
+        let moved = quarantined(&vfs);
+        assert_eq!(moved.len(), 1);
+        assert!(moved[0].starts_with(&bad_digest.to_string()), "{moved:?}");
+        // Later opens fail at once, as a missing payload, hashing nothing.
+        let hashed = vfs.verifier.hashed();
+        assert!(matches!(
+            vfs.open(Some(&rt.view), bad, false),
+            Err(VfsError::MissingPayload(_))
+        ));
+        assert_eq!(vfs.verifier.hashed(), hashed);
+        // The intact payload next to it is served.
+        let f = vfs.open(Some(&rt.view), good, false).unwrap();
+        assert_eq!(read_all(f), b"intact");
+        assert!(!vfs.verifier.is_verified(&bad_digest));
+    }
+
+    #[test]
+    fn a_verified_payload_is_not_hashed_again() {
+        let (_dir, vfs, rt) = world(&[("file", EntryKind::File, b"hello")]);
+        let (file, digest) = node(&vfs, &rt, "file");
+        assert!(!vfs.verifier.is_verified(&digest));
+        let first = vfs.open(Some(&rt.view), file, false).unwrap();
+        assert_eq!(vfs.verifier.hashed(), 1);
+        assert!(vfs.verifier.is_verified(&digest));
+        // Hashing left the file's offset at the start.
+        assert_eq!(read_all(first), b"hello");
+        for _ in 0..3 {
+            let again = vfs.open(Some(&rt.view), file, false).unwrap();
+            assert_eq!(read_all(again), b"hello");
+        }
+        assert_eq!(vfs.verifier.hashed(), 1);
+        // Changed after it was verified: served as it is (documented).
+        flip_bit(&vfs, &digest);
+        assert!(vfs.open(Some(&rt.view), file, false).is_ok());
+    }
+
+    #[test]
+    fn a_corrupt_symlink_target_is_refused() {
+        let (_dir, vfs, rt) = world(&[
+            ("link", EntryKind::Symlink, b"target/of/link"),
+            ("fine", EntryKind::Symlink, b"elsewhere"),
+        ]);
+        let (link, digest) = node(&vfs, &rt, "link");
+        let (fine, _) = node(&vfs, &rt, "fine");
+        flip_bit(&vfs, &digest);
+        assert!(matches!(
+            vfs.readlink(Some(&rt.view), link),
+            Err(VfsError::Corrupt(d)) if d == digest
+        ));
+        assert!(!vfs.repo().has_payload(&digest));
+        assert_eq!(vfs.readlink(Some(&rt.view), fine).unwrap(), b"elsewhere");
+    }
+
+    #[test]
+    fn concurrent_first_opens_hash_once() {
+        let big = vec![7u8; 8 << 20];
+        let (_dir, vfs, rt) = world(&[("big", EntryKind::File, &big)]);
+        let (file, _) = node(&vfs, &rt, "big");
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    start.wait();
+                    vfs.open(Some(&rt.view), file, false).unwrap();
+                });
+            }
+        });
+        assert_eq!(vfs.verifier.hashed(), 1);
+    }
+
+    #[test]
+    fn the_verified_set_is_bounded() {
+        let v = Verifier::default();
+        // Digests that all fall in one shard.
+        let digest = |i: usize| {
+            let mut d = Digest::NULL;
+            d.0[0] = 3;
+            d.0[1..9].copy_from_slice(&(i as u64).to_le_bytes());
+            d
+        };
+        for i in 0..PER_SHARD {
+            v.remember(digest(i));
+        }
+        assert!(v.is_verified(&digest(0)));
+        v.remember(digest(PER_SHARD));
+        assert!(v.is_verified(&digest(PER_SHARD)));
+        assert!(!v.is_verified(&digest(0)), "a full shard is emptied");
+        let held: usize = v.verified.iter().map(|s| s.read().unwrap().len()).sum();
+        assert!(held <= MAX_VERIFIED);
+    }
+
+    #[test]
+    fn hashing_an_open_file_matches_the_digest_of_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        for size in [
+            0,
+            1,
+            4095,
+            4096,
+            READ_CHUNK - 1,
+            READ_CHUNK,
+            3 * READ_CHUNK + 5,
+        ] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 13) as u8).collect();
+            let path = dir.path().join(format!("f{size}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let f = File::open(&path).unwrap();
+            assert_eq!(
+                hash_open_file(&f).unwrap(),
+                Digest::of(&bytes),
+                "size {size}"
+            );
+        }
+    }
+}

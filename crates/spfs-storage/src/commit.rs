@@ -10,6 +10,10 @@
 //! durable one by one (see [`FsRepository::stage_payload`]). Only durable
 //! payloads are renamed into place, and the manifest and layer objects are
 //! written only after every payload they name is durable under its name.
+//!
+//! A payload is readable by others straight from the repository only if
+//! the file it comes from is readable by others ([`Readers::of_mode`]); a
+//! symlink's target is (a view shows it to anyone who can see the link).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -21,7 +25,7 @@ use rayon::prelude::*;
 use spfs_model::{Digest, EntryKind, Layer, Object, Tree, TreeBuilder};
 
 use crate::error::{Result, StorageError};
-use crate::fs::{FsRepository, PendingPayload};
+use crate::fs::{FsRepository, PendingPayload, Readers};
 
 /// Files staged before one durability barrier.
 const BATCH_FILES: usize = 4096;
@@ -110,11 +114,11 @@ fn stage(repo: &FsRepository, job: &Job) -> Result<PendingPayload> {
             let target =
                 fs::read_link(&job.abs).map_err(StorageError::io("cannot read link", &job.abs))?;
             let bytes = target.as_os_str().as_bytes();
-            repo.stage_payload(&mut &bytes[..], Some(bytes.len() as u64))
+            repo.stage_payload(&mut &bytes[..], Some(bytes.len() as u64), Readers::Everyone)
         }
         _ => {
             let mut f = File::open(&job.abs).map_err(StorageError::io("cannot open", &job.abs))?;
-            repo.stage_payload(&mut f, Some(job.size))
+            repo.stage_payload(&mut f, Some(job.size), Readers::of_mode(job.mode))
                 .map_err(|e| match e {
                     StorageError::Io {
                         context,

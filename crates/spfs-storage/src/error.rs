@@ -61,6 +61,16 @@ pub enum StorageError {
     UnknownRuntime(String),
     #[error("platform {0} nests too deeply or flattens to too many layers")]
     TooDeep(Digest),
+    #[error(
+        "directory {0} is missing from this shared repository; run 'spfs init repo --shared' on it again as root"
+    )]
+    MissingDirectory(PathBuf),
+    #[error("making a shared repository at {0} needs root (its directories must belong to root)")]
+    SharedNeedsRoot(PathBuf),
+    #[error(
+        "tag '{name}' belongs to {owner}: in a shared repository only a tag's creator (or root) may change it, and only the creator of a tag folder may add tags to it"
+    )]
+    TagNotYours { name: String, owner: String },
 }
 
 impl StorageError {

@@ -12,18 +12,33 @@
 //! Every write goes to a temporary file under `tmp/` (same filesystem), is
 //! made durable, then renamed into place, so a crash never leaves a partial
 //! object visible and concurrent writers of the same object are harmless:
-//! both write identical bytes and the last rename wins.
+//! both write identical bytes, and a name already taken by a regular file
+//! is as good as a new copy.
+//!
+//! Every path below the root is opened relative to a descriptor of the root
+//! without following a symlink anywhere ([`crate::beneath`]), so that a
+//! repository can be shared by users who do not trust each other
+//! ([`crate::shared`]). Files get exact modes whatever the umask: objects
+//! (names, modes and digests; no file contents) 0444, records (`VERSION`,
+//! tags, runtime records) 0644, and a payload 0444 only if the file it was
+//! committed from was readable by others, 0400 otherwise ([`Readers`]).
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use spfs_model::{Digest, Hasher, Object, PartialDigest};
 
+use crate::beneath;
 use crate::error::{Result, StorageError};
+use crate::shared::Sharing;
 
 /// The repository format this build writes.
 pub const REPO_FORMAT: u32 = 1;
@@ -32,10 +47,72 @@ pub const REPO_FORMAT: u32 = 1;
 /// written, so an existing payload costs no write at all.
 pub const SMALL_FILE: u64 = 1 << 20;
 
+/// The mode of objects: read-only, readable by all.
+const OBJECT_MODE: u32 = 0o444;
+/// The mode of records: `VERSION`, tag histories, runtime records.
+const RECORD_MODE: u32 = 0o644;
+/// The mode of a temporary file until it has its final mode.
+const TEMP_MODE: u32 = 0o600;
+
 /// A local repository.
 #[derive(Debug, Clone)]
 pub struct FsRepository {
     root: PathBuf,
+    /// The root directory: every path below it is opened from here.
+    dir: Arc<OwnedFd>,
+    sharing: Sharing,
+}
+
+/// Who may read a payload straight from the repository's files; everyone
+/// else reads it through a view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readers {
+    /// Everyone (mode 0444): the file it came from was readable by others.
+    Everyone,
+    /// Its writer and root (mode 0400).
+    Owner,
+}
+
+impl Readers {
+    /// From the mode of the file a payload comes from: its other-read bit.
+    pub fn of_mode(mode: u32) -> Readers {
+        if mode & 0o004 != 0 {
+            Readers::Everyone
+        } else {
+            Readers::Owner
+        }
+    }
+
+    fn mode(self) -> u32 {
+        match self {
+            Readers::Everyone => 0o444,
+            Readers::Owner => 0o400,
+        }
+    }
+}
+
+/// What [`FsRepository::write_atomic`] writes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Written {
+    /// An encoded object, named by its content.
+    Object,
+    /// A blob, named by its content.
+    Payload(Readers),
+    /// A record replacing its previous version (`VERSION`, a tag history, a
+    /// runtime record), owned by `keep_owner` when given (root rewriting a
+    /// user's tag leaves it the user's).
+    Record { keep_owner: Option<u32> },
+}
+
+/// What renaming onto a name that is taken means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    /// Replace it: a record.
+    Replace,
+    /// Keep it: the name is the digest of the content, so a regular file
+    /// already there (another user's, which a sticky directory does not let
+    /// us replace) holds the same bytes, or is found corrupt by its name.
+    Keep,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -80,40 +157,65 @@ fn parse_owner(owner: &str) -> Option<(String, u64, i32)> {
 pub struct PendingPayload {
     pub digest: Digest,
     pub size: u64,
-    tmp: Option<PathBuf>,
+    /// The temporary file's name in `tmp/`.
+    tmp: Option<OsString>,
     /// Whether the temporary copy is already durable.
     synced: bool,
 }
+
+/// Where `VERSION` is, below the root.
+const VERSION: &str = "VERSION";
+/// Where temporary files are, below the root.
+const TMP: &str = "tmp";
 
 impl FsRepository {
     /// Create a repository at `root` (or open it if one is there).
     pub fn create(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref();
-        for sub in ["objects", "payloads", "tags", "runtimes", "tmp"] {
+        for sub in ["objects", "payloads", "tags", "runtimes", TMP] {
             fs::create_dir_all(root.join(sub))
                 .map_err(StorageError::io("cannot create", root.join(sub)))?;
         }
-        let version = root.join("VERSION");
-        if !version.exists() {
-            let repo = FsRepository {
-                root: root.to_path_buf(),
-            };
-            repo.write_atomic(&version, format!("{REPO_FORMAT}\n").as_bytes())?;
+        let repo = Self::at(root)?;
+        if !beneath::is_regular(repo.fd(), Path::new(VERSION)) {
+            repo.write_atomic(
+                Path::new(VERSION),
+                format!("{REPO_FORMAT}\n").as_bytes(),
+                Written::Record { keep_owner: None },
+            )?;
         }
         Self::open(root)
     }
 
+    /// The repository at `root`, not yet checked.
+    fn at(root: &Path) -> Result<Self> {
+        let dir = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOENT => StorageError::NoRepository(root.to_path_buf()),
+            e => StorageError::io("cannot open", root)(e.into()),
+        })?;
+        let tmp = rustix::fs::statat(&dir, TMP, AtFlags::SYMLINK_NOFOLLOW).ok();
+        Ok(FsRepository {
+            root: root.to_path_buf(),
+            sharing: Sharing::of_tmp(tmp.as_ref()),
+            dir: Arc::new(dir),
+        })
+    }
+
     /// Open an existing repository.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
-        let root = root.as_ref();
-        let version = root.join("VERSION");
-        let text = match fs::read_to_string(&version) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StorageError::NoRepository(root.to_path_buf()));
-            }
-            Err(e) => return Err(StorageError::io("cannot read", &version)(e)),
-        };
+        let repo = Self::at(root.as_ref())?;
+        let version = repo.root.join(VERSION);
+        let mut text = String::new();
+        repo.open_regular(Path::new(VERSION), || {
+            StorageError::NoRepository(repo.root.clone())
+        })?
+        .read_to_string(&mut text)
+        .map_err(StorageError::io("cannot read", &version))?;
         let found: u32 = text
             .trim()
             .split('.')
@@ -125,62 +227,142 @@ impl FsRepository {
             })?;
         if found > REPO_FORMAT {
             return Err(StorageError::NewerFormat {
-                path: root.to_path_buf(),
+                path: repo.root.clone(),
                 found,
                 supported: REPO_FORMAT,
             });
         }
-        Ok(FsRepository {
-            root: root.to_path_buf(),
-        })
+        Ok(repo)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    fn sharded(&self, area: &str, digest: &Digest) -> PathBuf {
+    /// Whether many users write into this repository.
+    pub fn sharing(&self) -> Sharing {
+        self.sharing
+    }
+
+    /// The root directory, which paths below it are opened from.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// An I/O error about `rel`, below the root.
+    pub(crate) fn io_err(
+        &self,
+        context: &'static str,
+        rel: &Path,
+    ) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
+        StorageError::io(context, self.root.join(rel))
+    }
+
+    /// Open the regular file `rel` below the root for reading (no symlink
+    /// anywhere, no fifo or device); a missing one is `missing()`.
+    pub(crate) fn open_regular(
+        &self,
+        rel: &Path,
+        missing: impl FnOnce() -> StorageError,
+    ) -> Result<File> {
+        beneath::open_regular(self.fd(), rel).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => missing(),
+            _ => self.io_err("cannot open", rel)(e),
+        })
+    }
+
+    /// Open the directory `rel` below the root; a missing one is made as
+    /// `new` says (with its parents), or is an error when `new` is `None`.
+    /// Returns the directory and whether it was made.
+    pub(crate) fn open_dir(
+        &self,
+        rel: &Path,
+        new: Option<beneath::NewDirs>,
+    ) -> Result<(OwnedFd, bool)> {
+        match beneath::open_dir(self.fd(), rel) {
+            Ok(dir) => Ok((dir, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match new {
+                Some(new) => beneath::make_dirs(self.fd(), rel, new)
+                    .map_err(self.io_err("cannot create", rel)),
+                None => Err(StorageError::MissingDirectory(self.root.join(rel))),
+            },
+            Err(e) => Err(self.io_err("cannot open", rel)(e)),
+        }
+    }
+
+    /// Make the entries of directory `rel` (below the root) durable.
+    pub(crate) fn sync_rel(&self, rel: &Path) -> Result<()> {
+        let res = beneath::open_dir(self.fd(), rel).and_then(|d| File::from(d).sync_all());
+        sync_result(res, &self.root.join(rel))
+    }
+
+    fn sharded(area: &str, digest: &Digest) -> PathBuf {
         let text = digest.to_string();
-        self.root.join(area).join(&text[..2]).join(&text[2..])
+        Path::new(area).join(&text[..2]).join(&text[2..])
     }
 
     /// Where the encoded object `digest` is stored.
     pub fn object_path(&self, digest: &Digest) -> PathBuf {
-        self.sharded("objects", digest)
+        self.root.join(Self::sharded("objects", digest))
     }
 
     /// Where the bytes of blob `digest` are stored.
     pub fn payload_path(&self, digest: &Digest) -> PathBuf {
-        self.sharded("payloads", digest)
+        self.root.join(Self::sharded("payloads", digest))
     }
 
+    /// Whether object `digest` is stored (a regular file, reached without
+    /// symlinks).
     pub fn has_object(&self, digest: &Digest) -> bool {
-        self.object_path(digest).exists()
+        beneath::is_regular(self.fd(), &Self::sharded("objects", digest))
     }
 
+    /// Whether the bytes of blob `digest` are stored (a regular file,
+    /// reached without symlinks).
     pub fn has_payload(&self, digest: &Digest) -> bool {
-        self.payload_path(digest).exists()
+        beneath::is_regular(self.fd(), &Self::sharded("payloads", digest))
     }
 
-    /// A fresh temporary file in `tmp/`, created exclusively.
-    pub(crate) fn temp_file(&self) -> Result<(File, PathBuf)> {
-        let dir = self.root.join("tmp");
+    /// A fresh temporary file in `tmp/`, created exclusively, with exactly
+    /// `mode` (whatever the umask); returns it and its name.
+    pub(crate) fn temp_file(&self, mode: u32) -> Result<(File, OsString)> {
+        let (dir, _) = self.open_dir(Path::new(TMP), self.sharing.new_shards())?;
         loop {
             let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!("{}-{n}", temp_owner()));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&path)
-            {
-                Ok(f) => return Ok((f, path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    fs::create_dir_all(&dir).map_err(StorageError::io("cannot create", &dir))?;
+            let name = format!("{}-{n}", temp_owner());
+            match rustix::fs::openat(
+                &dir,
+                &name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(TEMP_MODE),
+            ) {
+                Ok(fd) => {
+                    let file = File::from(fd);
+                    let name = OsString::from(name);
+                    if let Err(e) = rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)) {
+                        self.remove_temp(&name);
+                        return Err(self
+                            .io_err("cannot set the mode of", &Path::new(TMP).join(&name))(
+                            e.into(),
+                        ));
+                    }
+                    return Ok((file, name));
                 }
-                Err(e) => return Err(StorageError::io("cannot create temporary file in", &dir)(e)),
+                Err(Errno::EXIST) => continue,
+                Err(e) => {
+                    return Err(self
+                        .io_err("cannot create temporary file in", Path::new(TMP))(
+                        e.into(),
+                    ));
+                }
             }
+        }
+    }
+
+    /// Remove temporary file `name` (best effort).
+    fn remove_temp(&self, name: &OsStr) {
+        if let Ok(dir) = beneath::open_dir(self.fd(), Path::new(TMP)) {
+            let _ = rustix::fs::unlinkat(&dir, name, AtFlags::empty());
         }
     }
 
@@ -189,18 +371,24 @@ impl FsRepository {
     /// named after its writer: boot, PID namespace and PID. Files of this
     /// boot and namespace are removed once that PID is gone; files of other
     /// hosts or namespaces (containers sharing the repository), whose PIDs
-    /// mean nothing here, only when they are a day old.
+    /// mean nothing here, only when they are a day old. In a shared
+    /// repository only root and each file's owner can remove it.
     pub fn remove_stale_temp_files(&self) -> Result<usize> {
-        let dir = self.root.join("tmp");
-        let rd = match fs::read_dir(&dir) {
+        let dir = match beneath::open_dir(self.fd(), Path::new(TMP)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.io_err("cannot open", Path::new(TMP))(e)),
+        };
+        let path = self.root.join(TMP);
+        let rd = match fs::read_dir(&path) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(StorageError::io("cannot list", &dir)(e)),
+            Err(e) => return Err(StorageError::io("cannot list", &path)(e)),
         };
         let (boot, ns, _) = writer_identity();
         let mut removed = 0;
         for item in rd {
-            let item = item.map_err(StorageError::io("cannot list", &dir))?;
+            let item = item.map_err(StorageError::io("cannot list", &path))?;
             let name = item.file_name();
             let Some((w_boot, w_ns, pid)) = name
                 .to_str()
@@ -223,48 +411,64 @@ impl FsRepository {
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > FOREIGN_TEMP_AGE)
             };
-            if stale && fs::remove_file(item.path()).is_ok() {
+            if stale && rustix::fs::unlinkat(&dir, &name, AtFlags::empty()).is_ok() {
                 removed += 1;
             }
         }
         Ok(removed)
     }
 
-    /// Rename a complete temporary file to `dest`, creating the shard
-    /// directory if needed (then returns true). The caller has made the
-    /// contents durable.
-    fn place(&self, tmp: &Path, dest: &Path) -> Result<bool> {
-        match fs::rename(tmp, dest) {
-            Ok(()) => Ok(false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let parent = dest.parent().unwrap_or(&self.root);
-                fs::create_dir_all(parent).map_err(StorageError::io("cannot create", parent))?;
-                fs::rename(tmp, dest).map_err(StorageError::io("cannot store", dest))?;
-                Ok(true)
+    /// Rename the complete temporary file `tmp` to `dest` (below the root);
+    /// returns whether a directory was made for it (only in a private
+    /// repository: a shared one has every shard). The caller has made the
+    /// contents durable, and removes `tmp` on error.
+    fn place(&self, tmp: &OsStr, dest: &Path, taken: Taken) -> Result<bool> {
+        let (tmp_dir, _) = self.open_dir(Path::new(TMP), None)?;
+        let (parent, name) = beneath::split(dest).map_err(self.io_err("cannot store", dest))?;
+        let (dir, made) = self.open_dir(parent, self.sharing.new_shards())?;
+        match rustix::fs::renameat(&tmp_dir, tmp, &dir, name) {
+            Ok(()) => Ok(made),
+            Err(Errno::PERM | Errno::ACCESS)
+                if taken == Taken::Keep && beneath::is_regular(dir.as_fd(), Path::new(name)) =>
+            {
+                self.remove_temp(tmp);
+                Ok(made)
             }
-            Err(e) => Err(StorageError::io("cannot store", dest)(e)),
+            Err(e) => Err(self.io_err("cannot store", dest)(e.into())),
         }
     }
 
-    /// Write `bytes` to `dest` atomically and durably.
-    pub fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
-        let (mut f, tmp) = self.temp_file()?;
+    /// Write `bytes` to `dest` (below the root) atomically and durably.
+    pub(crate) fn write_atomic(&self, dest: &Path, bytes: &[u8], what: Written) -> Result<()> {
+        let (mode, taken, owner) = match what {
+            Written::Object => (OBJECT_MODE, Taken::Keep, None),
+            Written::Payload(readers) => (readers.mode(), Taken::Keep, None),
+            Written::Record { keep_owner } => (RECORD_MODE, Taken::Replace, keep_owner),
+        };
+        let (mut f, tmp) = self.temp_file(mode)?;
         let res = f
             .write_all(bytes)
+            .and_then(|_| match owner {
+                Some(uid) => {
+                    rustix::fs::fchown(&f, Some(rustix::fs::Uid::from_raw(uid)), None)?;
+                    Ok(())
+                }
+                None => Ok(()),
+            })
             .and_then(|_| f.sync_all())
-            .map_err(StorageError::io("cannot write", &tmp))
-            .and_then(|_| self.place(&tmp, dest));
-        let created = match res {
-            Ok(created) => created,
+            .map_err(self.io_err("cannot write", &Path::new(TMP).join(&tmp)))
+            .and_then(|_| self.place(&tmp, dest, taken));
+        let made = match res {
+            Ok(made) => made,
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                self.remove_temp(&tmp);
                 return Err(e);
             }
         };
-        let parent = dest.parent().unwrap_or(&self.root);
-        sync_dir(parent)?;
-        if created {
-            sync_dir(parent.parent().unwrap_or(&self.root))?;
+        let parent = dest.parent().unwrap_or(Path::new(""));
+        self.sync_rel(parent)?;
+        if made {
+            self.sync_rel(parent.parent().unwrap_or(Path::new("")))?;
         }
         Ok(())
     }
@@ -274,23 +478,25 @@ impl FsRepository {
     pub fn write_object(&self, obj: &Object) -> Result<Digest> {
         let bytes = obj.encode();
         let digest = Digest::of(&bytes);
-        let dest = self.object_path(&digest);
-        if !dest.exists() {
-            self.write_atomic(&dest, &bytes)?;
+        if !self.has_object(&digest) {
+            self.write_atomic(&Self::sharded("objects", &digest), &bytes, Written::Object)?;
         }
         Ok(digest)
     }
 
+    /// Open the stored object `digest` (a regular file, no symlink).
+    fn open_object(&self, digest: &Digest) -> Result<File> {
+        self.open_regular(&Self::sharded("objects", digest), || {
+            StorageError::UnknownObject(*digest)
+        })
+    }
+
     /// Read and decode an object.
     pub fn read_object(&self, digest: &Digest) -> Result<Object> {
-        let path = self.object_path(digest);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StorageError::UnknownObject(*digest));
-            }
-            Err(e) => return Err(StorageError::io("cannot read", &path)(e)),
-        };
+        let mut bytes = Vec::new();
+        self.open_object(digest)?
+            .read_to_end(&mut bytes)
+            .map_err(StorageError::io("cannot read", self.object_path(digest)))?;
         // The name is the hash of the content: anything else is corrupt,
         // even if it still decodes.
         let actual = Digest::of(&bytes);
@@ -309,19 +515,11 @@ impl FsRepository {
     /// The kind of a stored object from its header alone (not decoding
     /// the body).
     pub fn peek_kind(&self, digest: &Digest) -> Result<spfs_model::ObjectKind> {
-        let path = self.object_path(digest);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StorageError::UnknownObject(*digest));
-            }
-            Err(e) => return Err(StorageError::io("cannot read", &path)(e)),
-        };
+        let f = self.open_object(digest)?;
         let mut head = Vec::with_capacity(spfs_model::encoding::HEADER_LEN);
-        (&mut f)
-            .take(spfs_model::encoding::HEADER_LEN as u64)
+        f.take(spfs_model::encoding::HEADER_LEN as u64)
             .read_to_end(&mut head)
-            .map_err(StorageError::io("cannot read", &path))?;
+            .map_err(StorageError::io("cannot read", self.object_path(digest)))?;
         spfs_model::ObjectKind::peek(&head).map_err(|source| StorageError::Corrupt {
             digest: *digest,
             source,
@@ -330,49 +528,45 @@ impl FsRepository {
 
     /// Open the bytes of a blob.
     ///
-    /// Only a regular file is opened: never through a symlink, and never a
-    /// fifo or device that something put in its place (the VFS service
-    /// opens payloads as root on behalf of other users).
+    /// Only a regular file is opened: never through a symlink anywhere
+    /// below the root, and never a fifo or device that something put in its
+    /// place (the VFS service opens payloads as root on behalf of other
+    /// users).
     pub fn open_payload(&self, digest: &Digest) -> Result<File> {
-        let path = self.payload_path(digest);
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => StorageError::UnknownObject(*digest),
-                _ => StorageError::io("cannot open", &path)(e),
-            })?;
-        let meta = file
-            .metadata()
-            .map_err(StorageError::io("cannot read", &path))?;
-        if !meta.is_file() {
-            return Err(StorageError::io("not a regular file:", &path)(
-                std::io::Error::from(std::io::ErrorKind::InvalidData),
-            ));
-        }
-        Ok(file)
+        self.open_regular(&Self::sharded("payloads", digest), || {
+            StorageError::UnknownObject(*digest)
+        })
     }
 
-    /// Store a blob from memory, durably.
+    /// Store a blob from memory, durably, readable by its writer only
+    /// (nothing says where the bytes came from).
     pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);
-        let dest = self.payload_path(&digest);
-        if !dest.exists() {
-            self.write_atomic(&dest, bytes)?;
+        if !self.has_payload(&digest) {
+            self.write_atomic(
+                &Self::sharded("payloads", &digest),
+                bytes,
+                Written::Payload(Readers::Owner),
+            )?;
         }
         Ok(digest)
     }
 
-    /// Store a blob from a reader, durably, reading it once.
-    pub fn write_blob_from(&self, reader: &mut dyn Read) -> Result<(Digest, u64)> {
-        let pending = self.stage_payload(reader, None)?;
+    /// Store a blob from a reader, durably, reading it once; a new payload
+    /// file is readable by `readers`.
+    pub fn write_blob_from(
+        &self,
+        reader: &mut dyn Read,
+        readers: Readers,
+    ) -> Result<(Digest, u64)> {
+        let pending = self.stage_payload(reader, None, readers)?;
         let out = (pending.digest, pending.size);
         self.commit_staged(vec![pending])?;
         Ok(out)
     }
 
-    /// Hash `reader` while copying it to a temporary file.
+    /// Hash `reader` while copying it to a temporary file readable by
+    /// `readers` (a payload already stored keeps its mode).
     ///
     /// With a size hint at most [`SMALL_FILE`], the bytes are read whole and
     /// nothing is written when the payload already exists; the copy is not
@@ -385,8 +579,9 @@ impl FsRepository {
         &self,
         reader: &mut dyn Read,
         size_hint: Option<u64>,
+        readers: Readers,
     ) -> Result<PendingPayload> {
-        let tmp_err = |path: &Path| StorageError::io("cannot write", path.to_path_buf());
+        let tmp_err = |name: &OsStr| self.io_err("cannot write", &Path::new(TMP).join(name));
         if let Some(hint) = size_hint.filter(|h| *h <= SMALL_FILE) {
             let mut buf = Vec::with_capacity(hint as usize + 1);
             reader
@@ -401,10 +596,10 @@ impl FsRepository {
                     synced: false,
                 });
             }
-            let (mut f, tmp) = self.temp_file()?;
+            let (mut f, tmp) = self.temp_file(readers.mode())?;
             if let Err(e) = f.write_all(&buf) {
                 drop(f);
-                let _ = fs::remove_file(&tmp);
+                self.remove_temp(&tmp);
                 return Err(tmp_err(&tmp)(e));
             }
             return Ok(PendingPayload {
@@ -414,11 +609,11 @@ impl FsRepository {
                 synced: false,
             });
         }
-        let (f, tmp) = self.temp_file()?;
+        let (f, tmp) = self.temp_file(readers.mode())?;
         let (digest, size) = match copy_hashing(reader, f) {
             Ok(done) => done,
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                self.remove_temp(&tmp);
                 return Err(match e {
                     CopyError::Read(e) => StorageError::io("cannot read", "(input)")(e),
                     CopyError::Write(e) => tmp_err(&tmp)(e),
@@ -426,7 +621,7 @@ impl FsRepository {
             }
         };
         if self.has_payload(&digest) {
-            let _ = fs::remove_file(&tmp);
+            self.remove_temp(&tmp);
             return Ok(PendingPayload {
                 digest,
                 size,
@@ -447,7 +642,7 @@ impl FsRepository {
     /// a few files are placed, their directories are synced rather than the
     /// whole filesystem (which would also flush other programs' writes).
     pub fn commit_staged(&self, staged: Vec<PendingPayload>) -> Result<()> {
-        let pending: Vec<(PathBuf, Digest, bool)> = staged
+        let pending: Vec<(OsString, Digest, bool)> = staged
             .into_iter()
             .filter_map(|p| p.tmp.map(|t| (t, p.digest, p.synced)))
             .collect();
@@ -462,21 +657,21 @@ impl FsRepository {
         let mut result = Ok(());
         for (tmp, digest, _) in &pending {
             if result.is_err() {
-                let _ = fs::remove_file(tmp);
+                self.remove_temp(tmp);
                 continue;
             }
-            let dest = self.payload_path(digest);
-            match self.place(tmp, &dest) {
-                Ok(created_shard) if !many => {
-                    let shard = dest.parent().unwrap_or(&self.root).to_path_buf();
-                    if created_shard {
-                        dirs.insert(shard.parent().unwrap_or(&self.root).to_path_buf());
+            let dest = Self::sharded("payloads", digest);
+            match self.place(tmp, &dest, Taken::Keep) {
+                Ok(made_shard) if !many => {
+                    let shard = dest.parent().unwrap_or(Path::new("")).to_path_buf();
+                    if made_shard {
+                        dirs.insert(shard.parent().unwrap_or(Path::new("")).to_path_buf());
                     }
                     dirs.insert(shard);
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let _ = fs::remove_file(tmp);
+                    self.remove_temp(tmp);
                     result = Err(e);
                 }
             }
@@ -486,12 +681,7 @@ impl FsRepository {
         if many {
             self.sync_filesystem()
         } else {
-            for dir in dirs {
-                File::open(&dir)
-                    .and_then(|f| f.sync_all())
-                    .map_err(StorageError::io("cannot sync", &dir))?;
-            }
-            Ok(())
+            dirs.iter().try_for_each(|dir| self.sync_rel(dir))
         }
     }
 
@@ -499,15 +689,15 @@ impl FsRepository {
     pub fn discard_staged(&self, staged: Vec<PendingPayload>) {
         for p in staged {
             if let Some(tmp) = p.tmp {
-                let _ = fs::remove_file(tmp);
+                self.remove_temp(&tmp);
             }
         }
     }
 
     /// Flush everything written to the repository's filesystem.
     pub fn sync_filesystem(&self) -> Result<()> {
-        let f = File::open(&self.root).map_err(StorageError::io("cannot open", &self.root))?;
-        rustix::fs::syncfs(&f).map_err(|e| StorageError::io("cannot sync", &self.root)(e.into()))
+        rustix::fs::syncfs(self.fd())
+            .map_err(|e| StorageError::io("cannot sync", &self.root)(e.into()))
     }
 
     /// Every digest stored in `area` ("objects" or "payloads").
@@ -760,7 +950,11 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// Make a directory's entries durable. Filesystems that cannot sync a
 /// directory (EINVAL, EROFS) are accepted; a real I/O error is not.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    let res = File::open(dir).and_then(|f| f.sync_all());
+    sync_result(File::open(dir).and_then(|f| f.sync_all()), dir)
+}
+
+/// The outcome of syncing directory `dir`, as [`sync_dir`] judges it.
+fn sync_result(res: std::io::Result<()>, dir: &Path) -> Result<()> {
     match res {
         Err(e)
             if !matches!(
@@ -785,7 +979,9 @@ mod tests {
         let d = repo.write_blob(b"hello").unwrap();
         assert_eq!(d, Digest::of(b"hello"));
         assert_eq!(fs::read(repo.payload_path(&d)).unwrap(), b"hello");
-        let (d2, n) = repo.write_blob_from(&mut &b"hello"[..]).unwrap();
+        let (d2, n) = repo
+            .write_blob_from(&mut &b"hello"[..], Readers::Everyone)
+            .unwrap();
         assert_eq!((d2, n), (d, 5));
         let obj = Object::Platform(spfs_model::Platform { stack: vec![d] });
         let od = repo.write_object(&obj).unwrap();
@@ -847,14 +1043,19 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|j| (j * 31 + i) as u8).collect();
             // A reader that returns short reads, as pipes do.
             let mut reader = std::io::BufReader::with_capacity(777, &data[..]);
-            let (d, n) = repo.write_blob_from(&mut reader).unwrap();
+            let (d, n) = repo.write_blob_from(&mut reader, Readers::Owner).unwrap();
             assert_eq!((d, n), (Digest::of(&data), size as u64), "size {size}");
             assert!(
                 fs::read(repo.payload_path(&d)).unwrap() == data,
                 "size {size}"
             );
             // Again: already stored, nothing left behind.
-            assert_eq!(repo.write_blob_from(&mut &data[..]).unwrap().0, d);
+            assert_eq!(
+                repo.write_blob_from(&mut &data[..], Readers::Owner)
+                    .unwrap()
+                    .0,
+                d
+            );
         }
         assert!(tmp_is_empty(&repo));
     }
@@ -865,12 +1066,12 @@ mod tests {
         let repo = FsRepository::create(dir.path().join("repo")).unwrap();
         for left in [0, 10, COPY_CHUNK + 5] {
             let err = repo
-                .write_blob_from(&mut Failing { left })
+                .write_blob_from(&mut Failing { left }, Readers::Owner)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("disk on fire"), "{err}");
             let err = repo
-                .stage_payload(&mut Failing { left }, Some(10))
+                .stage_payload(&mut Failing { left }, Some(10), Readers::Owner)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("disk on fire"), "{err}");
@@ -916,8 +1117,12 @@ mod tests {
         let staged: Vec<PendingPayload> = (0..FEW_FILES * 2)
             .map(|i| {
                 let data = format!("small {i}");
-                repo.stage_payload(&mut data.as_bytes(), Some(data.len() as u64))
-                    .unwrap()
+                repo.stage_payload(
+                    &mut data.as_bytes(),
+                    Some(data.len() as u64),
+                    Readers::Owner,
+                )
+                .unwrap()
             })
             .collect();
         let digests: Vec<Digest> = staged.iter().map(|p| p.digest).collect();

@@ -9,8 +9,11 @@
 //! - [`check`]: verifying everything reachable from a set of references;
 //! - [`quarantine`]: moving payloads that do not match their digest out of
 //!   the way, so that they read as missing and can be fetched again;
-//! - [`runtimes`]: the records of running environments.
+//! - [`runtimes`]: the records of running environments;
+//! - [`shared`]: repositories that many users of a host write into without
+//!   root (`spfs init repo --shared`).
 
+mod beneath;
 pub mod check;
 pub mod commit;
 mod error;
@@ -18,7 +21,9 @@ pub mod fs;
 pub mod quarantine;
 pub mod resolve;
 pub mod runtimes;
+pub mod shared;
 pub mod tags;
 
 pub use error::{Result, StorageError};
-pub use fs::FsRepository;
+pub use fs::{FsRepository, Readers};
+pub use shared::Sharing;

@@ -1,15 +1,20 @@
 //! Runtime records: what is running, with which layers, for which process.
 //!
 //! `spfs run` writes one JSON record per runtime under `runtimes/`; the VFS
-//! service removes it when the runtime's process tree has exited.
+//! service removes it when the runtime's process tree has exited. A record
+//! belongs to the user who wrote it: in a shared repository `runtimes/` is
+//! sticky, so only that user and root can replace or remove it.
 
 use std::fs;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::AtFlags;
 
 use spfs_model::Digest;
 
 use crate::error::{Result, StorageError};
-use crate::fs::FsRepository;
+use crate::fs::{FsRepository, Written};
 
 /// One running environment.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +31,9 @@ pub struct RuntimeRecord {
     pub mountpoint: PathBuf,
     /// The command being run.
     pub command: Vec<String>,
+    /// The runtime's cgroup (v2) path, as the VFS service made it.
+    #[serde(default)]
+    pub cgroup: String,
 }
 
 /// A new, unique runtime name.
@@ -46,6 +54,9 @@ pub fn new_runtime_name() -> String {
     )
 }
 
+/// Where runtime records are, below the root.
+const RUNTIMES: &str = "runtimes";
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
@@ -56,48 +67,62 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl FsRepository {
-    fn runtime_path(&self, name: &str) -> Result<PathBuf> {
+    /// The file name of runtime record `name` in `runtimes/`.
+    fn runtime_file(name: &str) -> Result<String> {
         if !valid_name(name) {
             return Err(StorageError::UnknownRuntime(name.to_string()));
         }
-        Ok(self.root().join("runtimes").join(format!("{name}.json")))
+        Ok(format!("{name}.json"))
+    }
+
+    /// Where runtime record `name` is, below the root.
+    fn runtime_path(name: &str) -> Result<PathBuf> {
+        Ok(Path::new(RUNTIMES).join(Self::runtime_file(name)?))
     }
 
     /// Save (create or replace) a runtime record.
     pub fn save_runtime(&self, record: &RuntimeRecord) -> Result<()> {
-        let path = self.runtime_path(&record.name)?;
+        let rel = Self::runtime_path(&record.name)?;
         let json = serde_json::to_vec_pretty(record).map_err(|e| StorageError::BadRecord {
-            path: path.clone(),
+            path: self.root().join(&rel),
             message: e.to_string(),
         })?;
-        self.write_atomic(&path, &json)
+        self.write_atomic(&rel, &json, Written::Record { keep_owner: None })
     }
 
     pub fn read_runtime(&self, name: &str) -> Result<RuntimeRecord> {
-        let path = self.runtime_path(name)?;
-        let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StorageError::UnknownRuntime(name.to_string()),
-            _ => StorageError::io("cannot read", &path)(e),
-        })?;
+        let rel = Self::runtime_path(name)?;
+        let mut bytes = Vec::new();
+        self.open_regular(&rel, || StorageError::UnknownRuntime(name.to_string()))?
+            .read_to_end(&mut bytes)
+            .map_err(self.io_err("cannot read", &rel))?;
         serde_json::from_slice(&bytes).map_err(|e| StorageError::BadRecord {
-            path,
+            path: self.root().join(&rel),
             message: e.to_string(),
         })
     }
 
     /// Remove a runtime record; removing one that is gone is not an error.
     pub fn remove_runtime(&self, name: &str) -> Result<bool> {
-        let path = self.runtime_path(name)?;
-        match fs::remove_file(&path) {
+        let file = Self::runtime_file(name)?;
+        let dir = match self.open_dir(Path::new(RUNTIMES), None) {
+            Ok((dir, _)) => dir,
+            Err(StorageError::MissingDirectory(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::unlinkat(&dir, &file, AtFlags::empty()) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StorageError::io("cannot remove", &path)(e)),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(StorageError::io(
+                "cannot remove",
+                self.root().join(RUNTIMES).join(file),
+            )(e.into())),
         }
     }
 
     /// Every runtime record, sorted by name. Unreadable records are skipped.
     pub fn runtimes(&self) -> Result<Vec<RuntimeRecord>> {
-        let dir = self.root().join("runtimes");
+        let dir = self.root().join(RUNTIMES);
         let rd = match fs::read_dir(&dir) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

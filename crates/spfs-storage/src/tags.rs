@@ -7,15 +7,21 @@
 //! killed writer never blocks anyone; the new history is written to a
 //! temporary file and renamed into place.
 
-use std::fs::{self, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{FlockOperation, flock};
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, flock};
+use rustix::io::Errno;
 use spfs_model::{Digest, TagSpec};
 
+use crate::beneath;
 use crate::error::{Result, StorageError};
-use crate::fs::{FsRepository, sync_dir};
+use crate::fs::{FsRepository, Written};
+use crate::shared::Sharing;
 
 /// One version of a tag.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -103,9 +109,38 @@ fn plain_tag(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The files of one tag while its lock is held.
+struct TagFile {
+    /// `tags/NAME.tag`, below the root.
+    rel: PathBuf,
+    /// The tag's folder.
+    folder: OwnedFd,
+    /// `NAME.tag` in the folder.
+    name: OsString,
+    /// Who must own the new history: the tag's owner when root rewrites
+    /// another user's tag, so that it stays theirs.
+    keep_owner: Option<u32>,
+}
+
+impl TagFile {
+    fn lock_name(&self) -> OsString {
+        let mut name = self.name.clone();
+        name.push(".lock");
+        name
+    }
+}
+
+/// The owner of `name` in `dir`, if it is there.
+fn owner_in(dir: &OwnedFd, name: &OsStr) -> Option<u32> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| st.st_uid)
+}
+
 impl FsRepository {
-    fn tag_path(&self, name: &str) -> PathBuf {
-        self.root().join("tags").join(format!("{name}.tag"))
+    /// Where tag `name` is kept, below the root.
+    fn tag_path(name: &str) -> PathBuf {
+        Path::new("tags").join(format!("{name}.tag"))
     }
 
     /// Hold the lock of tag `name` while `f` runs.
@@ -116,93 +151,157 @@ impl FsRepository {
     /// file which has since been removed or replaced retries on the new one.
     /// A lock that a live process holds for longer than [`TAG_LOCK_TIMEOUT`]
     /// is an error rather than an endless wait.
-    fn with_tag_lock<T>(&self, name: &str, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-        let path = self.tag_path(name);
-        let dir = path.parent().unwrap_or(self.root());
-        fs::create_dir_all(dir).map_err(StorageError::io("cannot create", dir))?;
-        let lock_path = path.with_extension("tag.lock");
+    ///
+    /// The lock file has mode 0600: only those who may change the tag (its
+    /// owner, root) can open it, so nobody else can hold it to block them.
+    /// In a shared repository, a tag or folder of another user is
+    /// [`StorageError::TagNotYours`].
+    fn with_tag_lock<T>(&self, name: &str, f: impl FnOnce(&TagFile) -> Result<T>) -> Result<T> {
+        let rel = Self::tag_path(name);
+        let (folder_rel, file) = beneath::split(&rel).map_err(self.io_err("cannot open", &rel))?;
+        let (folder, _) = self.open_dir(folder_rel, Some(self.sharing().new_tag_folders()))?;
+        let mut tag = TagFile {
+            rel: rel.clone(),
+            name: file.to_os_string(),
+            keep_owner: None,
+            folder,
+        };
+        let out = self.locked(&mut tag, f);
+        match out {
+            Err(StorageError::Io { source, .. })
+                if self.sharing() != Sharing::Private
+                    && source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                let owner = owner_in(&tag.folder, &tag.name)
+                    .or_else(|| owner_in(&tag.folder, &tag.lock_name()))
+                    .or_else(|| owner_in(&tag.folder, OsStr::new(".")))
+                    .map(|uid| user_name(uid).unwrap_or_else(|| format!("uid {uid}")))
+                    .unwrap_or_else(|| "another user".to_string());
+                Err(StorageError::TagNotYours {
+                    name: name.to_string(),
+                    owner,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// [`FsRepository::with_tag_lock`] once the folder is open.
+    fn locked<T>(&self, tag: &mut TagFile, f: impl FnOnce(&TagFile) -> Result<T>) -> Result<T> {
+        let lock_name = tag.lock_name();
+        let lock_rel = tag.rel.with_extension("tag.lock");
+        let lock_err = |context| self.io_err(context, &lock_rel);
         let deadline = Instant::now() + TAG_LOCK_TIMEOUT;
         let mut pause = Duration::from_millis(1);
+        let root = rustix::process::geteuid().is_root();
         loop {
-            let lock = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(StorageError::io("cannot open lock", &lock_path))?;
+            // Open an existing lock without O_CREAT: the kernel's
+            // protected_regular refuses O_CREAT on another user's file in a
+            // sticky directory, even to root.
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let lock = match rustix::fs::openat(&tag.folder, &lock_name, flags, Mode::empty()) {
+                Ok(lock) => lock,
+                Err(Errno::NOENT) => {
+                    match rustix::fs::openat(
+                        &tag.folder,
+                        &lock_name,
+                        flags | OFlags::CREATE | OFlags::EXCL,
+                        Mode::from_raw_mode(0o600),
+                    ) {
+                        Ok(lock) => {
+                            // Root locking a user's tag for the first time
+                            // leaves the lock the user's.
+                            if root && let Some(uid) = owner_in(&tag.folder, &tag.name) {
+                                rustix::fs::fchown(
+                                    &lock,
+                                    Some(rustix::fs::Uid::from_raw(uid)),
+                                    None,
+                                )
+                                .map_err(|e| lock_err("cannot lock")(e.into()))?;
+                            }
+                            lock
+                        }
+                        Err(Errno::EXIST) => continue,
+                        Err(e) => return Err(lock_err("cannot open lock")(e.into())),
+                    }
+                }
+                Err(e) => return Err(lock_err("cannot open lock")(e.into())),
+            };
             match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {
                     drop(lock);
                     if Instant::now() >= deadline {
-                        return Err(StorageError::io(
-                            "timed out waiting for the lock",
-                            &lock_path,
-                        )(std::io::Error::from(
-                            std::io::ErrorKind::TimedOut,
-                        )));
+                        return Err(lock_err("timed out waiting for the lock")(
+                            std::io::Error::from(std::io::ErrorKind::TimedOut),
+                        ));
                     }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(20));
                     continue;
                 }
-                Err(e) => return Err(StorageError::io("cannot lock", &lock_path)(e.into())),
+                Err(e) => return Err(lock_err("cannot lock")(e.into())),
             }
-            // Still the file at `lock_path`? (An untag may have removed it.)
-            let held = rustix::fs::fstat(&lock)
-                .map_err(|e| StorageError::io("cannot lock", &lock_path)(e.into()))?;
-            match rustix::fs::stat(&lock_path) {
+            // Still the file at the lock's name? (An untag may have removed it.)
+            let held = rustix::fs::fstat(&lock).map_err(|e| lock_err("cannot lock")(e.into()))?;
+            match rustix::fs::statat(&tag.folder, &lock_name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(now) if now.st_dev == held.st_dev && now.st_ino == held.st_ino => {}
                 _ => continue,
             }
-            let out = f(&path);
+            tag.keep_owner = owner_in(&tag.folder, &tag.name).filter(|uid| root && *uid != 0);
+            let out = f(tag);
             drop(lock);
             return out;
         }
     }
 
+    /// The text of tag history `rel` (a regular file, no symlink).
+    fn read_tag_text(&self, name: &str, rel: &Path) -> Result<String> {
+        let mut text = String::new();
+        self.open_regular(rel, || StorageError::UnknownTag(name.to_string()))?
+            .read_to_string(&mut text)
+            .map_err(self.io_err("cannot read", rel))?;
+        Ok(text)
+    }
+
     /// The history of tag `name`, oldest first.
     pub fn tag_history(&self, name: &str) -> Result<Vec<TagVersion>> {
         plain_tag(name)?;
-        let path = self.tag_path(name);
-        match fs::read_to_string(&path) {
-            Ok(text) => parse_history(&path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StorageError::UnknownTag(name.to_string()))
-            }
-            Err(e) => Err(StorageError::io("cannot read", &path)(e)),
-        }
+        let rel = Self::tag_path(name);
+        let text = self.read_tag_text(name, &rel)?;
+        parse_history(&self.root().join(&rel), &text)
     }
 
     /// Point tag `name` at `target`, keeping the previous versions.
     pub fn push_tag(&self, name: &str, target: &Digest) -> Result<()> {
         plain_tag(name)?;
-        self.with_tag_lock(name, |path| {
-            let mut text = match fs::read_to_string(path) {
+        self.with_tag_lock(name, |tag| {
+            let mut text = match self.read_tag_text(name, &tag.rel) {
                 Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => return Err(StorageError::io("cannot read", path)(e)),
+                Err(StorageError::UnknownTag(_)) => String::new(),
+                Err(e) => return Err(e),
             };
             if !text.is_empty() && !text.ends_with('\n') {
                 text.push('\n');
             }
             text.push_str(&format!("{target} {} {}\n", now(), current_user()));
-            self.write_atomic(path, text.as_bytes())
+            self.write_atomic(
+                &tag.rel,
+                text.as_bytes(),
+                Written::Record {
+                    keep_owner: tag.keep_owner,
+                },
+            )
         })
     }
 
     /// Remove versions of tag `name`.
     pub fn untag(&self, name: &str, what: Untag) -> Result<()> {
         self.tag_history(name)?;
-        self.with_tag_lock(name, |path| {
-            let text = match fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(StorageError::UnknownTag(name.to_string()));
-                }
-                Err(e) => return Err(StorageError::io("cannot read", path)(e)),
-            };
-            let mut history = parse_history(path, &text)?;
+        self.with_tag_lock(name, |tag| {
+            let text = self.read_tag_text(name, &tag.rel)?;
+            let path = self.root().join(&tag.rel);
+            let mut history = parse_history(&path, &text)?;
             let index = match what {
                 Untag::All => None,
                 Untag::Latest => Some(0),
@@ -224,15 +323,22 @@ impl FsRepository {
                 }
             }
             if history.is_empty() {
-                fs::remove_file(path).map_err(StorageError::io("cannot remove", path))?;
-                let _ = fs::remove_file(path.with_extension("tag.lock"));
-                return sync_dir(path.parent().unwrap_or(self.root()));
+                rustix::fs::unlinkat(&tag.folder, &tag.name, AtFlags::empty())
+                    .map_err(|e| StorageError::io("cannot remove", &path)(e.into()))?;
+                let _ = rustix::fs::unlinkat(&tag.folder, &tag.lock_name(), AtFlags::empty());
+                return self.sync_rel(tag.rel.parent().unwrap_or(Path::new("")));
             }
             let text: String = history
                 .iter()
                 .map(|v| format!("{} {} {}\n", v.target, v.time, v.user))
                 .collect();
-            self.write_atomic(path, text.as_bytes())
+            self.write_atomic(
+                &tag.rel,
+                text.as_bytes(),
+                Written::Record {
+                    keep_owner: tag.keep_owner,
+                },
+            )
         })
     }
 
@@ -304,6 +410,7 @@ impl FsRepository {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn user_names_come_from_passwd() {

@@ -10,19 +10,24 @@
 //! - `spfs write [-f FILE] [-t TAG]…` stores one blob (stdin by default) and
 //!   prints its digest.
 //!
+//! A new payload is readable by other users straight from the repository
+//! only if the file it comes from is readable by others (a blob from
+//! standard input never is); see `docs/multi-user.md`.
+//!
 //! Tags are checked before anything is stored, and a failing commit leaves
 //! no new object or tag behind (payloads are staged in temporary files and
 //! renamed into place only once durable; objects and tags come last).
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{ArgGroup, Args};
 use indicatif::ProgressBar;
 use spfs_model::{Digest, EnvSpec, Object, Platform, TagSpec};
-use spfs_storage::FsRepository;
+use spfs_storage::{FsRepository, Readers};
 
 use crate::output::progress_bar;
 
@@ -47,7 +52,9 @@ pub struct CommitArgs {
 /// Arguments of `spfs write`.
 #[derive(Args, Debug)]
 pub struct WriteArgs {
-    /// Read the blob from this file instead of stdin.
+    /// Read the blob from this file instead of stdin. A new payload is
+    /// readable by other users from the repository's files only if FILE is
+    /// readable by others; one read from stdin only by you (and root).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Tag the blob (repeat for more tags).
@@ -159,11 +166,19 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
 pub fn write(args: WriteArgs) -> anyhow::Result<i32> {
     check_tag_names(&args.tags)?;
     let config = super::config()?;
-    let mut input: Box<dyn std::io::Read> = match &args.file {
+    // A blob from a file is readable by others straight from the
+    // repository only if the file is; one from standard input only by us.
+    let (mut input, readers): (Box<dyn std::io::Read>, Readers) = match &args.file {
         Some(path) => {
-            Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let mode = file
+                .metadata()
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .mode();
+            (Box::new(file), Readers::of_mode(mode))
         }
-        None => Box::new(std::io::stdin().lock()),
+        None => (Box::new(std::io::stdin().lock()), Readers::Owner),
     };
     let repo = super::open_or_create_repo(&config)?;
     clean_temp(&repo);
@@ -171,16 +186,18 @@ pub fn write(args: WriteArgs) -> anyhow::Result<i32> {
         Some(path) => path.display().to_string(),
         None => "standard input".to_string(),
     };
-    let (digest, _size) = repo.write_blob_from(&mut input).map_err(|e| match e {
-        spfs_storage::StorageError::Io {
-            context,
-            path,
-            source: err,
-        } if context == "cannot read" && path.as_os_str() == "(input)" => {
-            anyhow::anyhow!("cannot read {source}: {err}")
-        }
-        e => e.into(),
-    })?;
+    let (digest, _size) = repo
+        .write_blob_from(&mut input, readers)
+        .map_err(|e| match e {
+            spfs_storage::StorageError::Io {
+                context,
+                path,
+                source: err,
+            } if context == "cannot read" && path.as_os_str() == "(input)" => {
+                anyhow::anyhow!("cannot read {source}: {err}")
+            }
+            e => e.into(),
+        })?;
     push_tags(&repo, &args.tags, &digest)?;
     super::inspect::emit(|out| writeln!(out, "{digest}"))?;
     Ok(0)

@@ -11,6 +11,8 @@
 pub mod cgroup;
 pub mod host;
 pub mod launch;
+pub mod locks;
+pub mod logfile;
 pub mod mounts;
 pub mod route;
 pub mod service;

@@ -1,7 +1,12 @@
 //! How the command line talks to people and scripts: error lines, JSON
-//! documents, logging and progress bars.
+//! documents, logging (rate limited: [`logging`]) and progress bars.
+
+#[path = "logging.rs"]
+mod logging;
 
 use std::io::{IsTerminal, Write};
+
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Print an error as one line on stderr: the message and its causes.
 pub fn report_error(err: &anyhow::Error) {
@@ -18,6 +23,37 @@ pub fn report_error(err: &anyhow::Error) {
 
 /// Log to stderr; `-v` shows info, `-vv` debug. `RUST_LOG` overrides.
 pub fn init_logging(verbose: u8) {
+    init(
+        verbose,
+        BoxMakeWriter::new(std::io::stderr),
+        std::io::stderr().is_terminal(),
+    );
+}
+
+/// The service's logging: as [`init_logging`], but when stderr is a file
+/// (a service started by a client, or with `2>>FILE`) the file is made
+/// private and rotated past `max_bytes`.
+#[allow(dead_code)] // Used by spfs-vfs only.
+pub fn init_service_logging(verbose: u8, max_bytes: u32) {
+    match spfs_fuse::logfile::LogFile::from_stderr(max_bytes.into()) {
+        Ok(Some(log)) => {
+            // The service logs until it exits.
+            let log: &'static spfs_fuse::logfile::LogFile = Box::leak(Box::new(log));
+            init(verbose, BoxMakeWriter::new(move || log), false);
+        }
+        Ok(None) => init_logging(verbose),
+        Err(e) => {
+            init_logging(verbose);
+            tracing::warn!("cannot bound the log file on stderr: {e}");
+        }
+    }
+}
+
+/// Install the global subscriber: a level filter, the rate limit, and
+/// lines written to `writer`.
+fn init(verbose: u8, writer: BoxMakeWriter, ansi: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -25,11 +61,14 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logging::RateLimit::default())
+        .with(lines)
         .try_init();
 }
 

@@ -60,7 +60,13 @@ pub struct VfsConfig {
     pub threads: u32,
     /// Where the service writes its log when started in the background.
     pub log_file: PathBuf,
+    /// The size at which the service's log file rotates (one old file is
+    /// kept): at least [`LOG_MAX_BYTES_MIN`].
+    pub log_max_bytes: u32,
 }
+
+/// The smallest `vfs.log_max_bytes`: a few lines must fit.
+pub const LOG_MAX_BYTES_MIN: u32 = 4096;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -96,6 +102,7 @@ impl Default for VfsConfig {
             cache_opens: false,
             threads: 4,
             log_file: PathBuf::from("/run/spfs/vfs.log"),
+            log_max_bytes: 8 << 20,
         }
     }
 }
@@ -119,6 +126,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("vfs", "cache_opens", Kind::Bool),
     ("vfs", "threads", Kind::Int),
     ("vfs", "log_file", Kind::Text),
+    ("vfs", "log_max_bytes", Kind::Int),
 ];
 
 /// The environment variable that overrides `section.key`.
@@ -269,6 +277,12 @@ impl Config {
         }
         if self.vfs.threads == 0 || self.vfs.threads > 256 {
             return Err(bad("vfs.threads", "must be between 1 and 256"));
+        }
+        if self.vfs.log_max_bytes < LOG_MAX_BYTES_MIN {
+            return Err(bad(
+                "vfs.log_max_bytes",
+                &format!("must be at least {LOG_MAX_BYTES_MIN}"),
+            ));
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //!
 //! The service is started as `spfs-vfs service` in its own session with the
 //! client's effective configuration passed through the environment, its
-//! output appended to `vfs.log_file`. The client then waits until the
+//! output appended to `vfs.log_file` (created private; the service rotates
+//! it past `vfs.log_max_bytes`). The client then waits until the
 //! service answers a status call: it answers only once its mount is up, so
 //! there is no window in which a client could use a missing mount. Two
 //! clients starting a service at once are fine: the second service finds
@@ -28,6 +29,11 @@ pub enum LaunchError {
     #[error("cannot start the VFS service ({program}): {source}")]
     Spawn {
         program: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the VFS service's log {path}: {source}")]
+    Log {
+        path: String,
         source: std::io::Error,
     },
     #[error("the VFS service did not become ready within {secs} s{log}")]
@@ -67,17 +73,16 @@ pub fn service_program() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("spfs-vfs"))
 }
 
-fn log_tail(config: &Config) -> String {
-    let text = std::fs::read_to_string(&config.vfs.log_file).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+/// The last lines of the service's log, to explain a failed start.
+pub fn log_tail(config: &Config) -> String {
+    let lines = crate::logfile::tail(&config.vfs.log_file, 5);
     if lines.is_empty() {
         return String::new();
     }
-    let tail: Vec<&str> = lines.into_iter().rev().collect();
     format!(
         "; last lines of {}:\n{}",
         config.vfs.log_file.display(),
-        tail.join("\n")
+        lines.join("\n")
     )
 }
 
@@ -91,11 +96,12 @@ pub fn spawn_service(config: &Config) -> Result<std::process::Child, LaunchError
     if let Some(dir) = config.vfs.log_file.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&config.vfs.log_file)
-        .map_err(spawn_err)?;
+    // Private (it names users' runtimes); the service rotates it.
+    let log =
+        crate::logfile::open_append(&config.vfs.log_file).map_err(|source| LaunchError::Log {
+            path: config.vfs.log_file.display().to_string(),
+            source,
+        })?;
     let log2 = log.try_clone().map_err(spawn_err)?;
     let mut cmd = Command::new(&program);
     cmd.arg("service")
@@ -124,6 +130,7 @@ pub fn spawn_service(config: &Config) -> Result<std::process::Child, LaunchError
         ("vfs", "cache_opens", config.vfs.cache_opens.to_string()),
         ("vfs", "threads", config.vfs.threads.to_string()),
         ("vfs", "log_file", config.vfs.log_file.display().to_string()),
+        ("vfs", "log_max_bytes", config.vfs.log_max_bytes.to_string()),
     ];
     for (section, key, value) in vars {
         cmd.env(env_var_name(section, key), value);

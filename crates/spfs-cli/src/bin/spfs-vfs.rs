@@ -76,13 +76,10 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    output::init_logging(cli.verbose.max(
-        if matches!(cli.command, Cmd::Service { stop: false, .. }) {
-            1
-        } else {
-            0
-        },
-    ));
+    // The service sets up its logging once its configuration is loaded.
+    if !matches!(cli.command, Cmd::Service { stop: false, .. }) {
+        output::init_logging(cli.verbose);
+    }
     let code = match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -148,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     anyhow::bail!("the VFS service did not stop within 10 s")
                 });
             }
+            output::init_service_logging(cli.verbose.max(1), config.vfs.log_max_bytes);
             spfs_fuse::service::run(&config)?;
             Ok(0)
         }

@@ -176,11 +176,10 @@ impl Drop for Claim<'_> {
 /// file's own offset is left alone, so the caller can still read it from
 /// the start).
 pub fn hash_open_file(file: &File) -> std::io::Result<Digest> {
+    // The kernel's read-ahead keeps a cold file streaming while this
+    // thread hashes; the file's advice is left alone, as it is the one
+    // readers are served from.
     let size = file.metadata()?.len();
-    if size as usize >= READ_CHUNK {
-        // A larger read-ahead window while the whole file streams through.
-        let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
-    }
     // Sized to the file, so a small file costs a small buffer; a file
     // that grew meanwhile is still read to its end.
     let mut buf = vec![0u8; (size as usize).clamp(4096, READ_CHUNK)];

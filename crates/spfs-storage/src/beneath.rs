@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path};
 
-use rustix::fs::{Gid, Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Gid, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 /// How often an open that raced a rename (`EAGAIN`) is retried.
@@ -96,7 +96,14 @@ pub(crate) fn is_regular(root: BorrowedFd<'_>, rel: &Path) -> bool {
 
 /// Open the directory `rel` below `root` (readable, so it can be synced).
 pub(crate) fn open_dir(root: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
-    open(root, rel, OFlags::RDONLY | OFlags::DIRECTORY, 0)
+    open(root, rel, OFlags::RDONLY | OFlags::DIRECTORY, 0).map_err(|e| {
+        // O_DIRECTORY | O_NOFOLLOW on a final symlink says ENOTDIR: name it.
+        let symlink = e.raw_os_error() == Some(libc::ENOTDIR)
+            && open(root, rel, OFlags::PATH, 0)
+                .and_then(|fd| Ok(rustix::fs::fstat(&fd)?))
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+        if symlink { refused(Errno::LOOP) } else { e }
+    })
 }
 
 /// Open the directory `rel` below `root`, making the missing ones as `new`
@@ -198,7 +205,10 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad}: {err}");
             assert!(!is_regular(fd, Path::new(bad)), "{bad}");
         }
-        assert!(make_dirs(fd, Path::new("link/x"), NewDirs::Inherit).is_err());
+        let err = make_dirs(fd, Path::new("link/x"), NewDirs::Inherit).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        let err = open_dir(fd, Path::new("link")).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
         assert!(!outside.join("x").exists());
     }
 

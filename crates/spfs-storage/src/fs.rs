@@ -1169,6 +1169,68 @@ mod tests {
         assert_eq!(repo.resolve_partial(&p).unwrap(), d);
     }
 
+    /// The probe's case: a shard directory replaced by a symlink to a
+    /// directory holding a file of the same name.
+    #[test]
+    fn opens_refuse_a_symlinked_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        let d = repo.write_blob(b"moved").unwrap();
+        let o = repo
+            .write_object(&Object::Platform(spfs_model::Platform::default()))
+            .unwrap();
+        for (area, digest) in [("payloads", d), ("objects", o)] {
+            let shard = repo.payload_path(&digest).parent().unwrap().to_path_buf();
+            let shard = repo.root().join(area).join(shard.file_name().unwrap());
+            let elsewhere = dir.path().join(format!("elsewhere-{area}"));
+            fs::rename(&shard, &elsewhere).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, &shard).unwrap();
+        }
+        let err = repo.open_payload(&d).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        assert!(!repo.has_payload(&d));
+        let err = repo.read_object(&o).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        assert!(repo.peek_kind(&o).is_err());
+        assert!(!repo.has_object(&o));
+    }
+
+    #[test]
+    fn payload_modes_follow_their_readers() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        let mode = |d: &Digest| {
+            fs::metadata(repo.payload_path(d))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let (open, _) = repo
+            .write_blob_from(&mut &b"open"[..], Readers::of_mode(0o644))
+            .unwrap();
+        let (closed, _) = repo
+            .write_blob_from(&mut &b"closed"[..], Readers::of_mode(0o640))
+            .unwrap();
+        let o = repo
+            .write_object(&Object::Platform(spfs_model::Platform::default()))
+            .unwrap();
+        assert_eq!((mode(&open), mode(&closed)), (0o444, 0o400));
+        assert_eq!(
+            fs::metadata(repo.object_path(&o))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o444
+        );
+        // Stored again for everyone: the first copy keeps its mode.
+        repo.write_blob_from(&mut &b"closed"[..], Readers::Everyone)
+            .unwrap();
+        assert_eq!(mode(&closed), 0o400);
+    }
+
     #[test]
     fn missing_and_newer_repositories() {
         let dir = tempfile::tempdir().unwrap();

@@ -137,6 +137,7 @@ impl FsRepository {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::Readers;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
@@ -148,6 +149,58 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// Another user's copy of a payload, which a sticky shard does not let
+    /// us rename over, counts as stored; another user's symlink does not.
+    #[test]
+    fn another_users_copy_counts_as_stored() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: switching users needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let repo = FsRepository::create_shared(dir.path().join("repo"), None).unwrap();
+        let (plant_tx, plant_rx) = std::sync::mpsc::channel::<Vec<spfs_model::Digest>>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let writer = {
+            let repo = repo.clone();
+            std::thread::spawn(move || {
+                // This thread only: another unprivileged user.
+                let (uid, gid) = (
+                    rustix::fs::Uid::from_raw(64_001),
+                    rustix::fs::Gid::from_raw(64_001),
+                );
+                rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
+                rustix::thread::set_thread_res_uid(uid, uid, uid).unwrap();
+                let stage = |bytes: &[u8]| {
+                    repo.stage_payload(&mut &bytes[..], Some(bytes.len() as u64), Readers::Everyone)
+                        .unwrap()
+                };
+                let (same, link) = (stage(b"same bytes"), stage(b"squatted"));
+                plant_tx.send(vec![same.digest, link.digest]).unwrap();
+                done_rx.recv().unwrap();
+                let stored = repo.commit_staged(vec![same]);
+                let refused = repo.commit_staged(vec![link]);
+                (stored, refused)
+            })
+        };
+        let digests = plant_rx.recv().unwrap();
+        let same = repo.payload_path(&digests[0]);
+        fs::write(&same, b"same bytes").unwrap();
+        std::os::unix::fs::chown(&same, Some(64_002), Some(64_002)).unwrap();
+        let link = repo.payload_path(&digests[1]);
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(64_002), Some(64_002)).unwrap();
+        done_tx.send(()).unwrap();
+        let (stored, refused) = writer.join().unwrap();
+        stored.unwrap();
+        let err = refused.unwrap_err().to_string();
+        assert!(err.contains("cannot store"), "{err}");
+        assert_eq!(fs::metadata(&same).unwrap().uid(), 64_002);
+        assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(fs::read_dir(repo.root().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

@@ -325,7 +325,7 @@ impl FsRepository {
             if history.is_empty() {
                 rustix::fs::unlinkat(&tag.folder, &tag.name, AtFlags::empty())
                     .map_err(|e| StorageError::io("cannot remove", &path)(e.into()))?;
-                let _ = rustix::fs::unlinkat(&tag.folder, &tag.lock_name(), AtFlags::empty());
+                let _ = rustix::fs::unlinkat(&tag.folder, tag.lock_name(), AtFlags::empty());
                 return self.sync_rel(tag.rel.parent().unwrap_or(Path::new("")));
             }
             let text: String = history

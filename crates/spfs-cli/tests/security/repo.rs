@@ -1,1 +1,386 @@
-//! (tests to come)
+//! The host's shared repository (`spfs init repo --shared`) with two real
+//! unprivileged users: what one commits stays theirs (payload read
+//! permission follows the committed file; nobody else can remove, replace
+//! or redirect it), both can commit, even the same bytes at once, and no
+//! symlink a user plants inside the repository is followed.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use spfs_model::Digest;
+
+use crate::harness::{SPFS, World, ok, stderr, stdout};
+use crate::require_vfs;
+use crate::users::TestUser;
+
+/// A world whose repository is the shared kind (made by root).
+fn shared_world() -> World {
+    let w = World::new();
+    let out = w.spfs(&["init", "repo", "--shared", w.repo.to_str().expect("utf8")]);
+    ok(&out, "init --shared");
+    w
+}
+
+/// Where the payload of `content` is stored.
+fn payload(w: &World, content: &[u8]) -> PathBuf {
+    let d = Digest::of(content).to_string();
+    w.repo.join("payloads").join(&d[..2]).join(&d[2..])
+}
+
+/// A source directory owned by `user` with `(name, content, mode)` files.
+fn user_tree(w: &World, user: &TestUser, name: &str, files: &[(&str, &[u8], u32)]) -> PathBuf {
+    let dir = w.dir.path().join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (file, content, mode) in files {
+        let p = dir.join(file);
+        std::fs::write(&p, content).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).expect("chmod");
+        std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid)).expect("chown");
+    }
+    std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).expect("chown");
+    dir
+}
+
+/// `spfs ARGS…` as `user`.
+fn spfs_as(w: &World, user: &TestUser, args: &[&str]) -> Output {
+    user.command(w, SPFS).args(args).output().expect("run spfs")
+}
+
+/// `sh -c SCRIPT` as `user`.
+fn sh_as(w: &World, user: &TestUser, script: &str) -> Output {
+    user.command(w, "sh")
+        .args(["-c", script])
+        .output()
+        .expect("run sh")
+}
+
+/// Commit `dir` as `user` with tag `tag`; returns the layer's digest.
+fn commit_as(w: &World, user: &TestUser, dir: &Path, tag: &str) -> String {
+    let out = spfs_as(
+        w,
+        user,
+        &["commit", "--path", dir.to_str().expect("utf8"), "-t", tag],
+    );
+    ok(&out, &format!("commit as {}", user.name));
+    stdout(&out).lines().last().unwrap_or("").trim().to_string()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777
+}
+
+fn check_clean(w: &World) {
+    let out = w.spfs(&["check"]);
+    ok(&out, "check");
+}
+
+#[test]
+fn init_shared_makes_root_owned_sticky_directories_whatever_the_umask() {
+    require_vfs!();
+    let w = World::new();
+    let a = TestUser::new();
+    let path = w.dir.path().join("grouped");
+    let script = format!(
+        "umask 077; exec {SPFS} init repo --shared --group {} {}",
+        a.name,
+        path.display()
+    );
+    ok(
+        &w.command("sh").args(["-c", &script]).output().unwrap(),
+        "init",
+    );
+    for (rel, want) in [
+        ("", 0o755),
+        ("objects", 0o755),
+        ("payloads", 0o755),
+        ("payloads/AA", 0o3775),
+        ("objects/77", 0o3775),
+        ("tags", 0o3775),
+        ("runtimes", 0o3775),
+        ("tmp", 0o3775),
+    ] {
+        let m = std::fs::symlink_metadata(path.join(rel)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, a.gid), "{rel}");
+        assert_eq!(m.mode() & 0o7777, want, "{rel}");
+    }
+    assert_eq!(
+        std::fs::read_dir(path.join("payloads")).unwrap().count(),
+        1024
+    );
+    // Only root makes one; the help explains the model.
+    let out = spfs_as(
+        &w,
+        &a,
+        &[
+            "init",
+            "repo",
+            "--shared",
+            w.dir.path().join("x").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
+    let help = stdout(&w.spfs(&["init", "repo", "--help"]));
+    assert!(help.contains("sticky") && help.contains("0400"), "{help}");
+}
+
+#[test]
+fn private_payloads_stay_private_and_others_cannot_touch_them() {
+    require_vfs!();
+    let w = shared_world();
+    let (a, b) = (TestUser::new(), TestUser::new());
+    let secret: &[u8] = b"A's private notes\n";
+    let public: &[u8] = b"A's public readme\n";
+    let src = user_tree(
+        &w,
+        &a,
+        "a-src",
+        &[("notes", secret, 0o600), ("readme", public, 0o644)],
+    );
+    let layer = commit_as(&w, &a, &src, "a/stuff");
+    let (secret_p, public_p) = (payload(&w, secret), payload(&w, public));
+    assert_eq!(mode(&secret_p), 0o400);
+    assert_eq!(mode(&public_p), 0o444);
+    assert_eq!(std::fs::metadata(&secret_p).unwrap().uid(), a.uid);
+
+    // B reads the public payload, not the private one.
+    let out = sh_as(&w, &b, &format!("cat {}", public_p.display()));
+    ok(&out, "B reads a public payload");
+    assert_eq!(stdout(&out).as_bytes(), public);
+    let out = sh_as(&w, &b, &format!("cat {}", secret_p.display()));
+    assert!(!out.status.success(), "B read A's private payload");
+    assert!(!stdout(&out).contains("private notes"));
+    let out = spfs_as(&w, &b, &["read", &Digest::of(secret).to_string()]);
+    assert!(!stdout(&out).contains("private notes"), "spfs read as B");
+
+    // B can neither remove, rename, replace nor rewrite A's files.
+    let d = layer.as_str();
+    let object = w.repo.join("objects").join(&d[..2]).join(&d[2..]);
+    let record = w.repo.join("runtimes/rt-of-a.json");
+    ok(
+        &sh_as(&w, &a, &format!("echo {{}} > {}", record.display())),
+        "A's record",
+    );
+    let tmp = w.repo.join("tmp");
+    for victim in [&secret_p, &public_p, &object, &record] {
+        let v = victim.display();
+        for attempt in [
+            format!("rm -f {v}"),
+            format!("mv {v} {}/stolen", tmp.display()),
+            format!(
+                "echo evil > {}/evil && mv -f {}/evil {v}",
+                tmp.display(),
+                tmp.display()
+            ),
+            format!("echo evil > {v}"),
+            format!("chmod 666 {v}"),
+        ] {
+            let _ = sh_as(&w, &b, &attempt);
+            assert!(victim.exists(), "{attempt}");
+            assert_ne!(std::fs::read(victim).unwrap(), b"evil\n", "{attempt}");
+        }
+    }
+    assert_eq!(mode(&secret_p), 0o400);
+
+    // B's tag writes cannot touch A's tag, nor put tags in A's folder.
+    let out = spfs_as(&w, &b, &["tag", d, "a/stuff"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("belongs to {}", a.name)),
+        "{}",
+        stderr(&out)
+    );
+    let out = spfs_as(&w, &b, &["untag", "a/stuff", "--all"]);
+    assert!(!out.status.success(), "B removed A's tag");
+    let out = spfs_as(&w, &b, &["tag", d, "a/mine"]);
+    assert!(stderr(&out).contains("belongs to"), "{}", stderr(&out));
+    assert_eq!(stdout(&w.spfs(&["log", "a/stuff"])).lines().count(), 1);
+    // A moves and removes its own tag; a folder root made takes anyone's.
+    ok(&spfs_as(&w, &a, &["tag", d, "a/stuff"]), "A retags");
+    ok(&spfs_as(&w, &a, &["untag", "a/stuff"]), "A untags");
+    ok(&w.spfs(&["tag", d, "team/base"]), "root tags");
+    ok(
+        &spfs_as(&w, &b, &["tag", d, "team/b"]),
+        "B tags in root's folder",
+    );
+    ok(
+        &spfs_as(&w, &a, &["tag", d, "team/a"]),
+        "A tags in root's folder",
+    );
+    let out = spfs_as(&w, &b, &["tag", d, "team/a"]);
+    assert!(stderr(&out).contains("belongs to"), "{}", stderr(&out));
+    // Root moving A's tag leaves it A's.
+    ok(&w.spfs(&["tag", d, "team/a"]), "root moves A's tag");
+    ok(&spfs_as(&w, &a, &["tag", d, "team/a"]), "A still owns it");
+    assert_eq!(stdout(&w.spfs(&["log", "team/a"])).lines().count(), 3);
+    check_clean(&w);
+}
+
+#[test]
+fn two_users_commit_into_one_repository_even_the_same_bytes_at_once() {
+    require_vfs!();
+    let w = shared_world();
+    let (a, b) = (TestUser::new(), TestUser::new());
+    for round in 0..4 {
+        // Small files (staged in batches) and a large one (streamed).
+        let big: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 + round) as u8).collect();
+        let smalls: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("round {round} file {i}\n").into_bytes())
+            .collect();
+        let tree = |user: &TestUser, mode: u32| {
+            let mut files: Vec<(String, &[u8], u32)> = smalls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("f{i}"), &c[..], mode))
+                .collect();
+            files.push(("big".into(), &big[..], mode));
+            let files: Vec<(&str, &[u8], u32)> =
+                files.iter().map(|(n, c, m)| (n.as_str(), *c, *m)).collect();
+            user_tree(&w, user, &format!("src-{}-{round}", user.name), &files)
+        };
+        let (sa, sb) = (tree(&a, 0o600), tree(&b, 0o644));
+        let spawn = |user: &TestUser, dir: &Path, tag: &str| {
+            user.command(&w, SPFS)
+                .args(["commit", "--path", dir.to_str().unwrap(), "-t", tag])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let ca = spawn(&a, &sa, "one");
+        let cb = spawn(&b, &sb, "two");
+        let (oa, ob) = (
+            ca.wait_with_output().unwrap(),
+            cb.wait_with_output().unwrap(),
+        );
+        ok(&oa, "A's commit");
+        ok(&ob, "B's commit");
+        // The same bytes are stored once, under the name of whoever won.
+        let big_p = payload(&w, &big);
+        let owner = std::fs::metadata(&big_p).unwrap().uid();
+        assert!(owner == a.uid || owner == b.uid, "owner {owner}");
+    }
+    // Each user's tag: `one` is A's, `two` is B's, both readable.
+    ok(&spfs_as(&w, &b, &["log", "one"]), "B reads A's tag");
+    ok(&spfs_as(&w, &a, &["ls", "two"]), "A lists B's layer");
+    check_clean(&w);
+    let leftovers = std::fs::read_dir(w.repo.join("tmp")).unwrap().count();
+    assert_eq!(leftovers, 0, "temporary files left");
+}
+
+#[test]
+fn symlinks_a_user_plants_in_the_repository_are_not_followed() {
+    require_vfs!();
+    let w = shared_world();
+    let b = TestUser::new();
+    // A file only root may read, and a directory only root may write.
+    let secret: &[u8] = b"root's secret\n";
+    let secret_file = w.dir.path().join("root-only");
+    std::fs::write(&secret_file, secret).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let elsewhere = w.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let s = secret_file.display();
+    // B plants: a payload, an object and a tag naming the secret, and a
+    // tag folder leading outside the repository.
+    let digest = Digest::of(secret).to_string();
+    let planted = [
+        payload(&w, secret),
+        w.repo.join("objects").join(&digest[..2]).join(&digest[2..]),
+        w.repo.join("tags/evil.tag"),
+        w.repo.join("runtimes/rt-evil.json"),
+    ];
+    for link in &planted {
+        ok(
+            &sh_as(&w, &b, &format!("ln -s {s} {}", link.display())),
+            "plant",
+        );
+    }
+    ok(
+        &sh_as(
+            &w,
+            &b,
+            &format!(
+                "ln -s {} {}",
+                elsewhere.display(),
+                w.repo.join("tags/out").display()
+            ),
+        ),
+        "plant a folder",
+    );
+    // Root reads none of them.
+    for args in [
+        vec!["read", digest.as_str()],
+        vec!["info", digest.as_str()],
+        vec!["log", "evil"],
+        vec!["runtime", "info", "rt-evil"],
+    ] {
+        let out = w.spfs(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!all.contains("secret"), "{args:?} leaked: {all}");
+    }
+    // Root's tag write does not go through B's folder link.
+    let layer = w.commit("fine/layer", &[("data", b"fine")]);
+    let out = w.spfs(&["tag", &layer, "out/x"]);
+    assert!(!out.status.success(), "tagged through a symlink");
+    assert!(stderr(&out).contains("symlink"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    // A user's commit of the planted bytes refuses the link rather than
+    // using it; root's replaces it with the bytes.
+    let a = TestUser::new();
+    let src = user_tree(&w, &a, "src-secret", &[("s", secret, 0o644)]);
+    let out = spfs_as(&w, &a, &["commit", "--path", src.to_str().unwrap()]);
+    assert!(!out.status.success(), "committed onto a planted symlink");
+    assert!(stderr(&out).contains("cannot store"), "{}", stderr(&out));
+    ok(
+        &w.spfs(&[
+            "commit",
+            "--path",
+            src.to_str().unwrap(),
+            "-t",
+            "fine/secret",
+        ]),
+        "root commits",
+    );
+    assert!(
+        std::fs::symlink_metadata(payload(&w, secret))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(std::fs::read(&secret_file).unwrap(), secret);
+    ok(&w.spfs(&["check", "fine/layer", "fine/secret"]), "check");
+}
+
+#[test]
+fn a_private_repository_works_as_before_with_private_payloads() {
+    require_vfs!();
+    let w = World::new();
+    let tmp = w.repo.join("tmp");
+    assert_eq!(mode(&tmp) & 0o1000, 0, "not sticky");
+    let src = w.dir.path().join("src-private");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("secret"), b"only mine\n").unwrap();
+    std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(src.join("open"), b"anyone's\n").unwrap();
+    std::fs::set_permissions(src.join("open"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = w.spfs(&["commit", "--path", src.to_str().unwrap(), "-t", "p/one"]);
+    ok(&out, "commit");
+    assert_eq!(mode(&payload(&w, b"only mine\n")), 0o400);
+    assert_eq!(mode(&payload(&w, b"anyone's\n")), 0o444);
+    let out = w.spfs(&["read", "p/one", "secret"]);
+    ok(&out, "read");
+    assert_eq!(stdout(&out), "only mine\n");
+    ok(&w.spfs(&["tag", "p/one", "p/two"]), "tag");
+    ok(&w.spfs(&["untag", "p/two"]), "untag");
+    check_clean(&w);
+    // Another user cannot write into root's private repository.
+    let a = TestUser::new();
+    let asrc = user_tree(&w, &a, "a-src", &[("x", b"x", 0o644)]);
+    let out = spfs_as(&w, &a, &["commit", "--path", asrc.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "a user wrote into root's private repository"
+    );
+}

@@ -65,6 +65,11 @@ enum Listener {
     Tcp(TcpListener),
 }
 
+/// The largest request the server decodes: a spec of at most 64 KiB and a
+/// little more. A larger message is refused before it is decoded (and
+/// before any of it is kept).
+pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
+
 /// Bind the control socket.
 ///
 /// * Unix: creates the parent directory; a leftover socket file (or any
@@ -155,6 +160,7 @@ impl Bound {
                 token,
                 require_token,
             })
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
         };
         let mut builder = tonic::transport::Server::builder();
         let result = match listener {

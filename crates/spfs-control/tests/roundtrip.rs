@@ -42,6 +42,7 @@ impl ControlHandler for TestHandler {
         Ok(MountResponse {
             runtime: format!("rt-{}-{}", req.root_pid, req.runtime),
             layers: req.spec.split('+').map(str::to_owned).collect(),
+            cgroup: String::new(),
         })
     }
 
@@ -492,4 +493,27 @@ fn listen_parsing() {
     for s in ["unix:/a/b.sock", "tcp:127.0.0.1:7737", "tcp:[::1]:1"] {
         assert_eq!(parse(s).unwrap().to_string(), s);
     }
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_before_the_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = unix(&dir.path().join("vfs.sock"));
+    let server = Running::start(bind(&listen, None).await.unwrap());
+    let client = Client::connect(&listen, None).await.unwrap();
+    let huge = "a".repeat(spfs_control::server::MAX_REQUEST_BYTES + 1);
+    let refused = client
+        .mount(MountRequest {
+            root_pid: 1,
+            spec: huge,
+            runtime: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    // The server still answers, and the handler never saw the request.
+    client.status().await.unwrap();
+    let calls: Vec<_> = server.handler.calls().iter().map(|(n, _)| *n).collect();
+    assert_eq!(calls, ["status"]);
+    server.stop().await;
 }

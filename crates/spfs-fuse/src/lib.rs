@@ -2,17 +2,23 @@
 //!
 //! - [`service`]: the service process (mount, control plane, cleanup);
 //! - [`host`]: the FUSE adapter over the platform-neutral `spfs-vfs` core;
+//! - [`handler`]: the control plane's requests (registering a view binds a
+//!   process tree to a runtime cgroup);
 //! - [`route`]: which runtime a calling thread belongs to (pidfd + cgroup);
+//! - [`process`]: naming processes by pidfd, and pinning a PID while acting
+//!   on it;
 //! - [`cgroup`]: the runtimes' cgroups and the watcher that notices when a
 //!   runtime's process tree has exited;
 //! - [`mounts`]: finding and clearing stale mounts;
 //! - [`launch`]: starting the service on demand from a client, without races.
 
 pub mod cgroup;
+pub mod handler;
 pub mod host;
 pub mod launch;
 pub mod locks;
 pub mod logfile;
 pub mod mounts;
+pub mod process;
 pub mod route;
 pub mod service;

@@ -4,23 +4,29 @@
 //! to a cgroup (v2) that the service created for it and moved its root
 //! process into: every descendant is born in it and stays in it however it
 //! is reparented, and cgroup membership cannot be inherited by an unrelated
-//! process that happens to reuse a dead process's PID.
+//! process that happens to reuse a dead process's PID. A thread belongs to
+//! the runtime of the nearest cgroup, from its own up, that is bound to a
+//! runtime (runtimes may nest: `spfs run` inside a runtime).
 //!
-//! The first request from a thread costs a `pidfd_open` and a read of
-//! `/proc/TID/cgroup`. The answer is cached with the pidfd, which names that
-//! one thread for its whole life; a later request from the same thread id is
-//! answered from the cache after a zero-timeout `poll` of the pidfd proves
-//! the thread is still the one we looked at (a pidfd becomes readable when
-//! its thread exits, before its id can be reused).
+//! The first request from a thread costs a `pidfd_open`, a `PIDFD_GET_INFO`
+//! and, unless its cgroup is itself a runtime's, a read of
+//! `/proc/TID/cgroup`. The answer is cached with the pidfd and the cgroup
+//! id; a later request from the same thread id is answered from the cache
+//! after one `PIDFD_GET_INFO` proves the thread is still the one we looked
+//! at (a pidfd never names another thread) and still in the same cgroup (a
+//! process moved to another cgroup is routed by its new one at once).
+//! Kernels before 6.13 lack that call: there a zero-timeout `poll` proves
+//! the thread alive, and a move is noticed when the cache is next cleared.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 
 use spfs_vfs::{Registry, Runtime};
 
-/// `PIDFD_THREAD` (Linux 6.9): a pidfd for a thread rather than a process.
-const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
+use crate::process::pidfd_info;
+pub use crate::process::{cgroup_path_of as cgroup_of, has_exited, pidfd_open};
 
 /// The largest number of threads remembered (each holds a pidfd) before
 /// dead ones are swept; if that is not enough, the cache starts afresh.
@@ -28,67 +34,61 @@ const CACHE_SWEEP_AT: usize = 4096;
 
 struct Cached {
     pidfd: OwnedFd,
+    /// The thread's cgroup id when routed (0: the kernel cannot tell).
+    cgroup_id: u64,
     runtime: Option<Weak<Runtime>>,
+}
+
+/// Which runtime each runtime cgroup belongs to.
+#[derive(Default)]
+struct Bindings {
+    by_id: HashMap<u64, String>,
+    by_path: HashMap<String, String>,
 }
 
 /// Maps caller thread ids to runtimes through cgroup membership.
 pub struct Router {
-    /// The cgroup path (as `/proc/PID/cgroup` shows it) under which runtime
-    /// cgroups are named after their runtime: e.g. `/spfs`.
-    prefix: String,
     registry: Arc<Registry>,
+    bindings: RwLock<Bindings>,
     cache: RwLock<HashMap<u32, Cached>>,
     /// Bumped by [`Router::forget_all`]: an answer computed before a
-    /// registration must not be cached after it.
-    generation: std::sync::atomic::AtomicU64,
+    /// registration or removal must not be cached after it.
+    generation: AtomicU64,
 }
 
-/// Open a pidfd for a thread (or process) id.
-pub fn pidfd_open(tid: u32, thread: bool) -> std::io::Result<OwnedFd> {
-    let flags = if thread { PIDFD_THREAD } else { 0 };
-    // SAFETY: plain syscall with integer arguments; a non-negative result is
-    // a new file descriptor that we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, flags) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Whether the thread or process a pidfd names has exited.
-pub fn has_exited(pidfd: &impl AsFd) -> bool {
-    use rustix::event::{PollFd, PollFlags, poll};
-    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-    let zero = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    match poll(&mut fds, Some(&zero)) {
-        Ok(0) => false,
-        Ok(_) => true,
-        Err(_) => true,
-    }
-}
-
-/// The cgroup v2 path of a thread, from `/proc/TID/cgroup`.
-pub fn cgroup_of(tid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{tid}/cgroup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_string)
+/// The cgroup id of the thread a pidfd names: `Ok(None)` when the kernel
+/// cannot say (before 6.13), an error when the thread is gone.
+fn cgroup_id_of(pidfd: &OwnedFd) -> std::io::Result<Option<u64>> {
+    Ok(pidfd_info(pidfd)?.map(|i| i.cgroup_id))
 }
 
 impl Router {
-    /// `prefix` is the cgroup path of the runtimes' parent as seen in
-    /// `/proc/PID/cgroup` (for example `/spfs`).
-    pub fn new(prefix: String, registry: Arc<Registry>) -> Self {
+    pub fn new(registry: Arc<Registry>) -> Self {
         Router {
-            prefix: prefix.trim_end_matches('/').to_string(),
             registry,
+            bindings: RwLock::default(),
             cache: RwLock::new(HashMap::new()),
-            generation: std::sync::atomic::AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Route the threads of cgroup `path` (id `id`) and of every cgroup
+    /// below it to runtime `name`.
+    pub fn bind(&self, name: &str, path: &str, id: u64) {
+        let mut b = self.bindings.write().unwrap_or_else(|p| p.into_inner());
+        b.by_id.insert(id, name.to_string());
+        b.by_path.insert(path.to_string(), name.to_string());
+        drop(b);
+        self.forget_all();
+    }
+
+    /// Stop routing to runtime `name`.
+    pub fn unbind(&self, name: &str) {
+        let mut b = self.bindings.write().unwrap_or_else(|p| p.into_inner());
+        b.by_id.retain(|_, n| n != name);
+        b.by_path.retain(|_, n| n != name);
+        drop(b);
+        self.forget_all();
     }
 
     /// The runtime the thread `tid` belongs to, if any.
@@ -98,17 +98,21 @@ impl Router {
         }
         {
             let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = cache.get(&tid)
-                && !has_exited(&c.pidfd)
-            {
-                return c.runtime.as_ref().and_then(Weak::upgrade);
+            if let Some(c) = cache.get(&tid) {
+                let same = match cgroup_id_of(&c.pidfd) {
+                    Ok(Some(id)) => id == c.cgroup_id,
+                    Ok(None) => !has_exited(&c.pidfd),
+                    Err(_) => false,
+                };
+                if same {
+                    return c.runtime.as_ref().and_then(Weak::upgrade);
+                }
             }
         }
         self.route_slow(tid)
     }
 
     fn route_slow(&self, tid: u32) -> Option<Arc<Runtime>> {
-        use std::sync::atomic::Ordering;
         let generation = self.generation.load(Ordering::Acquire);
         // Kernels before 6.9 have no thread pidfds: fall back to a process
         // pidfd, which works for every single-threaded caller and for the
@@ -126,18 +130,24 @@ impl Router {
                 ) =>
             {
                 tracing::debug!("no pidfd for thread {tid} ({e}); routing it uncached");
-                return cgroup_of(tid).and_then(|c| self.runtime_for_cgroup(&c));
+                return cgroup_of(tid).and_then(|c| self.runtime_for(0, Some(&c)));
             }
             // The thread is gone.
             Err(_) => return None,
         };
-        let cgroup = cgroup_of(tid)?;
-        // The pidfd was opened before /proc was read: if the thread is still
-        // alive now, what we read belongs to it.
-        if has_exited(&pidfd) {
-            return None;
+        let before = cgroup_id_of(&pidfd).ok()?.unwrap_or(0);
+        let runtime = self.runtime_for(before, None).or_else(|| {
+            let path = cgroup_of(tid)?;
+            self.runtime_for(0, Some(&path))
+        });
+        // The pidfd was opened before anything was read: if the thread is
+        // still alive, in the same cgroup, what we read belongs to it.
+        match cgroup_id_of(&pidfd) {
+            Ok(Some(after)) if after == before => {}
+            Ok(None) if !has_exited(&pidfd) => {}
+            Ok(Some(_)) => return runtime, // Moving right now: do not cache.
+            _ => return None,
         }
-        let runtime = self.runtime_for_cgroup(&cgroup);
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         if self.generation.load(Ordering::Acquire) != generation {
             return runtime;
@@ -152,20 +162,33 @@ impl Router {
             tid,
             Cached {
                 pidfd,
+                cgroup_id: before,
                 runtime: runtime.as_ref().map(Arc::downgrade),
             },
         );
         runtime
     }
 
-    /// The runtime whose cgroup is `cgroup` or an ancestor of it.
-    fn runtime_for_cgroup(&self, cgroup: &str) -> Option<Arc<Runtime>> {
-        let rest = cgroup.strip_prefix(&self.prefix)?.strip_prefix('/')?;
-        let name = rest.split('/').next()?;
-        self.registry.get(name)
+    /// The runtime of cgroup id `id`, or else of the nearest bound cgroup
+    /// at or above `path`.
+    fn runtime_for(&self, id: u64, path: Option<&str>) -> Option<Arc<Runtime>> {
+        let b = self.bindings.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = b.by_id.get(&id) {
+            return self.registry.get(name);
+        }
+        let mut path = path?;
+        loop {
+            if let Some(name) = b.by_path.get(path) {
+                return self.registry.get(name);
+            }
+            match path.rsplit_once('/') {
+                Some((parent, _)) if !parent.is_empty() => path = parent,
+                _ => return None,
+            }
+        }
     }
 
-    /// Forget what is known about `tid` (after moving it to another cgroup).
+    /// Forget what is known about `tid`.
     pub fn forget(&self, tid: u32) {
         self.cache
             .write()
@@ -173,11 +196,11 @@ impl Router {
             .remove(&tid);
     }
 
-    /// Forget everything (after a runtime was registered or removed).
+    /// Forget everything (after a runtime was registered or removed). An
+    /// answer being computed meanwhile is not cached.
     pub fn forget_all(&self) {
-        self.cache
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        cache.clear();
     }
 }

@@ -7,23 +7,22 @@
 //! SIGTERM, SIGINT or the Shutdown call stop the service and unmount.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use spfs_config::Config;
+use spfs_control::Listen;
 use spfs_control::proto;
-use spfs_control::{Caller, ControlHandler, Listen};
-use spfs_model::EnvSpec;
 use spfs_storage::{FsRepository, StorageError};
-use spfs_vfs::{RuntimeSpec, Vfs};
-use tonic::Status;
+use spfs_vfs::Vfs;
 
 use crate::cgroup::{Cgroups, Watcher};
+use crate::handler::Handler;
 use crate::host::FuseHost;
-use crate::route::{Router, has_exited, pidfd_open};
+use crate::process::Process;
+use crate::route::Router;
 
 /// Why the service could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -48,387 +47,104 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceE
     move |source| ServiceError::Io { context, source }
 }
 
+/// A runtime bound to a cgroup: its root process and the cgroup's path.
+struct BoundRuntime {
+    root: Process,
+    cgroup: String,
+}
+
 /// Everything the control plane and the cleanup path share.
-struct State {
-    vfs: Arc<Vfs>,
-    router: Arc<Router>,
-    cgroups: Cgroups,
-    watcher: OnceLock<Watcher>,
+pub(crate) struct State {
+    pub(crate) vfs: Arc<Vfs>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) cgroups: Cgroups,
+    pub(crate) watcher: OnceLock<Watcher>,
     mountpoint: PathBuf,
     listen: String,
     started: Instant,
     passthrough: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
-    shutdown: tokio::sync::Notify,
-    service_uid: u32,
-    /// A pidfd of each runtime's root process: a root PID that a new
-    /// process has reused never matches a runtime.
-    roots: Mutex<HashMap<String, OwnedFd>>,
+    pub(crate) shutdown: tokio::sync::Notify,
+    pub(crate) service_uid: u32,
+    /// Each runtime's root process (by pidfd: a root PID that a new
+    /// process has reused never matches a runtime) and cgroup. Kept after
+    /// the view was dropped while the cgroup still has processes, so that
+    /// the cgroup is removed once they are gone.
+    bound: Mutex<HashMap<String, BoundRuntime>>,
+    /// Tests widen the window between a registration's checks and its move
+    /// (`SPFS_VFS_TEST_REGISTER_DELAY_MS`), to race PID reuse against it.
+    pub(crate) test_register_delay: Option<std::time::Duration>,
 }
 
 impl State {
-    fn repo(&self) -> &FsRepository {
+    pub(crate) fn repo(&self) -> &FsRepository {
         self.vfs.repo()
     }
 
     /// The runtime whose root process is `pid`, if that process still lives.
-    fn rooted_at(&self, pid: u32) -> Option<Arc<spfs_vfs::Runtime>> {
-        let roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
-        self.vfs
-            .registry
-            .list()
-            .into_iter()
-            .find(|r| r.root_pid == pid && roots.get(&r.name).is_some_and(|fd| !has_exited(fd)))
+    pub(crate) fn rooted_at(&self, pid: u32) -> Option<Arc<spfs_vfs::Runtime>> {
+        let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        bound
+            .iter()
+            .find(|(_, b)| b.root.pid == pid && !b.root.has_exited())
+            .and_then(|(name, _)| self.vfs.registry.get(name))
+    }
+
+    /// Remember that runtime `name` is bound to cgroup `cgroup`.
+    pub(crate) fn bind_runtime(&self, name: &str, root: Process, cgroup: &str) {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            name.to_string(),
+            BoundRuntime {
+                root,
+                cgroup: cgroup.to_string(),
+            },
+        );
     }
 
     /// Drop a runtime: its view, its record and (once empty) its cgroup.
-    fn drop_runtime(&self, name: &str, why: &str) {
-        self.roots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+    pub(crate) fn drop_runtime(&self, name: &str, why: &str) {
+        self.router.unbind(name);
         if let Some(rt) = self.vfs.registry.remove(name) {
             tracing::info!(
                 runtime = name,
                 root_pid = rt.root_pid,
                 "view dropped: {why}"
             );
+            // Only this runtime's own record: its owner wrote it.
+            match self.repo().read_runtime(name) {
+                Ok(r) if r.owner_uid == rt.owner_uid => {
+                    if let Err(e) = self.repo().remove_runtime(name) {
+                        tracing::warn!(runtime = name, "cannot remove runtime record: {e}");
+                    }
+                }
+                _ => {}
+            }
         }
-        if let Err(e) = self.repo().remove_runtime(name) {
-            tracing::warn!(runtime = name, "cannot remove runtime record: {e}");
-        }
-        if !self.cgroups.is_populated(name).unwrap_or(true) {
+        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        let empty = bound
+            .get(name)
+            .map(|b| !self.cgroups.is_populated(&b.cgroup).unwrap_or(true));
+        if empty == Some(true)
+            && let Some(b) = bound.remove(name)
+        {
             if let Some(w) = self.watcher.get() {
                 w.unwatch(name);
             }
-            let _ = self.cgroups.remove(name);
+            let _ = self.cgroups.remove(&b.cgroup);
         }
     }
 
-    fn authorize(&self, caller: &Caller, owner_uid: u32) -> Result<(), Status> {
-        if caller.via_token {
-            return Ok(());
-        }
-        match caller.uid {
-            Some(0) => Ok(()),
-            Some(uid) if uid == owner_uid => Ok(()),
-            Some(uid) => Err(Status::permission_denied(format!(
-                "user {uid} may not manage views of processes owned by user {owner_uid}"
-            ))),
-            None => Err(Status::unauthenticated("caller identity unknown")),
-        }
-    }
-}
-
-/// The real, effective, saved and filesystem uids of process `pid`.
-fn process_uids(pid: u32) -> Option<[u32; 4]> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("Uid:"))?;
-    let mut ids = line
-        .split_whitespace()
-        .skip(1)
-        .map(|u| u.parse::<u32>().ok());
-    Some([ids.next()??, ids.next()??, ids.next()??, ids.next()??])
-}
-
-/// The parent of process `pid`.
-fn parent_of(pid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: fields after its ')'.
-    text.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Whether a caller may decide what a process with `uids` sees: root may;
-/// anyone else only for processes that are wholly theirs (all four uids,
-/// so not a setuid program they started).
-fn may_manage(caller: &Caller, uids: [u32; 4]) -> bool {
-    caller.via_token
-        || caller.uid == Some(0)
-        || caller.uid.is_some_and(|u| uids.iter().all(|id| *id == u))
-}
-
-/// The children of every thread of `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
-                );
-            }
-        }
-    }
-    out
-}
-
-fn storage_status(e: StorageError) -> Status {
-    match e {
-        StorageError::UnknownTag(_)
-        | StorageError::UnknownReference(_)
-        | StorageError::UnknownObject(_)
-        | StorageError::UnknownTagVersion { .. } => Status::not_found(e.to_string()),
-        StorageError::AmbiguousDigest { .. }
-        | StorageError::Spec(_)
-        | StorageError::WrongKind { .. } => Status::invalid_argument(e.to_string()),
-        e => Status::internal(e.to_string()),
-    }
-}
-
-fn valid_runtime_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name != "service"
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-struct Handler(Arc<State>);
-
-impl Handler {
-    /// Move the descendants of `root` into the cgroup of `name`: those the
-    /// caller may manage and that are in no runtime yet. Each is named by a
-    /// pidfd and checked to still be a child of its parent, so a reused PID
-    /// cannot drag in an unrelated process.
-    fn adopt_descendants(&self, caller: &Caller, name: &str, root: u32) {
-        let s = &self.0;
-        let me = std::process::id();
-        let mut todo = vec![root];
-        while let Some(parent) = todo.pop() {
-            for child in children(parent) {
-                if child == me {
-                    continue; // The service itself (a client may have started it).
-                }
-                let Ok(fd) = pidfd_open(child, false) else {
-                    continue;
-                };
-                let ok = parent_of(child) == Some(parent)
-                    && process_uids(child).is_some_and(|u| may_manage(caller, u))
-                    && crate::route::cgroup_of(child)
-                        .is_some_and(|c| !c.starts_with(s.cgroups.prefix()));
-                if ok && !has_exited(&fd) && s.cgroups.add_process(name, child).is_ok() {
-                    todo.push(child);
-                }
-            }
-        }
-    }
-}
-
-impl ControlHandler for Handler {
-    fn mount(
-        &self,
-        caller: &Caller,
-        req: proto::MountRequest,
-    ) -> Result<proto::MountResponse, Status> {
-        let s = &self.0;
-        let pid = req.root_pid;
-        if pid == 0 {
-            return Err(Status::invalid_argument("root_pid must be a process id"));
-        }
-        let no_process = || Status::not_found(format!("no process {pid}"));
-        let pidfd = pidfd_open(pid, false).map_err(|_| no_process())?;
-        let uids = process_uids(pid).ok_or_else(no_process)?;
-        if !may_manage(caller, uids) {
-            return Err(Status::permission_denied(format!(
-                "user {} may not manage views of process {pid} (user ids {uids:?})",
-                caller.uid.map(|u| u.to_string()).unwrap_or_default()
-            )));
-        }
-        let privileged = caller.via_token || caller.uid == Some(0);
-        if !privileged
-            && s.vfs
-                .registry
-                .list()
-                .iter()
-                .filter(|r| r.owner_uid == uids[0])
-                .count()
-                >= MAX_RUNTIMES_PER_USER
-        {
-            return Err(Status::resource_exhausted(format!(
-                "user {} already has {MAX_RUNTIMES_PER_USER} runtimes",
-                uids[0]
-            )));
-        }
-        // References only: the service never reads files for a caller.
-        let spec = EnvSpec::parse_references(&req.spec)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let digests = s.repo().resolve_spec(&spec).map_err(storage_status)?;
-        let layers = s.repo().flatten(&digests).map_err(storage_status)?;
-        let name = if req.runtime.is_empty() {
-            spfs_storage::runtimes::new_runtime_name()
-        } else if valid_runtime_name(&req.runtime) {
-            req.runtime.clone()
-        } else {
-            return Err(Status::invalid_argument(format!(
-                "invalid runtime name '{}'",
-                req.runtime
-            )));
-        };
-        if s.rooted_at(pid).is_some() {
-            return Err(Status::already_exists(format!(
-                "process {pid} already roots a runtime"
-            )));
-        }
-        // 1. The view (the expensive, fallible part) before touching any process.
-        let repo = s.repo().clone();
-        let build_layers = layers.clone();
-        let rt = s
-            .vfs
-            .registry
-            .register(
-                RuntimeSpec {
-                    name: name.clone(),
-                    spec: req.spec.clone(),
-                    root_pid: pid,
-                    owner_uid: uids[0],
-                },
-                layers.clone(),
-                move || {
-                    let tree = repo.merged_tree(&build_layers)?;
-                    let mtime = build_layers
-                        .iter()
-                        .filter_map(|d| {
-                            std::fs::metadata(repo.object_path(d))
-                                .and_then(|m| m.modified())
-                                .ok()
-                        })
-                        .max()
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    Ok::<_, StorageError>((tree, mtime))
-                },
-            )
-            .map_err(|e| match e {
-                spfs_vfs::registry::RegistryError::Build(e) => storage_status(e),
-                spfs_vfs::registry::RegistryError::Exists(n) => {
-                    Status::already_exists(format!("runtime '{n}' is already mounted"))
-                }
-                e => Status::internal(e.to_string()),
-            })?;
-        // 2. Its cgroup, watched before anything can join it.
-        let undo = |status: Status| {
-            s.vfs.registry.remove(&name);
-            if let Some(w) = s.watcher.get() {
-                w.unwatch(&name);
-            }
-            let _ = s.cgroups.remove(&name);
-            status
-        };
-        s.cgroups.create(&name).map_err(|e| {
-            undo(Status::internal(format!(
-                "cannot create the runtime's cgroup: {e}"
-            )))
-        })?;
-        if let Some(w) = s.watcher.get() {
-            w.watch(&name).map_err(|e| {
-                undo(Status::internal(format!(
-                    "cannot watch the runtime's cgroup: {e}"
-                )))
-            })?;
-        }
-        // 3. The root process, then its descendants.
-        s.cgroups.add_process(&name, pid).map_err(|e| {
-            undo(Status::failed_precondition(format!(
-                "cannot bind process {pid}: {e}"
-            )))
-        })?;
-        self.adopt_descendants(caller, &name, pid);
-        s.roots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone(), pidfd);
-        s.router.forget_all();
-        if !s.cgroups.is_populated(&name).unwrap_or(false) {
-            s.drop_runtime(&name, "its processes exited while it was mounted");
-            return Err(Status::not_found(format!("process {pid} exited")));
-        }
-        tracing::info!(runtime = %name, root_pid = pid, layers = layers.len(), view = rt.view.id, "view registered");
-        Ok(proto::MountResponse {
-            runtime: name,
-            layers: layers.iter().map(|d| d.to_string()).collect(),
-        })
-    }
-
-    fn unmount(
-        &self,
-        caller: &Caller,
-        req: proto::UnmountRequest,
-    ) -> Result<proto::UnmountResponse, Status> {
-        let s = &self.0;
-        let rt = if !req.runtime.is_empty() {
-            s.vfs.registry.get(&req.runtime)
-        } else {
-            s.rooted_at(req.root_pid)
-        };
-        let rt = rt.ok_or_else(|| {
-            Status::not_found(if req.runtime.is_empty() {
-                format!("no view is rooted at process {}", req.root_pid)
-            } else {
-                format!("no runtime '{}' is mounted", req.runtime)
-            })
-        })?;
-        s.authorize(caller, rt.owner_uid)?;
-        s.drop_runtime(&rt.name, "unmounted by request");
-        Ok(proto::UnmountResponse {
-            runtime: rt.name.clone(),
-        })
-    }
-
-    fn list(&self, caller: &Caller) -> Result<proto::ListResponse, Status> {
-        // Users see their own runtimes; root sees all.
-        let all = caller.via_token || caller.uid == Some(0);
-        let runtimes = self
-            .0
-            .vfs
-            .registry
-            .list()
-            .into_iter()
-            .filter(|r| all || caller.uid == Some(r.owner_uid))
-            .map(|r| proto::RuntimeInfo {
-                runtime: r.name.clone(),
-                root_pid: r.root_pid,
-                spec: r.spec.clone(),
-                layers: r.view.layers.iter().map(|d| d.to_string()).collect(),
-                age_seconds: r.started.elapsed().as_secs(),
-                requests: r.requests.load(Ordering::Relaxed),
-                owner_uid: r.owner_uid,
-            })
-            .collect();
-        Ok(proto::ListResponse { runtimes })
-    }
-
-    fn status(&self, _caller: &Caller) -> Result<proto::StatusResponse, Status> {
-        let s = &self.0;
-        Ok(proto::StatusResponse {
+    pub(crate) fn status(&self) -> proto::StatusResponse {
+        proto::StatusResponse {
             pid: std::process::id(),
-            mountpoint: s.mountpoint.display().to_string(),
-            listen: s.listen.clone(),
-            uptime_seconds: s.started.elapsed().as_secs(),
-            runtimes: s.vfs.registry.len() as u32,
-            requests: s.requests.load(Ordering::Relaxed),
-            passthrough: s.passthrough.load(Ordering::Relaxed),
+            mountpoint: self.mountpoint.display().to_string(),
+            listen: self.listen.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            runtimes: self.vfs.registry.len() as u32,
+            requests: self.requests.load(Ordering::Relaxed),
+            passthrough: self.passthrough.load(Ordering::Relaxed),
             version: env!("CARGO_PKG_VERSION").to_string(),
-        })
-    }
-
-    fn shutdown(&self, caller: &Caller) -> Result<(), Status> {
-        let s = &self.0;
-        if !caller.via_token && !matches!(caller.uid, Some(0)) && caller.uid != Some(s.service_uid)
-        {
-            return Err(Status::permission_denied(
-                "only root or the service's user may stop the service",
-            ));
         }
-        tracing::info!("shutdown requested");
-        s.shutdown.notify_one();
-        Ok(())
     }
 }
 
@@ -444,9 +160,6 @@ fn raise_open_file_limit() {
         }
     }
 }
-
-/// Runtimes one (non-root) user may have at once: each holds a view.
-const MAX_RUNTIMES_PER_USER: usize = 512;
 
 /// How long stopping waits for clients still connected.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -534,15 +247,20 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     cgroups
         .adopt_self()
         .map_err(io_err("cannot move the service into its own cgroup"))?;
-    for name in cgroups.existing() {
-        if !cgroups.is_populated(&name).unwrap_or(true) {
-            let _ = cgroups.remove(&name);
-        }
-    }
-    // Records of runtimes of a previous service on this mount point are stale.
+    // Runtimes of a previous service on this mount point are gone: their
+    // records go, and so do their cgroups once empty.
+    let mut stale = cgroups.under_root();
     for record in repo.runtimes()? {
         if record.mountpoint == config.vfs.mountpoint {
             let _ = repo.remove_runtime(&record.name);
+            if !record.cgroup.is_empty() {
+                stale.push(record.cgroup);
+            }
+        }
+    }
+    for path in stale {
+        if !cgroups.is_populated(&path).unwrap_or(true) {
+            let _ = cgroups.remove(&path);
         }
     }
     // 3. The mount.
@@ -552,10 +270,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         mountpoint.display()
     )))?;
     let vfs = Arc::new(Vfs::new(repo));
-    let router = Arc::new(Router::new(
-        cgroups.prefix().to_string(),
-        vfs.registry.clone(),
-    ));
+    let router = Arc::new(Router::new(vfs.registry.clone()));
     let host = FuseHost::new(
         vfs.clone(),
         router.clone(),
@@ -593,7 +308,11 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         requests,
         shutdown: tokio::sync::Notify::new(),
         service_uid: rustix::process::getuid().as_raw(),
-        roots: Mutex::new(HashMap::new()),
+        bound: Mutex::new(HashMap::new()),
+        test_register_delay: std::env::var("SPFS_VFS_TEST_REGISTER_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis),
     });
     let (weak, weak2) = (Arc::downgrade(&state), Arc::downgrade(&state));
     let watcher = Watcher::start(

@@ -3,7 +3,7 @@
 //!
 //! `spfs run SPEC -- CMD` resolves the spec (so bad input fails before
 //! anything starts), connects to the VFS service (starting it if needed),
-//! saves a runtime record, registers the view for *this* process, and then
+//! registers the view for *this* process, saves a runtime record, and then
 //! replaces itself with CMD. CMD and everything it starts see the view; the
 //! exit code is CMD's own. When the last process of the tree exits, however
 //! the tree was ended, the service drops the view and removes the record.
@@ -42,7 +42,7 @@ pub struct ShellArgs {
 pub enum RuntimeCommand {
     /// List runtime records.
     Ls {
-        /// One JSON document: a list of records {"name", "spec", "layers", "root_pid", "owner_uid", "created", "mountpoint", "command"}.
+        /// One JSON document: a list of records {"name", "spec", "layers", "root_pid", "owner_uid", "created", "mountpoint", "command", "cgroup"}.
         #[arg(long)]
         json: bool,
     },
@@ -87,7 +87,7 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
     };
     let name = new_runtime_name();
     let pid = std::process::id();
-    let record = RuntimeRecord {
+    let mut record = RuntimeRecord {
         name: name.clone(),
         spec: spec_text.to_string(),
         layers: layers.clone(),
@@ -99,12 +99,12 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
             .unwrap_or(0),
         mountpoint: config.vfs.mountpoint.clone(),
         command: command.clone(),
+        cgroup: String::new(),
     };
     let resolved: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
     let rt = runtime()?;
     rt.block_on(async {
         let client = spfs_fuse::launch::connect_or_start(&config).await?;
-        repo.save_runtime(&record)?;
         let mounted = client
             .mount(proto::MountRequest {
                 root_pid: pid,
@@ -115,11 +115,15 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
                 },
                 runtime: name.clone(),
             })
-            .await;
-        if let Err(status) = mounted {
-            let _ = repo.remove_runtime(&name);
-            anyhow::bail!("cannot mount the environment: {}", status.message());
-        }
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!("cannot mount the environment: {}", status.message())
+            })?;
+        // The record is written once the view exists, by the runtime's
+        // owner; the service removes it when the runtime's tree has exited
+        // (this process is in the tree, so that cannot have happened yet).
+        record.cgroup = mounted.cgroup;
+        repo.save_runtime(&record)?;
         anyhow::Ok(())
     })?;
     drop(rt);
@@ -142,7 +146,14 @@ pub fn runtime_cmd(cmd: RuntimeCommand) -> anyhow::Result<i32> {
     let repo = super::open_repo(&config)?;
     match cmd {
         RuntimeCommand::Ls { json } => {
-            let records = repo.runtimes()?;
+            // Users see their own runtimes (specs and command lines may
+            // hold secrets); root sees every runtime.
+            let uid = rustix::process::getuid().as_raw();
+            let records: Vec<_> = repo
+                .runtimes()?
+                .into_iter()
+                .filter(|r| uid == 0 || r.owner_uid == uid)
+                .collect();
             if json {
                 print_json(&records)?;
             } else {
@@ -154,6 +165,10 @@ pub fn runtime_cmd(cmd: RuntimeCommand) -> anyhow::Result<i32> {
         }
         RuntimeCommand::Info { name, json } => {
             let r = repo.read_runtime(&name)?;
+            let uid = rustix::process::getuid().as_raw();
+            if uid != 0 && r.owner_uid != uid {
+                anyhow::bail!("runtime {name} belongs to user {}", r.owner_uid);
+            }
             if json {
                 print_json(&r)?;
             } else {
@@ -164,6 +179,7 @@ pub fn runtime_cmd(cmd: RuntimeCommand) -> anyhow::Result<i32> {
                 println!("created:    {}", r.created);
                 println!("mountpoint: {}", r.mountpoint.display());
                 println!("command:    {}", r.command.join(" "));
+                println!("cgroup:     {}", r.cgroup);
                 println!("layers:");
                 for l in &r.layers {
                     println!("  {l}");

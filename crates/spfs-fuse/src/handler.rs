@@ -1,0 +1,388 @@
+//! The control plane's requests, answered for one caller: registering a
+//! process tree's view (binding it to a runtime cgroup), dropping it,
+//! listing, status and shutdown.
+//!
+//! What a registration may do, whoever asks: the root process (and each of
+//! its existing children that is adopted) is named by a pidfd from the
+//! moment its PID arrives; the caller must own it wholly (all four user
+//! ids) unless the caller is root; it is moved one level down, into a new
+//! child of the cgroup it is in, and nowhere else (see [`crate::cgroup`]);
+//! and it is pinned for the move so that the PID written can only be its
+//! own. The view is built before any process is touched.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use spfs_control::proto;
+use spfs_control::{Caller, ControlHandler};
+use spfs_model::EnvSpec;
+use spfs_storage::StorageError;
+use spfs_vfs::RuntimeSpec;
+use tonic::Status;
+
+use crate::cgroup::MoveError;
+use crate::process::{PinError, Process};
+use crate::service::State;
+
+/// The longest spec text a registration may carry.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// The most references a registration's spec may name.
+pub const MAX_SPEC_ITEMS: usize = 1000;
+/// Runtimes one (non-root) user may have at once: each holds a view.
+pub const MAX_RUNTIMES_PER_USER: usize = 512;
+
+/// Whether a caller may decide what a process with `uids` sees: root may;
+/// anyone else only for processes that are wholly theirs (all four uids,
+/// so not a setuid program they started).
+fn may_manage(caller: &Caller, uids: [u32; 4]) -> bool {
+    privileged(caller) || caller.uid.is_some_and(|u| uids.iter().all(|id| *id == u))
+}
+
+fn privileged(caller: &Caller) -> bool {
+    caller.via_token || caller.uid == Some(0)
+}
+
+/// The children of every thread of `pid` (candidates only: each is then
+/// checked through its own pidfd).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn storage_status(e: StorageError) -> Status {
+    match e {
+        StorageError::UnknownTag(_)
+        | StorageError::UnknownReference(_)
+        | StorageError::UnknownObject(_)
+        | StorageError::UnknownTagVersion { .. } => Status::not_found(e.to_string()),
+        StorageError::AmbiguousDigest { .. }
+        | StorageError::Spec(_)
+        | StorageError::WrongKind { .. } => Status::invalid_argument(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+fn move_status(e: MoveError) -> Status {
+    match e {
+        MoveError::Pin(PinError::Exited(pid)) => Status::not_found(format!("process {pid} exited")),
+        e => Status::failed_precondition(e.to_string()),
+    }
+}
+
+fn valid_runtime_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name != "service"
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// What a failed registration must take back: only what it made itself.
+struct Undo<'a> {
+    state: &'a State,
+    name: &'a str,
+    cgroup: Option<String>,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let s = self.state;
+        s.router.unbind(self.name);
+        s.vfs.registry.remove(self.name);
+        if let Some(path) = &self.cgroup {
+            if let Some(w) = s.watcher.get() {
+                w.unwatch(self.name);
+            }
+            let _ = s.cgroups.remove(path);
+        }
+    }
+}
+
+pub struct Handler(pub(crate) Arc<State>);
+
+impl Handler {
+    /// Move the existing descendants of `root` along: those still in the
+    /// cgroup `from` the root was in, that the caller may manage and whose
+    /// parent is who it was.
+    fn adopt_descendants(&self, caller: &Caller, root: u32, from: u64, path: &str, id: u64) {
+        let s = &self.0;
+        let me = std::process::id();
+        let mut todo = vec![root];
+        while let Some(parent) = todo.pop() {
+            for child in children(parent) {
+                let Some(mut p) = Process::open(child) else {
+                    continue;
+                };
+                let ok = p.info.tgid != me
+                    && p.info.ppid == parent
+                    && p.info.cgroup_id == from
+                    && may_manage(caller, p.info.uids);
+                if ok && s.cgroups.move_process(&mut p, from, path, id).is_ok() {
+                    todo.push(child);
+                }
+            }
+        }
+    }
+
+    fn check_spec(text: &str) -> Result<EnvSpec, Status> {
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the spec is {} bytes; at most {MAX_SPEC_BYTES} are accepted",
+                text.len()
+            )));
+        }
+        // References only: the service never reads files for a caller.
+        let spec =
+            EnvSpec::parse_references(text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if spec.items.len() > MAX_SPEC_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "the spec names {} references; at most {MAX_SPEC_ITEMS} are accepted",
+                spec.items.len()
+            )));
+        }
+        Ok(spec)
+    }
+}
+
+impl ControlHandler for Handler {
+    fn mount(
+        &self,
+        caller: &Caller,
+        req: proto::MountRequest,
+    ) -> Result<proto::MountResponse, Status> {
+        let s = &self.0;
+        let pid = req.root_pid;
+        if pid == 0 {
+            return Err(Status::invalid_argument("root_pid must be a process id"));
+        }
+        let spec = Self::check_spec(&req.spec)?;
+        // From here on the process is named by its pidfd.
+        let no_process = || Status::not_found(format!("no process {pid}"));
+        let mut root = Process::open(pid).ok_or_else(no_process)?;
+        let uids = root.info.uids;
+        if !may_manage(caller, uids) {
+            return Err(Status::permission_denied(format!(
+                "user {} may not manage views of process {pid} (user ids {uids:?})",
+                caller.uid.map(|u| u.to_string()).unwrap_or_default()
+            )));
+        }
+        if root.info.tgid == std::process::id() {
+            return Err(Status::invalid_argument(format!(
+                "process {pid} is the VFS service itself"
+            )));
+        }
+        if !privileged(caller)
+            && s.vfs
+                .registry
+                .list()
+                .iter()
+                .filter(|r| r.owner_uid == uids[0])
+                .count()
+                >= MAX_RUNTIMES_PER_USER
+        {
+            return Err(Status::resource_exhausted(format!(
+                "user {} already has {MAX_RUNTIMES_PER_USER} runtimes",
+                uids[0]
+            )));
+        }
+        let name = if req.runtime.is_empty() {
+            spfs_storage::runtimes::new_runtime_name()
+        } else if valid_runtime_name(&req.runtime) {
+            req.runtime.clone()
+        } else {
+            return Err(Status::invalid_argument(format!(
+                "invalid runtime name '{}'",
+                req.runtime
+            )));
+        };
+        // A name with a record (another runtime's, live or not) is taken:
+        // dropping this runtime would remove that record.
+        if s.vfs.registry.get(&name).is_some() || s.repo().read_runtime(&name).is_ok() {
+            return Err(Status::already_exists(format!(
+                "runtime name '{name}' is taken"
+            )));
+        }
+        if s.rooted_at(pid).is_some() {
+            return Err(Status::already_exists(format!(
+                "process {pid} already roots a runtime"
+            )));
+        }
+        let digests = s.repo().resolve_spec(&spec).map_err(storage_status)?;
+        let layers = s.repo().flatten(&digests).map_err(storage_status)?;
+        if let Some(delay) = s.test_register_delay {
+            std::thread::sleep(delay);
+        }
+        // 1. The view (the expensive, fallible part) before touching any process.
+        let repo = s.repo().clone();
+        let build_layers = layers.clone();
+        let rt = s
+            .vfs
+            .registry
+            .register(
+                RuntimeSpec {
+                    name: name.clone(),
+                    spec: String::new(),
+                    root_pid: pid,
+                    owner_uid: uids[0],
+                },
+                layers.clone(),
+                move || {
+                    let tree = repo.merged_tree(&build_layers)?;
+                    let mtime = build_layers
+                        .iter()
+                        .filter_map(|d| {
+                            std::fs::metadata(repo.object_path(d))
+                                .and_then(|m| m.modified())
+                                .ok()
+                        })
+                        .max()
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    Ok::<_, StorageError>((tree, mtime))
+                },
+            )
+            .map_err(|e| match e {
+                spfs_vfs::registry::RegistryError::Build(e) => storage_status(e),
+                spfs_vfs::registry::RegistryError::Exists(n) => {
+                    Status::already_exists(format!("runtime name '{n}' is taken"))
+                }
+                e => Status::internal(e.to_string()),
+            })?;
+        let mut undo = Undo {
+            state: s,
+            name: &name,
+            cgroup: None,
+            armed: true,
+        };
+        // 2. Its cgroup, a child of the root process's own, watched and
+        //    routed before any process joins it.
+        let from = root.info.cgroup_id;
+        let current = root
+            .cgroup_path()
+            .ok_or_else(|| Status::not_found(format!("process {pid} exited")))?;
+        let path = s.cgroups.runtime_path(&current, &name);
+        let id = s.cgroups.create(&path).map_err(|e| {
+            Status::failed_precondition(format!("cannot create the runtime's cgroup {path}: {e}"))
+        })?;
+        undo.cgroup = Some(path.clone());
+        if let Some(w) = s.watcher.get() {
+            w.watch(&name, &path)
+                .map_err(|e| Status::internal(format!("cannot watch the runtime's cgroup: {e}")))?;
+        }
+        s.router.bind(&name, &path, id);
+        // 3. The root process, then its descendants.
+        s.cgroups
+            .move_process(&mut root, from, &path, id)
+            .map_err(move_status)?;
+        self.adopt_descendants(caller, pid, from, &path, id);
+        undo.armed = false;
+        drop(undo);
+        s.bind_runtime(&name, root, &path);
+        if !s.cgroups.is_populated(&path).unwrap_or(false) {
+            s.drop_runtime(&name, "its processes exited while it was mounted");
+            return Err(Status::not_found(format!("process {pid} exited")));
+        }
+        tracing::info!(runtime = %name, root_pid = pid, cgroup = %path, layers = layers.len(), view = rt.view.id, "view registered");
+        Ok(proto::MountResponse {
+            runtime: name,
+            layers: layers.iter().map(|d| d.to_string()).collect(),
+            cgroup: path,
+        })
+    }
+
+    fn unmount(
+        &self,
+        caller: &Caller,
+        req: proto::UnmountRequest,
+    ) -> Result<proto::UnmountResponse, Status> {
+        let s = &self.0;
+        let rt = if !req.runtime.is_empty() {
+            s.vfs.registry.get(&req.runtime)
+        } else {
+            s.rooted_at(req.root_pid)
+        };
+        let rt = rt.ok_or_else(|| {
+            Status::not_found(if req.runtime.is_empty() {
+                format!("no view is rooted at process {}", req.root_pid)
+            } else {
+                format!("no runtime '{}' is mounted", req.runtime)
+            })
+        })?;
+        match caller.uid {
+            _ if privileged(caller) => {}
+            Some(uid) if uid == rt.owner_uid => {}
+            Some(uid) => {
+                return Err(Status::permission_denied(format!(
+                    "user {uid} may not manage views of processes owned by user {}",
+                    rt.owner_uid
+                )));
+            }
+            None => return Err(Status::unauthenticated("caller identity unknown")),
+        }
+        s.drop_runtime(&rt.name, "unmounted by request");
+        Ok(proto::UnmountResponse {
+            runtime: rt.name.clone(),
+        })
+    }
+
+    fn list(&self, caller: &Caller) -> Result<proto::ListResponse, Status> {
+        // Users see their own runtimes; root sees all.
+        let all = privileged(caller);
+        let runtimes = self
+            .0
+            .vfs
+            .registry
+            .list()
+            .into_iter()
+            .filter(|r| all || caller.uid == Some(r.owner_uid))
+            .map(|r| proto::RuntimeInfo {
+                runtime: r.name.clone(),
+                root_pid: r.root_pid,
+                spec: r
+                    .view
+                    .layers
+                    .iter()
+                    .map(|d| d.to_string()[..12].to_string())
+                    .collect::<Vec<_>>()
+                    .join("+"),
+                layers: r.view.layers.iter().map(|d| d.to_string()).collect(),
+                age_seconds: r.started.elapsed().as_secs(),
+                requests: r.requests.load(Ordering::Relaxed),
+                owner_uid: r.owner_uid,
+            })
+            .collect();
+        Ok(proto::ListResponse { runtimes })
+    }
+
+    fn status(&self, _caller: &Caller) -> Result<proto::StatusResponse, Status> {
+        Ok(self.0.status())
+    }
+
+    fn shutdown(&self, caller: &Caller) -> Result<(), Status> {
+        let s = &self.0;
+        if !privileged(caller) && caller.uid != Some(s.service_uid) {
+            return Err(Status::permission_denied(
+                "only root or the service's user may stop the service",
+            ));
+        }
+        tracing::info!("shutdown requested");
+        s.shutdown.notify_one();
+        Ok(())
+    }
+}

@@ -6,6 +6,11 @@
 //! file beside the tag, which the kernel releases when a process dies, so a
 //! killed writer never blocks anyone; the new history is written to a
 //! temporary file and renamed into place.
+//!
+//! In a shared repository a tag belongs to its creator: only that user (or
+//! root) can open its 0600 lock file or rename over its history in the
+//! sticky folder, and a tag is never written below another user's folder.
+//! See [`crate::shared`].
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -160,6 +165,7 @@ impl FsRepository {
         let rel = Self::tag_path(name);
         let (folder_rel, file) = beneath::split(&rel).map_err(self.io_err("cannot open", &rel))?;
         let (folder, _) = self.open_dir(folder_rel, Some(self.sharing().new_tag_folders()))?;
+        self.check_folders(name, folder_rel)?;
         let mut tag = TagFile {
             rel: rel.clone(),
             name: file.to_os_string(),
@@ -184,6 +190,31 @@ impl FsRepository {
             }
             other => other,
         }
+    }
+
+    /// In a shared repository, refuse to write a tag below a folder of
+    /// another user (one who made it writable to others could still remove
+    /// what others put in it): every folder must be root's or ours.
+    fn check_folders(&self, name: &str, folder_rel: &Path) -> Result<()> {
+        let me = rustix::process::geteuid();
+        if self.sharing() == Sharing::Private || me.is_root() {
+            return Ok(());
+        }
+        let mut rel = PathBuf::new();
+        for part in folder_rel.components() {
+            rel.push(part);
+            let (dir, _) = self.open_dir(&rel, None)?;
+            let uid = rustix::fs::fstat(&dir)
+                .map_err(|e| self.io_err("cannot read", &rel)(e.into()))?
+                .st_uid;
+            if uid != 0 && uid != me.as_raw() {
+                return Err(StorageError::TagNotYours {
+                    name: name.to_string(),
+                    owner: user_name(uid).unwrap_or_else(|| format!("uid {uid}")),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// [`FsRepository::with_tag_lock`] once the folder is open.

@@ -196,6 +196,18 @@ fn private_payloads_stay_private_and_others_cannot_touch_them() {
     let out = spfs_as(&w, &b, &["tag", d, "a/mine"]);
     assert!(stderr(&out).contains("belongs to"), "{}", stderr(&out));
     assert_eq!(stdout(&w.spfs(&["log", "a/stuff"])).lines().count(), 1);
+    // Even a folder its owner opened to all takes nobody else's tags.
+    let a_folder = w.repo.join("tags/a");
+    ok(
+        &sh_as(&w, &a, &format!("chmod 777 {}", a_folder.display())),
+        "chmod",
+    );
+    let out = spfs_as(&w, &b, &["tag", d, "a/mine"]);
+    assert!(stderr(&out).contains("belongs to"), "{}", stderr(&out));
+    ok(
+        &sh_as(&w, &a, &format!("chmod 755 {}", a_folder.display())),
+        "chmod",
+    );
     // A moves and removes its own tag; a folder root made takes anyone's.
     ok(&spfs_as(&w, &a, &["tag", d, "a/stuff"]), "A retags");
     ok(&spfs_as(&w, &a, &["untag", "a/stuff"]), "A untags");

@@ -363,6 +363,12 @@ mod tests {
             err.contains("SPFS_VFS_THREADS") && err.contains("vfs.threads"),
             "{err}"
         );
+        let err = Config::load_with(&env_from(&[("SPFS_VFS_LOG_MAX_BYTES", "100")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vfs.log_max_bytes"), "{err}");
+        let c = Config::load_with(&env_from(&[("SPFS_VFS_LOG_MAX_BYTES", "65536")])).unwrap();
+        assert_eq!(c.vfs.log_max_bytes, 65536);
         let err = Config::load_with(&env_from(&[("SPFS_CONFIG", "/no/such/file.toml")]))
             .unwrap_err()
             .to_string();

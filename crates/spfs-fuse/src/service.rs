@@ -21,6 +21,7 @@ use spfs_vfs::Vfs;
 use crate::cgroup::{Cgroups, Watcher};
 use crate::handler::Handler;
 use crate::host::FuseHost;
+use crate::locks::{LockError, ServiceLocks, address_lock_path};
 use crate::process::Process;
 use crate::route::Router;
 
@@ -33,6 +34,8 @@ pub enum ServiceError {
     BadListen(String, String),
     #[error(transparent)]
     Control(#[from] spfs_control::ControlError),
+    #[error(transparent)]
+    Lock(LockError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("{context}: {source}")]
@@ -164,39 +167,7 @@ fn raise_open_file_limit() {
 /// How long stopping waits for clients still connected.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The lock that allows one service per mount point, whatever its address.
-pub fn mountpoint_lock_path(mountpoint: &std::path::Path) -> PathBuf {
-    let escaped: String = mountpoint
-        .to_string_lossy()
-        .chars()
-        .map(|c| match c {
-            '/' => "%2F".to_string(),
-            '%' => "%25".to_string(),
-            c => c.to_string(),
-        })
-        .collect();
-    PathBuf::from("/run/spfs/mounts").join(format!("{escaped}.lock"))
-}
-
-/// Hold an exclusive lock on `path` for this process's life.
-fn take_service_lock(path: &std::path::Path) -> Result<std::fs::File, ServiceError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(io_err(format!("cannot open lock {}", path.display())))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            Err(ServiceError::AlreadyRunning(path.display().to_string()))
-        }
-        Err(e) => Err(io_err(format!("cannot lock {}", path.display()))(e.into())),
-    }
-}
+pub use crate::locks::mountpoint_lock_path;
 
 /// Run the service until it is told to stop. Blocks.
 pub fn run(config: &Config) -> Result<(), ServiceError> {
@@ -220,12 +191,15 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     // 1. One service per control address and per mount point: a second
     //    one stops here, before it changes anything. The locks are released
     //    by the kernel if this process dies.
-    let lock_path = match &listen {
-        Listen::Unix(p) => p.with_extension("lock"),
-        Listen::Tcp(_) => config.vfs.token_file.with_extension("lock"),
-    };
-    let _lock = take_service_lock(&lock_path)?;
-    let _mount_lock = take_service_lock(&mountpoint_lock_path(&config.vfs.mountpoint))?;
+    //    The lock files go when the service stops.
+    let _locks = ServiceLocks::take(
+        &address_lock_path(&listen, &config.vfs.token_file),
+        &mountpoint_lock_path(&config.vfs.mountpoint),
+    )
+    .map_err(|e| match e {
+        LockError::AlreadyRunning(p) => ServiceError::AlreadyRunning(p.display().to_string()),
+        e => ServiceError::Lock(e),
+    })?;
     let token = match &listen {
         Listen::Tcp(_) => Some(
             spfs_control::create_token_file(&config.vfs.token_file).map_err(io_err(format!(

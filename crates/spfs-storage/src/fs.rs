@@ -51,6 +51,8 @@ pub const SMALL_FILE: u64 = 1 << 20;
 const OBJECT_MODE: u32 = 0o444;
 /// The mode of records: `VERSION`, tag histories, runtime records.
 const RECORD_MODE: u32 = 0o644;
+/// The mode of records only their owner may read.
+const PRIVATE_RECORD_MODE: u32 = 0o600;
 /// The mode of a temporary file until it has its final mode.
 const TEMP_MODE: u32 = 0o600;
 
@@ -102,6 +104,9 @@ pub(crate) enum Written {
     /// runtime record), owned by `keep_owner` when given (root rewriting a
     /// user's tag leaves it the user's).
     Record { keep_owner: Option<u32> },
+    /// A record only its owner (and root) may read: a runtime record names
+    /// a command line, which may hold secrets.
+    PrivateRecord,
 }
 
 /// What renaming onto a name that is taken means.
@@ -444,6 +449,7 @@ impl FsRepository {
             Written::Object => (OBJECT_MODE, Taken::Keep, None),
             Written::Payload(readers) => (readers.mode(), Taken::Keep, None),
             Written::Record { keep_owner } => (RECORD_MODE, Taken::Replace, keep_owner),
+            Written::PrivateRecord => (PRIVATE_RECORD_MODE, Taken::Replace, None),
         };
         let (mut f, tmp) = self.temp_file(mode)?;
         let res = f

@@ -87,7 +87,7 @@ impl FsRepository {
             path: self.root().join(&rel),
             message: e.to_string(),
         })?;
-        self.write_atomic(&rel, &json, Written::Record { keep_owner: None })
+        self.write_atomic(&rel, &json, Written::PrivateRecord)
     }
 
     pub fn read_runtime(&self, name: &str) -> Result<RuntimeRecord> {

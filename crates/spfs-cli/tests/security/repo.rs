@@ -396,3 +396,55 @@ fn a_private_repository_works_as_before_with_private_payloads() {
         "a user wrote into root's private repository"
     );
 }
+
+#[test]
+fn users_run_their_layers_from_the_shared_repository_without_root() {
+    require_vfs!();
+    let w = shared_world();
+    w.start_service();
+    let (a, b) = (TestUser::new(), TestUser::new());
+    let src = user_tree(
+        &w,
+        &a,
+        "a-run",
+        &[
+            ("tool", b"a's tool", 0o644),
+            ("secret", b"a's secret", 0o600),
+        ],
+    );
+    commit_as(&w, &a, &src, "a/run");
+    let mnt = w.mnt.display().to_string();
+    let repo = w.repo.display().to_string();
+    // A runs its layer; its record is A's and private while it runs.
+    let out = sh_as(
+        &w,
+        &a,
+        &format!(
+            "{SPFS} run a/run -- sh -c 'cat {mnt}/tool; echo; stat -c \"%u %a\" {repo}/runtimes/$SPFS_RUNTIME.json'"
+        ),
+    );
+    ok(&out, "spfs run as A");
+    assert_eq!(stdout(&out), format!("a's tool\n{} 600\n", a.uid));
+    // B runs A's layer: the public file reads; the private one is root's
+    // in the view, as it is root's and A's alone in the repository.
+    let out = sh_as(
+        &w,
+        &b,
+        &format!("{SPFS} run a/run -- sh -c 'cat {mnt}/tool; echo; cat {mnt}/secret'"),
+    );
+    assert_eq!(stdout(&out), "a's tool\n");
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    // The records went with the runtimes.
+    assert!(
+        crate::harness::wait_for(std::time::Duration::from_secs(5), || {
+            std::fs::read_dir(w.repo.join("runtimes"))
+                .map(|rd| rd.count() == 0)
+                .unwrap_or(false)
+        }),
+        "runtime records left behind"
+    );
+}

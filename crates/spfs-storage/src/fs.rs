@@ -953,13 +953,8 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// Make a directory's entries durable. Filesystems that cannot sync a
+/// The outcome of syncing directory `dir`: filesystems that cannot sync a
 /// directory (EINVAL, EROFS) are accepted; a real I/O error is not.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    sync_result(File::open(dir).and_then(|f| f.sync_all()), dir)
-}
-
-/// The outcome of syncing directory `dir`, as [`sync_dir`] judges it.
 fn sync_result(res: std::io::Result<()>, dir: &Path) -> Result<()> {
     match res {
         Err(e)

@@ -13,17 +13,22 @@
 //! what went wrong (a disk, a careless tool, an attacker).
 //!
 //! The move is one `rename` on the repository's filesystem (never replacing
-//! anything), made durable in both directories: after a crash the payload
-//! is either still in place, to be found corrupt again, or in quarantine.
+//! anything), between directories opened from the repository's root without
+//! following symlinks, made durable in both: after a crash the payload is
+//! either still in place, to be found corrupt again, or in quarantine. The
+//! quarantine directory is private (0700): it holds other users' bytes.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::AtFlags;
 
 use spfs_model::Digest;
 
+use crate::beneath::{self, NewDirs};
 use crate::error::{Result, StorageError};
-use crate::fs::{FsRepository, sync_dir};
+use crate::fs::FsRepository;
 
 /// The name of the quarantine directory under a repository's root.
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -66,46 +71,55 @@ impl FsRepository {
         opened: Option<&File>,
     ) -> Result<Option<PathBuf>> {
         let source = self.payload_path(digest);
-        let current = match std::fs::symlink_metadata(&source) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StorageError::UnknownObject(*digest));
-            }
-            Err(e) => return Err(StorageError::io("cannot read", &source)(e)),
+        let text = digest.to_string();
+        let (shard, name) = (Path::new("payloads").join(&text[..2]), &text[2..]);
+        // Both directories are reached from the root's descriptor, never
+        // through a symlink (see `beneath`).
+        let shard_dir = beneath::open_dir(self.fd(), &shard)
+            .map_err(StorageError::io("cannot open", &self.root().join(&shard)))?;
+        let current = match rustix::fs::statat(&shard_dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => return Err(StorageError::UnknownObject(*digest)),
+            Err(e) => return Err(StorageError::io("cannot read", &source)(e.into())),
         };
         if let Some(file) = opened {
             let seen = file
                 .metadata()
                 .map_err(StorageError::io("cannot read", &source))?;
-            if (seen.dev(), seen.ino()) != (current.dev(), current.ino()) {
+            if (seen.dev(), seen.ino()) != (current.st_dev as u64, current.st_ino as u64) {
                 return Ok(None);
             }
         }
-        let dir = self.quarantine_dir();
-        std::fs::create_dir_all(&dir).map_err(StorageError::io("cannot create", &dir))?;
+        // Root's and private: the corrupt bytes of other users' payloads.
+        let (dir, _) = beneath::make_dirs(
+            self.fd(),
+            Path::new(QUARANTINE_DIR),
+            NewDirs::Exact {
+                mode: 0o700,
+                group: None,
+            },
+        )
+        .map_err(StorageError::io("cannot create", &self.quarantine_dir()))?;
         let seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         for n in 0..MAX_SAME_SECOND {
-            let name = match n {
+            let new_name = match n {
                 0 => format!("{digest}.{seconds}"),
                 n => format!("{digest}.{seconds}.{n}"),
             };
-            let dest = dir.join(name);
             match rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &source,
-                rustix::fs::CWD,
-                &dest,
+                &shard_dir,
+                name,
+                &dir,
+                new_name.as_str(),
                 rustix::fs::RenameFlags::NOREPLACE,
             ) {
                 Ok(()) => {
-                    sync_dir(&dir)?;
-                    if let Some(shard) = source.parent() {
-                        sync_dir(shard)?;
-                    }
-                    return Ok(Some(dest));
+                    self.sync_rel(Path::new(QUARANTINE_DIR))?;
+                    self.sync_rel(&shard)?;
+                    return Ok(Some(self.quarantine_dir().join(new_name)));
                 }
                 Err(rustix::io::Errno::EXIST) => continue,
                 Err(rustix::io::Errno::NOENT) => {

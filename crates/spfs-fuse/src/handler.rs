@@ -238,7 +238,6 @@ impl ControlHandler for Handler {
             .register(
                 RuntimeSpec {
                     name: name.clone(),
-                    spec: String::new(),
                     root_pid: pid,
                     owner_uid: uids[0],
                 },
@@ -247,11 +246,7 @@ impl ControlHandler for Handler {
                     let tree = repo.merged_tree(&build_layers)?;
                     let mtime = build_layers
                         .iter()
-                        .filter_map(|d| {
-                            std::fs::metadata(repo.object_path(d))
-                                .and_then(|m| m.modified())
-                                .ok()
-                        })
+                        .filter_map(|d| repo.object_mtime(d).ok())
                         .max()
                         .unwrap_or(SystemTime::UNIX_EPOCH);
                     Ok::<_, StorageError>((tree, mtime))

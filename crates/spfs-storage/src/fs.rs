@@ -306,6 +306,15 @@ impl FsRepository {
         Path::new(area).join(&text[..2]).join(&text[2..])
     }
 
+    /// When the object `digest` was stored: its file's modification time
+    /// (reached without following symlinks).
+    pub fn object_mtime(&self, digest: &Digest) -> Result<std::time::SystemTime> {
+        let rel = Self::sharded("objects", digest);
+        beneath::open_regular(self.fd(), &rel)
+            .and_then(|f| f.metadata()?.modified())
+            .map_err(self.io_err("cannot read", &rel))
+    }
+
     /// Where the encoded object `digest` is stored.
     pub fn object_path(&self, digest: &Digest) -> PathBuf {
         self.root.join(Self::sharded("objects", digest))

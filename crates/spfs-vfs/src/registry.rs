@@ -20,8 +20,6 @@ use crate::view::View;
 #[derive(Clone, Debug)]
 pub struct RuntimeSpec {
     pub name: String,
-    /// The spec as the user gave it.
-    pub spec: String,
     pub root_pid: u32,
     pub owner_uid: u32,
 }
@@ -30,7 +28,6 @@ pub struct RuntimeSpec {
 #[derive(Debug)]
 pub struct Runtime {
     pub name: String,
-    pub spec: String,
     pub root_pid: u32,
     pub owner_uid: u32,
     pub created: SystemTime,
@@ -132,7 +129,6 @@ impl Registry {
         }
         let rt = Arc::new(Runtime {
             name: spec.name.clone(),
-            spec: spec.spec,
             root_pid: spec.root_pid,
             owner_uid: spec.owner_uid,
             created: SystemTime::now(),
@@ -196,7 +192,6 @@ mod tests {
     fn spec(name: &str) -> RuntimeSpec {
         RuntimeSpec {
             name: name.into(),
-            spec: "x".into(),
             root_pid: 1,
             owner_uid: 0,
         }

@@ -231,7 +231,6 @@ mod tests {
             .register(
                 RuntimeSpec {
                     name: "test".into(),
-                    spec: String::new(),
                     root_pid: 1,
                     owner_uid: 0,
                 },

@@ -405,7 +405,6 @@ mod tests {
             .register(
                 RuntimeSpec {
                     name: name.into(),
-                    spec: String::new(),
                     root_pid: 1,
                     owner_uid: 0,
                 },

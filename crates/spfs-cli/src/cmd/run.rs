@@ -122,8 +122,12 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
         // The record is written once the view exists, by the runtime's
         // owner; the service removes it when the runtime's tree has exited
         // (this process is in the tree, so that cannot have happened yet).
+        // A user who may read but not write the repository (a private
+        // one of root's) still runs; only `spfs runtime ls` misses it.
         record.cgroup = mounted.cgroup;
-        repo.save_runtime(&record)?;
+        if let Err(e) = repo.save_runtime(&record) {
+            tracing::warn!("runtime {name} runs without a record: {e}");
+        }
         anyhow::Ok(())
     })?;
     drop(rt);

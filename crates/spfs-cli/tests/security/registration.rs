@@ -415,3 +415,21 @@ fn killing_spfs_run_during_registration_leaves_no_record() {
     let _ = w.vfs(&["service", "--stop"]);
     let _ = service.wait();
 }
+
+#[test]
+fn a_user_runs_from_a_repository_they_may_only_read() {
+    require_vfs!();
+    let w = World::new();
+    w.commit("ro/a", &[("data", b"readable")]);
+    w.start_service();
+    let a = TestUser::new();
+    let mnt = w.mnt.display().to_string();
+    let out = a
+        .command(&w, SPFS)
+        .args(["run", "ro/a", "--", "cat", &format!("{mnt}/data")])
+        .output()
+        .unwrap();
+    ok(&out, "spfs run as a user of root's private repository");
+    assert_eq!(stdout(&out), "readable");
+    assert!(stderr(&out).contains("without a record"), "{}", stderr(&out));
+}

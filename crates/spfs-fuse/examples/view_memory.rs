@@ -80,7 +80,6 @@ fn load(path: &str) {
     let rt = registry.register(
         RuntimeSpec {
             name: "mem".into(),
-            spec: "-".into(),
             root_pid: 1,
             owner_uid: 0,
         },

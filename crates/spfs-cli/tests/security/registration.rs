@@ -431,5 +431,9 @@ fn a_user_runs_from_a_repository_they_may_only_read() {
         .unwrap();
     ok(&out, "spfs run as a user of root's private repository");
     assert_eq!(stdout(&out), "readable");
-    assert!(stderr(&out).contains("without a record"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("without a record"),
+        "{}",
+        stderr(&out)
+    );
 }

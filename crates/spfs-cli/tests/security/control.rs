@@ -46,7 +46,13 @@ fn tcp_needs_the_right_token_which_other_users_cannot_read() {
     let missing = w.dir.path().join("no-such-token");
     let wrong = w.dir.path().join("wrong-token");
     std::fs::write(&wrong, "0123456789abcdef0123456789abcdef\n").expect("write");
-    for (t, what) in [(&missing, "no token"), (&wrong, "a wrong token")] {
+    let empty = w.dir.path().join("empty-token");
+    std::fs::write(&empty, "\n").expect("write");
+    for (t, what) in [
+        (&missing, "no token"),
+        (&empty, "an empty token"),
+        (&wrong, "a wrong token"),
+    ] {
         let out = vfs(&["list"], t);
         assert!(!out.status.success(), "{what} was accepted");
         let err = stderr(&out).to_lowercase();

@@ -22,7 +22,12 @@ impl TestUser {
         // useradd limits names to 32 characters.
         let name = format!("spfs-t{}-{n}", std::process::id());
         let out = Command::new("useradd")
-            .args(["--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin"])
+            .args([
+                "--no-create-home",
+                "--user-group",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
             .arg(&name)
             .output()
             .expect("run useradd");
@@ -32,7 +37,11 @@ impl TestUser {
             String::from_utf8_lossy(&out.stderr)
         );
         let id = |flag: &str| -> u32 {
-            let out = Command::new("id").arg(flag).arg(&name).output().expect("id");
+            let out = Command::new("id")
+                .arg(flag)
+                .arg(&name)
+                .output()
+                .expect("id");
             String::from_utf8_lossy(&out.stdout)
                 .trim()
                 .parse()

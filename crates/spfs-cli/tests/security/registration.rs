@@ -289,7 +289,7 @@ fn one_user_is_limited_to_512_runtimes_and_the_service_stays_healthy() {
     let script = format!(
         r#"i=0; ok=0; refused=0
 while [ $i -lt 600 ]; do
-  sleep 120 &
+  sleep 120 >/dev/null 2>&1 &
   if "{SPFS_VFS}" mount --root-process $! many/a >/dev/null 2>{d}/err; then ok=$((ok+1)); else refused=$((refused+1)); fi
   i=$((i+1))
 done

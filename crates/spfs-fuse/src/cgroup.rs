@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::fs::inotify;
 
-use crate::process::{Pin, PinError, Process};
+use crate::process::{PinError, Process};
 
 /// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> io::Result<PathBuf> {
@@ -150,27 +150,31 @@ impl Cgroups {
     ) -> Result<(), MoveError> {
         let pid = process.pid;
         let uids = process.info.uids;
-        let pin = Pin::new(process)?;
-        let still = process
-            .refresh()
-            .is_some_and(|i| i.cgroup_id == from && i.uids == uids);
-        if !still {
-            return Err(MoveError::Changed(pid));
-        }
-        let write = || -> io::Result<()> {
-            std::fs::write(cgroup_dir(path)?.join("cgroup.procs"), pid.to_string())
-        };
-        write().map_err(|source| MoveError::Write {
+        let dir = cgroup_dir(path).map_err(|source| MoveError::Write {
             pid,
             cgroup: path.to_string(),
             source,
         })?;
-        drop(pin);
-        match process.refresh() {
-            Some(i) if i.cgroup_id == id => Ok(()),
-            Some(_) => Err(MoveError::Changed(pid)),
-            None => Err(MoveError::Pin(PinError::Exited(pid))),
-        }
+        process.pinned(|process| {
+            let still = process
+                .refresh()
+                .is_some_and(|i| i.cgroup_id == from && i.uids == uids);
+            if !still {
+                return Err(MoveError::Changed(pid));
+            }
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(|source| {
+                MoveError::Write {
+                    pid,
+                    cgroup: path.to_string(),
+                    source,
+                }
+            })?;
+            match process.refresh() {
+                Some(i) if i.cgroup_id == id => Ok(()),
+                Some(_) => Err(MoveError::Changed(pid)),
+                None => Err(MoveError::Pin(PinError::Exited(pid))),
+            }
+        })?
     }
 
     /// Whether any process is still in cgroup `path`.

@@ -10,10 +10,10 @@
 //!
 //! Some kernel interfaces still take a number: moving a process into a
 //! cgroup is a write of its PID to `cgroup.procs`, and there is no pidfd
-//! form. For those moments [`Pin`] keeps the number from being reused: it
+//! form. For those moments [`Process::pinned`] keeps the number from being reused: it
 //! attaches to the process with `PTRACE_SEIZE` (which neither stops nor
 //! changes it), and a traced process that dies stays a zombie, unreapable
-//! by its parent, until the tracer lets go. While a `Pin` lives and its
+//! by its parent, until the tracer lets go. While it is pinned and its
 //! pidfd shows the process alive, the number names that process and no
 //! other.
 
@@ -210,75 +210,97 @@ pub enum PinError {
     Refused { pid: u32, source: io::Error },
 }
 
-/// A process whose number cannot be reused while this value lives (see the
-/// module documentation). Must be created and dropped on the same thread:
-/// the kernel ties a trace to the tracing thread.
-pub struct Pin {
-    pid: u32,
-    /// Created on this thread (ptrace requests must come from it).
-    _not_send: std::marker::PhantomData<*const ()>,
-}
-
-impl Pin {
-    /// Pin `process`. Fails if it exited, or if the kernel refuses the trace
-    /// (another tracer, a security module).
-    pub fn new(process: &Process) -> Result<Pin, PinError> {
-        let pid = process.pid;
-        if process.has_exited() {
-            return Err(PinError::Exited(pid));
-        }
-        // SAFETY: PTRACE_SEIZE with null addr and data (no options).
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_SEIZE,
-                pid as libc::pid_t,
-                std::ptr::null_mut::<libc::c_void>(),
-                std::ptr::null_mut::<libc::c_void>(),
-            )
-        };
-        if r < 0 {
-            let source = io::Error::last_os_error();
-            return Err(if process.has_exited() {
-                PinError::Exited(pid)
-            } else {
-                PinError::Refused { pid, source }
-            });
-        }
-        let pin = Pin {
-            pid,
-            _not_send: std::marker::PhantomData,
-        };
-        // We traced whatever had the number when we asked. The pidfd's
-        // process held it before; if it is still alive now, it held it all
-        // along, so it is the one we traced.
-        if process.has_exited() {
-            return Err(PinError::Exited(pid)); // `pin` lets go on drop.
-        }
-        Ok(pin)
+impl Process {
+    /// Run `f` while this process is pinned: its number cannot be reused
+    /// until `f` returns (see the module documentation). Fails if the
+    /// process exited, or if the kernel refuses the trace (another tracer,
+    /// a security module).
+    ///
+    /// The trace lives on a thread of its own that ends when `f` returns;
+    /// see [`release`] for how it lets go without ever waiting long.
+    pub fn pinned<R: Send>(
+        &mut self,
+        f: impl FnOnce(&mut Process) -> R + Send,
+    ) -> Result<R, PinError> {
+        let pid = self.pid;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    if self.has_exited() {
+                        return Err(PinError::Exited(pid));
+                    }
+                    // SAFETY: PTRACE_SEIZE with null addr and data (no options).
+                    let r = unsafe {
+                        libc::ptrace(
+                            libc::PTRACE_SEIZE,
+                            pid as libc::pid_t,
+                            std::ptr::null_mut::<libc::c_void>(),
+                            std::ptr::null_mut::<libc::c_void>(),
+                        )
+                    };
+                    if r < 0 {
+                        let source = io::Error::last_os_error();
+                        return Err(if self.has_exited() {
+                            PinError::Exited(pid)
+                        } else {
+                            PinError::Refused { pid, source }
+                        });
+                    }
+                    // We traced whatever had the number when we asked. The
+                    // pidfd's process held it before; if it is still alive
+                    // now, it held it all along, so it is the one we traced.
+                    if self.has_exited() {
+                        release(pid);
+                        return Err(PinError::Exited(pid));
+                    }
+                    let result = f(self);
+                    release(pid);
+                    Ok(result)
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(PinError::Refused {
+                        pid,
+                        source: io::Error::other("the pinning thread panicked"),
+                    })
+                })
+        })
     }
 }
 
-impl Drop for Pin {
-    /// Let go: stop the tracee briefly (the only state in which a trace can
-    /// be detached), then detach, handing back any signal it was stopped
-    /// for; a tracee that died meanwhile is handed to its real parent.
-    fn drop(&mut self) {
-        let pid = self.pid as libc::pid_t;
-        let null = std::ptr::null_mut::<libc::c_void>();
-        // SAFETY: ptrace and waitpid on our own tracee, integer arguments.
-        unsafe {
-            libc::ptrace(libc::PTRACE_INTERRUPT, pid, null, null);
-            let mut status = 0;
-            loop {
-                let r = libc::waitpid(pid, &mut status, libc::__WALL);
-                if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                if r < 0 || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-                    return;
-                }
-                break;
-            }
+/// How long letting go of a pinned process may wait for it to stop.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Let go of the traced process `pid`, on the tracing thread.
+///
+/// A trace is detached cleanly only from a stop: interrupt the process,
+/// wait for the stop (polling, at most [`RELEASE_WAIT`]) and detach,
+/// handing back the signal it was stopped for, if any (else that signal
+/// would be lost). A tracee that died meanwhile is reaped here as its
+/// tracer, which hands it to its real parent. A process that does not stop
+/// in time (uninterruptible sleep) is let go when the tracing thread ends:
+/// the kernel then detaches it, and it has no stop whose signal could be
+/// lost.
+fn release(pid: u32) {
+    let pid = pid as libc::pid_t;
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: ptrace and waitpid on our own tracee, integer arguments.
+    unsafe {
+        libc::ptrace(libc::PTRACE_INTERRUPT, pid, null, null);
+    }
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    let mut pause = std::time::Duration::from_micros(20);
+    loop {
+        let mut status = 0;
+        // SAFETY: as above.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if r < 0 || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            return;
+        }
+        if r > 0 && libc::WIFSTOPPED(status) {
             // An event stop (our interrupt, or a group stop) carries no
             // signal to hand back; a signal-delivery stop does.
             let event = (status >> 16) & 0xff;
@@ -287,13 +309,22 @@ impl Drop for Pin {
             } else {
                 0
             };
-            libc::ptrace(
-                libc::PTRACE_DETACH,
-                pid,
-                null,
-                signal as usize as *mut libc::c_void,
-            );
+            // SAFETY: as above.
+            unsafe {
+                libc::ptrace(
+                    libc::PTRACE_DETACH,
+                    pid,
+                    null,
+                    signal as usize as *mut libc::c_void,
+                );
+            }
+            return;
         }
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(5));
     }
 }
 
@@ -327,9 +358,8 @@ mod tests {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         let pid: u32 = line.trim().parse().unwrap();
-        let p = Process::open(pid).unwrap();
-        {
-            let _pin = Pin::new(&p).unwrap();
+        let mut p = Process::open(pid).unwrap();
+        p.pinned(|p| {
             rustix::process::kill_process(
                 rustix::process::Pid::from_raw(pid as i32).unwrap(),
                 rustix::process::Signal::KILL,
@@ -339,7 +369,8 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(100));
             assert!(p.has_exited());
             assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
-        }
+        })
+        .unwrap();
         // Released: the parent reaps it as usual.
         line.clear();
         out.read_line(&mut line).unwrap();
@@ -353,20 +384,35 @@ mod tests {
             return;
         }
         let child = std::process::Command::new("sh")
-            .args(["-c", "trap 'exit 7' USR1; while :; do sleep 0.01; done"])
+            .args([
+                "-c",
+                "trap 'u2=1' USR2; trap 'exit $((7 + ${u2:-0}))' USR1; while :; do sleep 0.01; done",
+            ])
             .spawn()
             .unwrap();
-        let p = Process::open(child.id()).unwrap();
-        {
-            let _pin = Pin::new(&p).unwrap();
+        // Let the shell set its traps first.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut p = Process::open(child.id()).unwrap();
+        // A signal that arrives while pinned is delivered after.
+        p.pinned(|p| {
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(p.pid as i32).unwrap(),
+                rustix::process::Signal::USR2,
+            )
+            .unwrap();
             std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        })
+        .unwrap();
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
             rustix::process::Signal::USR1,
         )
         .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(7));
+        assert_eq!(
+            out.status.code(),
+            Some(8),
+            "USR2 lost or USR1 not delivered"
+        );
     }
 }

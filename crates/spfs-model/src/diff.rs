@@ -1,4 +1,8 @@
 //! Comparing two trees: which paths were added, changed or removed.
+//!
+//! An entry is changed when its kind, mode, size or content differ; a
+//! change of modification time alone counts only when asked for
+//! ([`DiffOptions::mtime`]).
 
 use crate::tree::{Entry, Tree};
 
@@ -18,12 +22,25 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
-/// The differences from `a` to `b`, sorted by path. Names are compared as
-/// bytes (two names that are not UTF-8 stay distinct); paths are shown
-/// with invalid bytes replaced.
+/// What counts as a change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiffOptions {
+    /// Report entries whose modification time alone differs.
+    pub mtime: bool,
+}
+
+/// The differences from `a` to `b`, sorted by path, ignoring changes of
+/// modification time alone. Names are compared as bytes (two names that
+/// are not UTF-8 stay distinct); paths are shown with invalid bytes
+/// replaced.
 pub fn diff(a: &Tree, b: &Tree) -> Vec<Change> {
+    diff_with(a, b, DiffOptions::default())
+}
+
+/// Like [`diff`], with `options` saying what counts as a change.
+pub fn diff_with(a: &Tree, b: &Tree, options: DiffOptions) -> Vec<Change> {
     let mut out = Vec::new();
-    compare(a, Some(0), b, Some(0), &[], &mut out);
+    compare(a, Some(0), b, Some(0), &[], options, &mut out);
     // Byte order is the order of the paths as text for UTF-8 names.
     out.sort_by(|x, y| x.0.cmp(&y.0));
     out.into_iter()
@@ -42,6 +59,7 @@ fn compare(
     b: &Tree,
     db: Option<u32>,
     prefix: &[u8],
+    options: DiffOptions,
     out: &mut Vec<(Vec<u8>, ChangeKind)>,
 ) {
     let left = da.map_or(&[][..], |d| a.children(d));
@@ -66,22 +84,22 @@ fn compare(
             std::cmp::Ordering::Less => {
                 let l = &left[i];
                 let path = path_of(l);
-                compare(a, dir(l), b, None, &path, out);
+                compare(a, dir(l), b, None, &path, options, out);
                 out.push((path, ChangeKind::Removed));
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
                 let r = &right[j];
                 let path = path_of(r);
-                compare(a, None, b, dir(r), &path, out);
+                compare(a, None, b, dir(r), &path, options, out);
                 out.push((path, ChangeKind::Added));
                 j += 1;
             }
             std::cmp::Ordering::Equal => {
                 let (l, r) = (&left[i], &right[j]);
                 let path = path_of(l);
-                compare(a, dir(l), b, dir(r), &path, out);
-                if !l.same_content(r) {
+                compare(a, dir(l), b, dir(r), &path, options, out);
+                if !l.same_content(r) || (options.mtime && l.mtime != r.mtime) {
                     out.push((path, ChangeKind::Changed));
                 }
                 i += 1;
@@ -123,6 +141,26 @@ mod tests {
                 ("new", ChangeKind::Added)
             ]
         );
+    }
+
+    #[test]
+    fn mtime_only_changes_need_asking() {
+        let tree = |file: i64, dir: i64| {
+            let mut t = TreeBuilder::new();
+            t.add_dir_with_mtime(b"d", 0o040755, dir).unwrap();
+            t.add_with_mtime(b"d/f", EntryKind::File, 0o100644, 1, Digest::of(b"1"), file)
+                .unwrap();
+            t.build().unwrap()
+        };
+        let (a, b) = (tree(1, 5), tree(2, 6));
+        assert!(diff(&a, &b).is_empty());
+        let d = diff_with(&a, &b, DiffOptions { mtime: true });
+        let got: Vec<_> = d.iter().map(|c| (c.path.as_str(), c.kind)).collect();
+        assert_eq!(
+            got,
+            [("d", ChangeKind::Changed), ("d/f", ChangeKind::Changed)]
+        );
+        assert!(diff_with(&a, &a, DiffOptions { mtime: true }).is_empty());
     }
 
     #[test]

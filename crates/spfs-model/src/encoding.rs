@@ -6,6 +6,21 @@
 //! raw 32-byte digests. There is exactly one encoding for each value, so the
 //! digest of an object (the SHA-256 of its encoding) is well defined.
 //!
+//! Versions:
+//!
+//! - **1**: manifests record no modification times.
+//! - **2**: every manifest entry also records its modification time (an
+//!   `i64` of nanoseconds since the Unix epoch) after its digest.
+//!
+//! Each object is written at the *lowest* version that can hold it: a
+//! manifest whose entries all have mtime 0, and every layer and platform
+//! (whose bodies did not change), are written at version 1, exactly as
+//! before; any other manifest at version 2. A decoder refuses an object
+//! written at a higher version than it needs, so the encoding stays
+//! canonical, objects written by earlier builds decode (their entries get
+//! mtime 0) and encode back to the very same bytes, and their digests never
+//! change.
+//!
 //! Decoding never trusts its input: every length is checked against the bytes
 //! that remain, and any inconsistency is a [`DecodeError`], never a panic.
 
@@ -13,8 +28,12 @@ use crate::digest::{DIGEST_SIZE, Digest};
 
 /// The magic bytes that start every encoded object.
 pub const MAGIC: &[u8; 4] = b"SPFS";
-/// The format version written by this build.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this build reads and writes.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
+/// The version in which manifest entries gained modification times.
+pub const MTIME_VERSION: u16 = 2;
 /// The size of the header: magic, version and kind.
 pub const HEADER_LEN: usize = 7;
 
@@ -23,7 +42,9 @@ pub const HEADER_LEN: usize = 7;
 pub enum DecodeError {
     #[error("not an spfs object (bad magic bytes)")]
     BadMagic,
-    #[error("object format version {0} is newer than this build understands ({FORMAT_VERSION})")]
+    #[error(
+        "object format version {0} is not supported: this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"
+    )]
     UnsupportedVersion(u16),
     #[error("unknown object kind {0}")]
     UnknownKind(u8),
@@ -42,13 +63,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer that starts with the header of an object of `kind`.
-    pub fn with_header(kind: u8) -> Self {
+    /// A writer that starts with the header of an object of `kind` in
+    /// format `version`.
+    pub fn with_header(version: u16, kind: u8) -> Self {
         let mut w = Writer {
             buf: Vec::with_capacity(256),
         };
         w.buf.extend_from_slice(MAGIC);
-        w.u16(FORMAT_VERSION);
+        w.u16(version);
         w.u8(kind);
         w
     }
@@ -62,6 +84,9 @@ impl Writer {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
     pub fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn i64(&mut self, v: i64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
     pub fn digest(&mut self, d: &Digest) {
@@ -81,6 +106,16 @@ impl Writer {
     }
 }
 
+/// The header of an encoded object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The format version, between [`OLDEST_FORMAT_VERSION`] and
+    /// [`FORMAT_VERSION`].
+    pub version: u16,
+    /// The object kind byte.
+    pub kind: u8,
+}
+
 /// Reads values back out of an encoding, checking every bound.
 pub struct Reader<'a> {
     buf: &'a [u8],
@@ -92,17 +127,20 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
-    /// Read and check the header; returns the object kind byte.
-    pub fn header(&mut self) -> Result<u8, DecodeError> {
+    /// Read and check the header (a version this build reads).
+    pub fn header(&mut self) -> Result<Header, DecodeError> {
         if self.buf.len() < MAGIC.len() || &self.buf[..MAGIC.len()] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
         self.pos = MAGIC.len();
         let version = self.u16()?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        self.u8()
+        Ok(Header {
+            version,
+            kind: self.u8()?,
+        })
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
@@ -137,6 +175,11 @@ impl<'a> Reader<'a> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
+    }
+    pub fn i64(&mut self) -> Result<i64, DecodeError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(i64::from_le_bytes(a))
     }
     pub fn digest(&mut self) -> Result<Digest, DecodeError> {
         let mut a = [0u8; DIGEST_SIZE];

@@ -11,7 +11,8 @@
 //! - [`object`]: manifests, layers and platforms;
 //! - [`merge`]: merging a stack of trees into one view (later layers win, masks delete);
 //! - [`diff`]: comparing two trees;
-//! - [`spec`]: parsing environment specs such as `base+my/tag~1`.
+//! - [`spec`]: parsing environment specs such as `base+my/tag~1`;
+//! - [`time`]: modification times (nanoseconds since the epoch) and their text form.
 
 pub mod diff;
 pub mod digest;
@@ -19,6 +20,7 @@ pub mod encoding;
 pub mod merge;
 pub mod object;
 pub mod spec;
+pub mod time;
 pub mod tree;
 
 pub use digest::{Digest, DigestError, Hasher, PartialDigest};

@@ -5,6 +5,10 @@
 //! directory included), a directory replaces a file below it and merges with
 //! a directory below it, and a mask deletes the name (and everything under it)
 //! from the layers below. Masks themselves never appear in the result.
+//!
+//! Every entry keeps its own modification time: a file or symlink that of
+//! the layer it comes from, a directory that of the highest layer naming it
+//! (the same layer that gives it its mode).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -12,8 +16,9 @@ use crate::tree::{DirSpan, Entry, EntryKind, Tree};
 
 enum Slot<'a> {
     Leaf(&'a Entry),
-    /// A directory and the (layer, dir) pairs that contribute to it, bottom first.
-    Dir(u32, Vec<(usize, u32)>),
+    /// A directory (its mode and mtime, from the highest layer naming it)
+    /// and the (layer, dir) pairs that contribute to it, bottom first.
+    Dir(u32, i64, Vec<(usize, u32)>),
     Masked,
 }
 
@@ -47,12 +52,13 @@ pub fn merge(layers: &[&Tree]) -> Tree {
                         slots.insert(&e.name, Slot::Masked);
                     }
                     EntryKind::Dir => match slots.get_mut(e.name.as_ref()) {
-                        Some(Slot::Dir(m, list)) => {
+                        Some(Slot::Dir(m, t, list)) => {
                             *m = e.mode;
+                            *t = e.mtime;
                             list.push((layer, e.dir));
                         }
                         _ => {
-                            slots.insert(&e.name, Slot::Dir(e.mode, vec![(layer, e.dir)]));
+                            slots.insert(&e.name, Slot::Dir(e.mode, e.mtime, vec![(layer, e.dir)]));
                         }
                     },
                     EntryKind::File | EntryKind::Symlink => {
@@ -69,7 +75,7 @@ pub fn merge(layers: &[&Tree]) -> Tree {
                     dir: 0,
                     ..e.clone()
                 }),
-                Slot::Dir(mode, list) => {
+                Slot::Dir(mode, mtime, list) => {
                     entries.push(Entry {
                         name: name.into(),
                         object: crate::Digest::NULL,
@@ -77,6 +83,7 @@ pub fn merge(layers: &[&Tree]) -> Tree {
                         mode,
                         kind: EntryKind::Dir,
                         dir: next_dir,
+                        mtime,
                     });
                     next_dir += 1;
                     queue.push_back((list, this_dir, mode));
@@ -147,6 +154,30 @@ mod tests {
         // A file replaces a directory.
         let top2 = tree(&[("bin", File)]);
         assert_eq!(paths(&merge(&[&base, &top2])), ["bin", "f", "lib", "lib/x"]);
+    }
+
+    #[test]
+    fn entries_keep_the_winning_layers_mtime() {
+        let mut base = TreeBuilder::new();
+        base.add_dir_with_mtime(b"d", 0o040755, 10).unwrap();
+        base.add_with_mtime(b"d/a", EntryKind::File, 0o100644, 1, Digest::of(b"a"), 11)
+            .unwrap();
+        base.add_with_mtime(b"d/b", EntryKind::File, 0o100644, 1, Digest::of(b"b"), 12)
+            .unwrap();
+        let mut top = TreeBuilder::new();
+        top.add_dir_with_mtime(b"d", 0o040700, 20).unwrap();
+        top.add_with_mtime(b"d/b", EntryKind::File, 0o100644, 1, Digest::of(b"b"), 22)
+            .unwrap();
+        let m = merge(&[&base.build().unwrap(), &top.build().unwrap()]);
+        let times: Vec<_> = m.walk().into_iter().map(|(p, e)| (p, e.mtime)).collect();
+        assert_eq!(
+            times,
+            [
+                ("d".to_string(), 20),
+                ("d/a".to_string(), 11),
+                ("d/b".to_string(), 22)
+            ]
+        );
     }
 
     #[test]

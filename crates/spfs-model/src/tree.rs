@@ -9,12 +9,16 @@
 //! entry's index is a stable identifier that a filesystem can hand out.
 //!
 //! [`TreeBuilder`] builds a tree from nested paths (a directory walk, tests).
+//!
+//! Every entry records its modification time ([`Entry::mtime`], nanoseconds
+//! since the Unix epoch); entries of manifests written before times were
+//! kept (format version 1) have mtime 0, the epoch.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use crate::digest::Digest;
-use crate::encoding::{DecodeError, Reader, Writer};
+use crate::encoding::{DecodeError, MTIME_VERSION, OLDEST_FORMAT_VERSION, Reader, Writer};
 
 /// What an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -74,6 +78,9 @@ pub struct Entry {
     pub kind: EntryKind,
     /// For directories: the directory's number in the tree.
     pub dir: u32,
+    /// Modification time in nanoseconds since the Unix epoch (negative:
+    /// before it). 0 in manifests of format version 1, which kept none.
+    pub mtime: i64,
 }
 
 impl Entry {
@@ -84,7 +91,7 @@ impl Entry {
         self.kind == EntryKind::Dir
     }
     /// Whether two entries describe the same content (ignoring where their
-    /// children are stored).
+    /// children are stored, and their modification times).
     pub fn same_content(&self, other: &Entry) -> bool {
         self.kind == other.kind
             && self.mode == other.mode
@@ -263,6 +270,22 @@ impl Tree {
             .sum()
     }
 
+    /// The newest modification time of any entry; `None` for a tree
+    /// without entries.
+    pub fn newest_mtime(&self) -> Option<i64> {
+        self.entries.iter().map(|e| e.mtime).max()
+    }
+
+    /// The format version the tree is written at: the lowest that holds it
+    /// (see [`crate::encoding`]).
+    pub fn format_version(&self) -> u16 {
+        if self.entries.iter().any(|e| e.mtime != 0) {
+            MTIME_VERSION
+        } else {
+            OLDEST_FORMAT_VERSION
+        }
+    }
+
     /// Digests of every blob the tree refers to (files and symlinks).
     pub fn blobs(&self) -> impl Iterator<Item = &Entry> {
         self.entries
@@ -270,7 +293,8 @@ impl Tree {
             .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Symlink))
     }
 
-    pub(crate) fn encode_into(&self, w: &mut Writer) {
+    /// Encode the body at format `version` (mtimes from version 2 on).
+    pub(crate) fn encode_into(&self, w: &mut Writer, version: u16) {
         w.count(self.dirs.len());
         for span in &self.dirs {
             w.u32(span.mode);
@@ -281,6 +305,9 @@ impl Tree {
                 w.u32(e.mode);
                 w.u64(e.size);
                 w.digest(&e.object);
+                if version >= MTIME_VERSION {
+                    w.i64(e.mtime);
+                }
             }
         }
     }
@@ -289,10 +316,12 @@ impl Tree {
         &self.entries[span.start as usize..(span.start + span.len) as usize]
     }
 
-    /// Decode a tree body, checking that it is canonical: names valid and
-    /// strictly sorted, every directory but the root referred to exactly once
-    /// in breadth-first order.
-    pub(crate) fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Decode a tree body of format `version`, checking that it is
+    /// canonical: names valid and strictly sorted, every directory but the
+    /// root referred to exactly once in breadth-first order. (Whether the
+    /// version is the one the tree needs is checked by [`crate::Object`].)
+    pub(crate) fn decode_from(r: &mut Reader<'_>, version: u16) -> Result<Self, DecodeError> {
+        let timed = version >= MTIME_VERSION;
         // Smallest possible directory: mode + count.
         let ndirs = r.count(8)?;
         if ndirs == 0 {
@@ -309,8 +338,9 @@ impl Tree {
                 )));
             }
             let mode = r.u32()?;
-            // Smallest entry: name length + kind + mode + size + digest.
-            let n = r.count(4 + 1 + 4 + 8 + 32)?;
+            // Smallest entry: name length + kind + mode + size + digest
+            // (+ mtime).
+            let n = r.count(4 + 1 + 4 + 8 + 32 + if timed { 8 } else { 0 })?;
             let start = u32::try_from(entries.len())
                 .map_err(|_| DecodeError::Invalid("too many entries".into()))?;
             entries.reserve(n);
@@ -327,6 +357,7 @@ impl Tree {
                 let mode = r.u32()?;
                 let size = r.u64()?;
                 let object = r.digest()?;
+                let mtime = if timed { r.i64()? } else { 0 };
                 let mut dir = 0;
                 if kind == EntryKind::Dir {
                     if next_dir as usize >= ndirs {
@@ -343,6 +374,7 @@ impl Tree {
                     mode,
                     kind,
                     dir,
+                    mtime,
                 });
             }
             dirs.push(DirSpan {
@@ -365,6 +397,7 @@ enum BuildNode {
     Leaf(Entry),
     Dir {
         mode: u32,
+        mtime: i64,
         children: BTreeMap<Box<[u8]>, BuildNode>,
     },
 }
@@ -403,6 +436,7 @@ impl TreeBuilder {
             validate_name(p)?;
             let node = cur.entry((*p).into()).or_insert_with(|| BuildNode::Dir {
                 mode: DEFAULT_DIR_MODE,
+                mtime: 0,
                 children: BTreeMap::new(),
             });
             match node {
@@ -425,8 +459,22 @@ impl TreeBuilder {
             .collect()
     }
 
-    /// Add a directory (with its mode); parents are created as needed.
+    /// Add a directory (with its mode, mtime 0); parents are created as
+    /// needed.
     pub fn add_dir(&mut self, path: &[u8], mode: u32) -> Result<(), TreeError> {
+        self.add_dir_with_mtime(path, mode, 0)
+    }
+
+    /// Add a directory with its mode and modification time (nanoseconds
+    /// since the epoch); parents are created as needed (mode
+    /// [`DEFAULT_DIR_MODE`], mtime 0, until they are added themselves).
+    /// The root's mtime is not recorded.
+    pub fn add_dir_with_mtime(
+        &mut self,
+        path: &[u8],
+        mode: u32,
+        mtime: i64,
+    ) -> Result<(), TreeError> {
         let parts = Self::split(path);
         let Some((name, parents)) = parts.split_last() else {
             self.root_mode = mode;
@@ -436,17 +484,22 @@ impl TreeBuilder {
         let dir = self.dir_at(parents)?;
         match dir.entry((*name).into()).or_insert_with(|| BuildNode::Dir {
             mode,
+            mtime,
             children: BTreeMap::new(),
         }) {
-            BuildNode::Dir { mode: m, .. } => {
+            BuildNode::Dir {
+                mode: m, mtime: t, ..
+            } => {
                 *m = mode;
+                *t = mtime;
                 Ok(())
             }
             BuildNode::Leaf(_) => Err(TreeError::Conflict(String::from_utf8_lossy(path).into())),
         }
     }
 
-    /// Add a file, symlink or mask at `path`; parents are created as needed.
+    /// Add a file, symlink or mask at `path` (mtime 0); parents are created
+    /// as needed.
     pub fn add(
         &mut self,
         path: &[u8],
@@ -455,8 +508,22 @@ impl TreeBuilder {
         size: u64,
         object: Digest,
     ) -> Result<(), TreeError> {
+        self.add_with_mtime(path, kind, mode, size, object, 0)
+    }
+
+    /// Like [`TreeBuilder::add`], with the entry's modification time
+    /// (nanoseconds since the epoch).
+    pub fn add_with_mtime(
+        &mut self,
+        path: &[u8],
+        kind: EntryKind,
+        mode: u32,
+        size: u64,
+        object: Digest,
+        mtime: i64,
+    ) -> Result<(), TreeError> {
         if kind == EntryKind::Dir {
-            return self.add_dir(path, mode);
+            return self.add_dir_with_mtime(path, mode, mtime);
         }
         let parts = Self::split(path);
         let Some((name, parents)) = parts.split_last() else {
@@ -471,6 +538,7 @@ impl TreeBuilder {
             mode,
             kind,
             dir: 0,
+            mtime,
         };
         if let Some(BuildNode::Dir { .. }) = dir.get(*name) {
             return Err(TreeError::Conflict(String::from_utf8_lossy(path).into()));
@@ -495,7 +563,11 @@ impl TreeBuilder {
             for (name, node) in children {
                 match node {
                     BuildNode::Leaf(e) => entries.push(e),
-                    BuildNode::Dir { mode, children } => {
+                    BuildNode::Dir {
+                        mode,
+                        mtime,
+                        children,
+                    } => {
                         entries.push(Entry {
                             name,
                             object: Digest::NULL,
@@ -503,6 +575,7 @@ impl TreeBuilder {
                             mode,
                             kind: EntryKind::Dir,
                             dir: next_dir,
+                            mtime,
                         });
                         queue.push_back((children, this_dir, mode));
                         next_dir = next_dir.checked_add(1).ok_or(TreeError::TooLarge)?;

@@ -1,5 +1,6 @@
 //! Property tests of the object model: the canonical encoding round-trips
-//! and never panics on hostile input, and merging a stack of trees behaves
+//! (modification times included, at the lowest format version that holds
+//! the object) and never panics on hostile input, and merging a stack of trees behaves
 //! as the layers' semantics say (later layers win, masks delete, masks never
 //! survive, merging is associative from the left, repeating a layer is
 //! idempotent).
@@ -7,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use spfs_model::diff::{ChangeKind, diff};
+use spfs_model::diff::{ChangeKind, DiffOptions, diff, diff_with};
 use spfs_model::merge::merge;
 use spfs_model::{Digest, EntryKind, Layer, Object, PathTarget, Platform, Tree, TreeBuilder};
 
@@ -32,6 +33,7 @@ struct Item {
     kind: EntryKind,
     mode: u32,
     content: u8,
+    mtime: i64,
 }
 
 fn item(masks: bool) -> impl Strategy<Value = Item> {
@@ -51,18 +53,28 @@ fn item(masks: bool) -> impl Strategy<Value = Item> {
         ]
         .boxed()
     };
-    (path(), kinds, 0u32..0o7777, any::<u8>()).prop_map(|(path, kind, perm, content)| Item {
-        path,
-        kind,
-        mode: perm
-            | match kind {
-                EntryKind::Dir => 0o040000,
-                EntryKind::Symlink => 0o120000,
-                EntryKind::Mask => 0,
-                EntryKind::File => 0o100000,
-            },
-        content,
-    })
+    // Times: often none (as in format version 1), often shared, sometimes
+    // anything (negative and extreme values included).
+    let mtimes = prop_oneof![
+        3 => Just(0i64),
+        3 => 0i64..4,
+        1 => any::<i64>(),
+    ];
+    (path(), kinds, 0u32..0o7777, any::<u8>(), mtimes).prop_map(
+        |(path, kind, perm, content, mtime)| Item {
+            path,
+            kind,
+            mode: perm
+                | match kind {
+                    EntryKind::Dir => 0o040000,
+                    EntryKind::Symlink => 0o120000,
+                    EntryKind::Mask => 0,
+                    EntryKind::File => 0o100000,
+                },
+            content,
+            mtime,
+        },
+    )
 }
 
 /// A tree built from items in order; items that conflict with earlier ones
@@ -78,7 +90,7 @@ fn build(items: &[Item], root_mode: u32) -> Tree {
             }
             _ => (0, Digest::NULL),
         };
-        let _ = b.add(p.as_bytes(), it.kind, it.mode, size, object);
+        let _ = b.add_with_mtime(p.as_bytes(), it.kind, it.mode, size, object, it.mtime);
     }
     b.build().expect("builder trees are valid")
 }
@@ -130,19 +142,52 @@ proptest! {
         let bytes = obj.encode();
         let back = Object::decode(&bytes).expect("own encoding decodes");
         prop_assert_eq!(&back, &obj);
-        prop_assert_eq!(back.encode(), bytes);
+        prop_assert_eq!(back.encode(), bytes.clone());
         prop_assert_eq!(back.digest(), obj.digest());
+        // Written at the lowest version that holds it: 2 only for a
+        // manifest with a time.
+        let timed = matches!(&obj, Object::Manifest(t) if t.entries().iter().any(|e| e.mtime != 0));
+        prop_assert_eq!(bytes[4], if timed { 2 } else { 1 });
+        if let Object::Manifest(t) = &obj {
+            let times: Vec<i64> = t.entries().iter().map(|e| e.mtime).collect();
+            let Object::Manifest(b) = &back else { unreachable!() };
+            prop_assert_eq!(b.entries().iter().map(|e| e.mtime).collect::<Vec<_>>(), times);
+        }
     }
 
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = Object::decode(&bytes);
-        let mut with_header = b"SPFS\x01\x00".to_vec();
-        with_header.extend_from_slice(&bytes);
-        if let Ok(obj) = Object::decode(&with_header) {
-            // Whatever decodes is canonical: it encodes to the same bytes.
-            prop_assert_eq!(obj.encode(), with_header);
+        for version in [1u8, 2] {
+            let mut with_header = vec![b'S', b'P', b'F', b'S', version, 0];
+            with_header.extend_from_slice(&bytes);
+            if let Ok(obj) = Object::decode(&with_header) {
+                // Whatever decodes is canonical: it encodes to the same bytes.
+                prop_assert_eq!(obj.encode(), with_header);
+            }
         }
+    }
+
+    /// Changing one entry's time changes the manifest's digest (times are
+    /// part of the identity of a layer).
+    #[test]
+    fn times_are_part_of_the_digest(t in tree(false), pick in any::<prop::sample::Index>(), delta in 1i64..1000) {
+        prop_assume!(!t.is_empty());
+        let i = pick.index(t.len());
+        let (path, e) = t.walk().into_iter().nth(i).unwrap();
+        let mut b = TreeBuilder::new();
+        b.set_root_mode(t.dirs()[0].mode);
+        for (p, x) in t.walk() {
+            let mtime = if p == path { e.mtime.wrapping_add(delta) } else { x.mtime };
+            b.add_with_mtime(p.as_bytes(), x.kind, x.mode, x.size, x.object, mtime).unwrap();
+        }
+        let changed = b.build().unwrap();
+        prop_assert_ne!(Object::Manifest(changed.clone()).digest(), Object::Manifest(t.clone()).digest());
+        prop_assert!(diff(&t, &changed).is_empty());
+        let d = diff_with(&t, &changed, DiffOptions { mtime: true });
+        prop_assert_eq!(d.len(), 1);
+        prop_assert_eq!(&d[0].path, &path);
+        prop_assert_eq!(d[0].kind, ChangeKind::Changed);
     }
 
     #[test]
@@ -195,11 +240,11 @@ proptest! {
             match e.kind {
                 EntryKind::File | EntryKind::Symlink => {
                     let got = lookup(&m, &path);
-                    prop_assert!(got.is_some_and(|g| g.same_content(e)), "{} lost", path);
+                    prop_assert!(got.is_some_and(|g| g.same_content(e) && g.mtime == e.mtime), "{} lost", path);
                 }
                 EntryKind::Dir => {
                     let got = lookup(&m, &path);
-                    prop_assert!(got.is_some_and(|g| g.kind == EntryKind::Dir && g.mode == e.mode), "{} not a dir", path);
+                    prop_assert!(got.is_some_and(|g| g.kind == EntryKind::Dir && g.mode == e.mode && g.mtime == e.mtime), "{} not a dir", path);
                 }
                 EntryKind::Mask => {
                     prop_assert!(m.lookup_path(&path).is_none(), "{} survived its mask", path);
@@ -220,6 +265,8 @@ proptest! {
             let top = top.unwrap();
             prop_assert_eq!(top.kind, e.kind);
             prop_assert!(top.same_content(e) || e.kind == EntryKind::Dir);
+            // Each entry keeps its own time: the winning layer's.
+            prop_assert_eq!(top.mtime, e.mtime);
         }
     }
 

@@ -14,6 +14,11 @@
 //! A payload is readable by others straight from the repository only if
 //! the file it comes from is readable by others ([`Readers::of_mode`]); a
 //! symlink's target is (a view shows it to anyone who can see the link).
+//!
+//! Every file, directory and symlink keeps its modification time, read with
+//! `lstat` (a symlink's own time, never its target's), optionally clamped
+//! to a latest time ([`Options::mtime_clamp`]) so that trees touched at
+//! different times give the same layer.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -49,6 +54,26 @@ pub trait Progress: Sync {
 /// No progress reporting.
 impl Progress for () {}
 
+/// How a directory is committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Record no modification time later than this (nanoseconds since the
+    /// epoch): later times become this one, as reproducible builds do
+    /// with `SOURCE_DATE_EPOCH`.
+    pub mtime_clamp: Option<i64>,
+}
+
+impl Options {
+    /// The time recorded for an entry whose `lstat` says `meta`.
+    fn mtime(&self, meta: &fs::Metadata) -> i64 {
+        let t = spfs_model::time::from_unix(meta.mtime(), meta.mtime_nsec());
+        match self.mtime_clamp {
+            Some(clamp) => t.min(clamp),
+            None => t,
+        }
+    }
+}
+
 /// A file or symlink found by the walk.
 struct Job {
     rel: Vec<u8>,
@@ -56,9 +81,15 @@ struct Job {
     kind: EntryKind,
     mode: u32,
     size: u64,
+    mtime: i64,
 }
 
-fn walk(root: &Path, builder: &mut TreeBuilder, jobs: &mut Vec<Job>) -> Result<()> {
+fn walk(
+    root: &Path,
+    options: &Options,
+    builder: &mut TreeBuilder,
+    jobs: &mut Vec<Job>,
+) -> Result<()> {
     let meta = fs::metadata(root).map_err(StorageError::io("cannot read", root))?;
     if !meta.is_dir() {
         return Err(StorageError::io("not a directory:", root)(
@@ -84,7 +115,9 @@ fn walk(root: &Path, builder: &mut TreeBuilder, jobs: &mut Vec<Job>) -> Result<(
                 source,
             };
             if ft.is_dir() {
-                builder.add_dir(&child, meta.mode()).map_err(tree_err)?;
+                builder
+                    .add_dir_with_mtime(&child, meta.mode(), options.mtime(&meta))
+                    .map_err(tree_err)?;
                 stack.push((abs, child));
             } else if ft.is_file() || ft.is_symlink() {
                 let kind = if ft.is_file() {
@@ -98,6 +131,7 @@ fn walk(root: &Path, builder: &mut TreeBuilder, jobs: &mut Vec<Job>) -> Result<(
                     kind,
                     mode: meta.mode(),
                     size: meta.len(),
+                    mtime: options.mtime(&meta),
                 });
             } else if ft.is_socket() || ft.is_fifo() || ft.is_block_device() || ft.is_char_device()
             {
@@ -136,10 +170,15 @@ fn stage(repo: &FsRepository, job: &Job) -> Result<PendingPayload> {
 }
 
 /// Store the directory `dir` and return its tree (manifest not yet written).
-pub fn store_dir(repo: &FsRepository, dir: &Path, progress: &dyn Progress) -> Result<Tree> {
+pub fn store_dir(
+    repo: &FsRepository,
+    dir: &Path,
+    options: &Options,
+    progress: &dyn Progress,
+) -> Result<Tree> {
     let mut builder = TreeBuilder::new();
     let mut jobs = Vec::new();
-    walk(dir, &mut builder, &mut jobs)?;
+    walk(dir, options, &mut builder, &mut jobs)?;
     progress.start(jobs.len() as u64, jobs.iter().map(|j| j.size).sum());
     // Staging waits on the disk as much as it computes (opening, reading
     // cold files, creating temporary files), so it runs on more threads
@@ -195,7 +234,7 @@ pub fn store_dir(repo: &FsRepository, dir: &Path, progress: &dyn Progress) -> Re
     }
     for (job, (digest, size)) in jobs.iter().zip(stored) {
         builder
-            .add(&job.rel, job.kind, job.mode, size, digest)
+            .add_with_mtime(&job.rel, job.kind, job.mode, size, digest, job.mtime)
             .map_err(|source| StorageError::Tree {
                 path: PathBuf::from(String::from_utf8_lossy(&job.rel).into_owned()),
                 source,
@@ -213,9 +252,10 @@ pub fn commit_dir(
     repo: &FsRepository,
     dir: &Path,
     annotations: BTreeMap<String, String>,
+    options: &Options,
     progress: &dyn Progress,
 ) -> Result<Digest> {
-    let tree = store_dir(repo, dir, progress)?;
+    let tree = store_dir(repo, dir, options, progress)?;
     let manifest = repo.write_object(&Object::Manifest(tree))?;
     repo.write_object(&Object::Layer(Layer {
         manifest,
@@ -238,7 +278,7 @@ mod tests {
         fs::write(src.join("data"), vec![7u8; 3 << 20]).unwrap();
         symlink("bin/tool", src.join("link")).unwrap();
         let repo = FsRepository::create(dir.path().join("repo")).unwrap();
-        let layer = commit_dir(&repo, &src, BTreeMap::new(), &()).unwrap();
+        let layer = commit_dir(&repo, &src, BTreeMap::new(), &Options::default(), &()).unwrap();
         let tree = repo.layer_tree(&layer).unwrap();
         let Some(spfs_model::PathTarget::Entry(i)) = tree.lookup_path("bin/tool") else {
             panic!()
@@ -262,7 +302,7 @@ mod tests {
         );
         // Committing again writes nothing new and gives the same layer.
         assert_eq!(
-            commit_dir(&repo, &src, BTreeMap::new(), &()).unwrap(),
+            commit_dir(&repo, &src, BTreeMap::new(), &Options::default(), &()).unwrap(),
             layer
         );
         assert!(
@@ -273,6 +313,83 @@ mod tests {
         );
     }
 
+    fn set_mtime(path: &Path, secs: i64, nanos: i64) {
+        let ts = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: secs,
+                tv_nsec: nanos as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: secs,
+                tv_nsec: nanos as _,
+            },
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            path,
+            &ts,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+
+    fn mtime_of(tree: &Tree, path: &str) -> i64 {
+        let Some(spfs_model::PathTarget::Entry(i)) = tree.lookup_path(path) else {
+            panic!("{path} missing")
+        };
+        tree.entries()[i as usize].mtime
+    }
+
+    /// A small tree whose file, directory and symlink have the times
+    /// `base`, `base + 1` and `base + 2` seconds (plus 5 ns); the link's
+    /// target has another time, which must not be recorded for the link.
+    fn timed_tree(src: &Path, base: i64) {
+        fs::create_dir_all(src.join("dir")).unwrap();
+        fs::write(src.join("dir/file"), b"x").unwrap();
+        symlink("dir/file", src.join("link")).unwrap();
+        set_mtime(&src.join("dir/file"), base, 5);
+        set_mtime(&src.join("link"), base + 2, 5);
+        set_mtime(&src.join("dir"), base + 1, 5);
+    }
+
+    #[test]
+    fn modification_times_are_kept_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        timed_tree(&src, 1_000_000_000);
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        let tree = store_dir(&repo, &src, &Options::default(), &()).unwrap();
+        let ns = |s: i64| s * 1_000_000_000 + 5;
+        assert_eq!(mtime_of(&tree, "dir/file"), ns(1_000_000_000));
+        assert_eq!(mtime_of(&tree, "dir"), ns(1_000_000_001));
+        assert_eq!(mtime_of(&tree, "link"), ns(1_000_000_002));
+        // Clamped: later times become the clamp, earlier ones stay.
+        let clamp = ns(1_000_000_001) - 5;
+        let options = Options {
+            mtime_clamp: Some(clamp),
+        };
+        let tree = store_dir(&repo, &src, &options, &()).unwrap();
+        assert_eq!(mtime_of(&tree, "dir/file"), ns(1_000_000_000));
+        assert_eq!(mtime_of(&tree, "dir"), clamp);
+        assert_eq!(mtime_of(&tree, "link"), clamp);
+    }
+
+    #[test]
+    fn clamped_commits_of_a_tree_touched_later_are_identical() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        timed_tree(&a, 1_600_000_000);
+        timed_tree(&b, 1_700_000_000);
+        let commit = |src: &Path, clamp: Option<i64>| {
+            let options = Options { mtime_clamp: clamp };
+            commit_dir(&repo, src, BTreeMap::new(), &options, &()).unwrap()
+        };
+        assert_ne!(commit(&a, None), commit(&b, None));
+        let clamp = Some(1_500_000_000 * 1_000_000_000);
+        assert_eq!(commit(&a, clamp), commit(&b, clamp));
+    }
+
     #[test]
     fn special_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -281,7 +398,7 @@ mod tests {
         let sock = src.join("sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let repo = FsRepository::create(dir.path().join("repo")).unwrap();
-        let err = commit_dir(&repo, &src, BTreeMap::new(), &()).unwrap_err();
+        let err = commit_dir(&repo, &src, BTreeMap::new(), &Options::default(), &()).unwrap_err();
         assert!(err.to_string().contains("sock"), "{err}");
         assert!(repo.objects().unwrap().is_empty(), "nothing half-written");
     }

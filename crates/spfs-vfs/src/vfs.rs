@@ -46,6 +46,8 @@ pub struct Attr {
     pub perm: u16,
     pub size: u64,
     pub nlink: u32,
+    /// The modification time (hosts show it as the access and change
+    /// times too).
     pub mtime: SystemTime,
     pub uid: u32,
     pub gid: u32,
@@ -217,7 +219,9 @@ impl Vfs {
                 NodeKind::Dir => 2 + Self::subdirs(&view.tree, e.dir),
                 _ => 1,
             },
-            mtime: view.mtime,
+            // The entry's own time (the epoch in layers committed before
+            // times were kept); a host shows it as atime and ctime too.
+            mtime: spfs_model::time::to_system_time(e.mtime),
             uid: 0,
             gid: 0,
         }
@@ -392,14 +396,17 @@ mod tests {
     fn view_with(vfs: &Vfs, name: &str, content: &[u8]) -> std::sync::Arc<crate::Runtime> {
         let d = vfs.repo().write_blob(content).unwrap();
         let mut b = TreeBuilder::new();
-        b.add(
+        b.add_with_mtime(
             b"dir/file",
             EntryKind::File,
             0o100644,
             content.len() as u64,
             d,
+            -1_500_000_000,
         )
         .unwrap();
+        b.add_dir_with_mtime(b"dir", 0o040755, 1_700_000_000_000_000_007)
+            .unwrap();
         let tree = b.build().unwrap();
         vfs.registry
             .register(
@@ -427,6 +434,15 @@ mod tests {
         let (fa, ttl, _) = vfs.lookup(Some(&a.view), da.node, b"file").unwrap();
         assert_eq!(ttl, LONG_TTL);
         assert_eq!(fa.size, 5);
+        // Every entry shows its own time.
+        assert_eq!(
+            da.mtime,
+            SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 7)
+        );
+        assert_eq!(
+            fa.mtime,
+            SystemTime::UNIX_EPOCH - Duration::from_millis(1500)
+        );
         // b's process presenting a's node is refused.
         assert!(matches!(
             vfs.lookup(Some(&b.view), da.node, b"file"),

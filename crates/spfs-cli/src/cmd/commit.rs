@@ -1,8 +1,10 @@
 //! `spfs commit` and `spfs write`: storing things in the repository.
 //!
 //! - `spfs commit --path DIR [-t TAG]…` stores a directory as a layer. Files
-//!   are hashed in parallel on all cores and each is read once; modes and
-//!   symlinks are kept; a socket, fifo or device is an error naming its path.
+//!   are hashed in parallel on all cores and each is read once; modes,
+//!   symlinks and modification times are kept (`--mtime-clamp EPOCH`, or
+//!   `SOURCE_DATE_EPOCH`, caps the times for reproducible layers); a
+//!   socket, fifo or device is an error naming its path.
 //!   A progress bar shows on a terminal (never in a pipe). The layer's digest
 //!   is the last line of stdout.
 //! - `spfs commit --ref A+B [-t TAG]…` stores the resolved stack as a
@@ -47,6 +49,19 @@ pub struct CommitArgs {
     /// Annotate the layer with KEY=VALUE (repeat for more; `--path` only).
     #[arg(long = "annotation", value_name = "KEY=VALUE", requires = "path")]
     pub annotations: Vec<String>,
+    /// Record no modification time later than EPOCH (seconds since
+    /// 1970-01-01 UTC): later times are recorded as EPOCH, so commits of
+    /// the same content touched at different times give the same layer.
+    /// Without this flag, the SOURCE_DATE_EPOCH environment variable is
+    /// used when set. Every file, directory and symlink otherwise keeps its
+    /// own modification time (`--path` only; ignored with `--ref`).
+    #[arg(
+        long,
+        value_name = "EPOCH",
+        env = "SOURCE_DATE_EPOCH",
+        allow_negative_numbers = true
+    )]
+    pub mtime_clamp: Option<i64>,
 }
 
 /// Arguments of `spfs write`.
@@ -140,7 +155,12 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
             0,
             "{spinner} {msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}",
         ));
-        let result = spfs_storage::commit::commit_dir(&repo, dir, annotations, &bar);
+        let options = spfs_storage::commit::Options {
+            mtime_clamp: args
+                .mtime_clamp
+                .map(|secs| spfs_model::time::from_unix(secs, 0)),
+        };
+        let result = spfs_storage::commit::commit_dir(&repo, dir, annotations, &options, &bar);
         bar.0.finish_and_clear();
         let digest = result?;
         push_tags(&repo, &args.tags, &digest)?;

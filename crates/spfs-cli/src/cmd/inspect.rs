@@ -6,7 +6,10 @@
 //! (a digest, a unique prefix of at least two characters, or a tag with an
 //! optional `~N`) where one object is described. Every command takes
 //! `--json` and then prints exactly one JSON document on stdout; its fields
-//! are listed in each command's `--help`.
+//! are listed in each command's `--help`. Modification times are shown as
+//! RFC 3339 text in UTC with nanoseconds (`2024-05-01T12:00:00.000000000Z`)
+//! in text and JSON alike; entries of layers committed before times were
+//! kept show the epoch (`1970-01-01T00:00:00.000000000Z`).
 
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
@@ -15,6 +18,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use spfs_model::diff::ChangeKind;
+use spfs_model::time::rfc3339;
 use spfs_model::{Digest, Entry, EntryKind, EnvSpec, Object, ObjectKind, PathTarget, Tree};
 use spfs_storage::FsRepository;
 
@@ -136,15 +140,18 @@ pub struct LsArgs {
     /// The directory (or file) to list; default: the top.
     #[arg(value_name = "PATH", default_value = "/")]
     pub path: String,
-    /// Show mode, size and digest.
+    /// Show mode, size, modification time (RFC 3339, UTC, nanoseconds) and
+    /// digest.
     #[arg(short = 'l', long)]
     pub long: bool,
     /// List subdirectories too, as paths relative to PATH.
     #[arg(short = 'R', long)]
     pub recursive: bool,
     /// Print one JSON array of {"path", "name", "kind", "mode", "size",
-    /// "digest"} (path: from the top of the tree; kind: file, dir or
-    /// symlink; mode: the numeric unix mode; digest: null for directories).
+    /// "mtime", "digest"} (path: from the top of the tree; kind: file, dir
+    /// or symlink; mode: the numeric unix mode; mtime: the modification
+    /// time as RFC 3339 text in UTC with nanoseconds, the epoch for layers
+    /// committed before times were kept; digest: null for directories).
     #[arg(long)]
     pub json: bool,
 }
@@ -156,6 +163,7 @@ struct EntryJson {
     kind: EntryKind,
     mode: u32,
     size: u64,
+    mtime: String,
     digest: Option<Digest>,
 }
 
@@ -233,6 +241,7 @@ pub fn ls(args: LsArgs) -> anyhow::Result<i32> {
                 kind: e.kind,
                 mode: e.mode,
                 size: e.size,
+                mtime: rfc3339(e.mtime),
                 digest: (e.kind != EntryKind::Dir).then_some(e.object),
             })
             .collect();
@@ -257,9 +266,10 @@ pub fn ls(args: LsArgs) -> anyhow::Result<i32> {
                 };
                 writeln!(
                     out,
-                    "{} {:>12} {:<56} {rel}{slash}{link}",
+                    "{} {:>12} {} {:<56} {rel}{slash}{link}",
                     mode_text(e.kind, e.mode),
                     e.size,
+                    rfc3339(e.mtime),
                     digest
                 )?;
             } else {
@@ -330,10 +340,13 @@ pub struct InfoArgs {
     #[arg(value_name = "REF")]
     pub reference: String,
     /// Print one JSON object {"digest", "kind", "size", "tags"}, plus for a
-    /// manifest "entries"; a layer "manifest", "annotations", "entries",
-    /// "layers"; a platform "stack", "layers", "entries" (size: bytes of
-    /// the blob, or of all files in the (merged) tree; tags: `name` or
-    /// `name~N` pointing at it; layers: the flattened stack, bottom first).
+    /// manifest "entries", "mtime"; a layer "manifest", "annotations",
+    /// "entries", "mtime", "layers"; a platform "stack", "layers",
+    /// "entries", "mtime" (size: bytes of the blob, or of all files in the
+    /// (merged) tree; mtime: the newest modification time of any entry of
+    /// the (merged) tree as RFC 3339 text in UTC with nanoseconds, absent
+    /// when the tree is empty; tags: `name` or `name~N` pointing at it;
+    /// layers: the flattened stack, bottom first).
     #[arg(long)]
     pub json: bool,
 }
@@ -346,6 +359,8 @@ struct InfoJson {
     tags: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     entries: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mtime: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     manifest: Option<Digest>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -376,6 +391,7 @@ pub fn info(args: InfoArgs) -> anyhow::Result<i32> {
         size: 0,
         tags,
         entries: None,
+        mtime: None,
         manifest: None,
         annotations: None,
         stack: None,
@@ -384,28 +400,25 @@ pub fn info(args: InfoArgs) -> anyhow::Result<i32> {
     if repo.has_object(&digest) {
         let obj = repo.read_object(&digest)?;
         info.kind = obj.kind();
-        match obj {
-            Object::Manifest(t) => {
-                info.entries = Some(t.len());
-                info.size = t.total_size();
-            }
+        let tree = match obj {
+            Object::Manifest(t) => t,
             Object::Layer(l) => {
-                let t = repo.layer_tree(&digest)?;
-                info.entries = Some(t.len());
-                info.size = t.total_size();
                 info.manifest = Some(l.manifest);
                 info.annotations = Some(l.annotations);
                 info.layers = Some(vec![digest]);
+                repo.layer_tree(&digest)?
             }
             Object::Platform(p) => {
                 let layers = repo.flatten(&p.stack)?;
                 let t = repo.merged_tree(&layers)?;
-                info.entries = Some(t.len());
-                info.size = t.total_size();
                 info.stack = Some(p.stack);
                 info.layers = Some(layers);
+                t
             }
-        }
+        };
+        info.entries = Some(tree.len());
+        info.size = tree.total_size();
+        info.mtime = tree.newest_mtime().map(rfc3339);
     } else {
         let path = repo.payload_path(&digest);
         info.size = std::fs::metadata(&path)
@@ -427,6 +440,9 @@ pub fn info(args: InfoArgs) -> anyhow::Result<i32> {
         writeln!(out, "size:        {} bytes", info.size)?;
         if let Some(n) = info.entries {
             writeln!(out, "entries:     {n}")?;
+        }
+        if let Some(t) = &info.mtime {
+            writeln!(out, "mtime:       {t} (newest entry)")?;
         }
         if let Some(m) = &info.manifest {
             writeln!(out, "manifest:    {m}")?;
@@ -474,6 +490,10 @@ pub struct DiffArgs {
     /// removed), sorted by path.
     #[arg(long)]
     pub json: bool,
+    /// Also report entries whose modification time alone changed (by
+    /// default a change is one of kind, mode, size or content).
+    #[arg(long)]
+    pub mtime: bool,
 }
 
 pub fn diff(args: DiffArgs) -> anyhow::Result<i32> {
@@ -481,7 +501,8 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<i32> {
     let repo = super::open_repo(&config)?;
     let a = spec_tree(&repo, &args.a)?;
     let b = spec_tree(&repo, &args.b)?;
-    let changes = spfs_model::diff::diff(&a, &b);
+    let options = spfs_model::diff::DiffOptions { mtime: args.mtime };
+    let changes = spfs_model::diff::diff_with(&a, &b, options);
     if args.json {
         json(&changes)?;
         return Ok(0);

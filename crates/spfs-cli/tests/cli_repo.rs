@@ -49,7 +49,10 @@ impl Env {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(SPFS);
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SPFS_") || k == "RUST_LOG" {
+            if k.to_string_lossy().starts_with("SPFS_")
+                || k == "RUST_LOG"
+                || k == "SOURCE_DATE_EPOCH"
+            {
                 c.env_remove(k);
             }
         }
@@ -1357,12 +1360,158 @@ fn closed_stdout_is_not_an_error() {
     }
 }
 
+/// Set the modification time of `path` itself (a symlink is not followed).
+fn set_mtime(path: &Path, secs: i64, nanos: u32) {
+    let t = rustix::fs::Timespec {
+        tv_sec: secs,
+        tv_nsec: nanos.into(),
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// Modification times: kept by commit, shown by `ls -l`, `ls --json` and
+/// `info`, compared by `diff --mtime` only, clamped by `--mtime-clamp` or
+/// `SOURCE_DATE_EPOCH`; layers written before times were kept show the
+/// epoch.
+#[test]
+fn modification_times() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample_tree(&src);
+    // 1_000_000_000 s is 2001-09-09T01:46:40Z.
+    set_mtime(&src.join("bin/tool"), 1_000_000_000, 5);
+    set_mtime(&src.join("link"), 1_000_000_001, 0);
+    set_mtime(&src.join("bin"), 1_000_000_002, 0);
+    let first = env.commit(&src, &["t/a"]);
+    let long = env.ok(&["ls", "-l", "t/a", "bin"]);
+    assert!(
+        long.contains(" 2001-09-09T01:46:40.000000005Z ") && long.contains("tool"),
+        "{long}"
+    );
+    let long = env.ok(&["ls", "-l", "t/a"]);
+    assert!(
+        long.lines().any(|l| l.starts_with("drwx")
+            && l.contains(" 2001-09-09T01:46:42.000000000Z ")
+            && l.ends_with(" bin/")),
+        "{long}"
+    );
+    assert!(
+        long.lines()
+            .any(|l| l.contains(" 2001-09-09T01:46:41.000000000Z ")
+                && l.contains("link -> bin/tool")),
+        "a symlink's own time: {long}"
+    );
+    let j = env.json(&["ls", "-R", "t/a"]);
+    let tool = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "bin/tool")
+        .unwrap();
+    assert_eq!(tool["mtime"], "2001-09-09T01:46:40.000000005Z");
+    // info: the newest entry's time (the files just written are newest).
+    let newest = env.json(&["info", "t/a"])["mtime"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(newest.as_str() > "2020", "{newest}");
+    assert!(
+        env.ok(&["info", "t/a"])
+            .contains(&format!("mtime:       {newest} (newest entry)")),
+        "info text"
+    );
+
+    // Touching a file changes the layer, but diff shows it only on request.
+    set_mtime(&src.join("bin/tool"), 1_100_000_000, 0);
+    let touched = env.commit(&src, &["t/b"]);
+    assert_ne!(touched, first);
+    assert_eq!(env.ok(&["diff", "t/a", "t/b"]), "");
+    assert_eq!(
+        lines(&env.ok(&["diff", "--mtime", "t/a", "t/b"])),
+        ["~ bin/tool"]
+    );
+    assert_eq!(
+        env.json(&["diff", "--mtime", "t/a", "t/b"]),
+        serde_json::json!([{"path": "bin/tool", "kind": "changed"}])
+    );
+
+    // Clamped: every time after the clamp becomes the clamp, so both
+    // states of the tree give one layer; the flag wins over the variable.
+    let path = src.to_str().unwrap();
+    set_mtime(&src.join("bin/tool"), 1_000_000_000, 5);
+    let clamp = |extra: &[&str], epoch: Option<&str>| {
+        let mut args = vec!["commit", "--path", path];
+        args.extend_from_slice(extra);
+        let mut cmd = env.cmd(&args);
+        if let Some(e) = epoch {
+            cmd.env("SOURCE_DATE_EPOCH", e);
+        }
+        last_digest(&check_ok(&args, &cmd.output().unwrap()))
+    };
+    let clamped = clamp(&["--mtime-clamp", "900000000"], None);
+    set_mtime(&src.join("bin/tool"), 1_100_000_000, 0);
+    assert_eq!(clamp(&["--mtime-clamp", "900000000"], None), clamped);
+    assert_eq!(clamp(&[], Some("900000000")), clamped);
+    assert_eq!(
+        clamp(&["--mtime-clamp", "900000000"], Some("1000000000")),
+        clamped
+    );
+    assert_ne!(clamp(&[], Some("1000000000")), clamped);
+    assert_eq!(clamp(&[], None), touched, "unclamped again");
+    let long = env.ok(&["ls", "-l", &clamped.to_string(), "bin"]);
+    assert!(long.contains(" 1998-07-09T16:00:00.000000000Z "), "{long}");
+    let out = env
+        .cmd(&["commit", "--path", path])
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .output()
+        .unwrap();
+    check_fail(&["commit"], &out, &["SOURCE_DATE_EPOCH", "yesterday"]);
+    let out = env
+        .cmd(&["commit", "--ref", "t/a"])
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .output()
+        .unwrap();
+    check_ok(&["commit", "--ref"], &out);
+
+    // A layer written without times (as before they were kept) shows the
+    // epoch; its manifest is stored at format version 1.
+    let repo = env.repo();
+    let old = write_layer(&repo, &[("f", EntryKind::File, b"x")]);
+    let long = env.ok(&["ls", "-l", &old.to_string()]);
+    assert!(long.contains(" 1970-01-01T00:00:00.000000000Z "), "{long}");
+    let Object::Layer(l) = repo.read_object(&old).unwrap() else {
+        panic!("not a layer")
+    };
+    assert_eq!(fs::read(repo.object_path(&l.manifest)).unwrap()[4], 1);
+    let Object::Layer(l) = repo.read_object(&first).unwrap() else {
+        panic!("not a layer")
+    };
+    assert_eq!(fs::read(repo.object_path(&l.manifest)).unwrap()[4], 2);
+    assert!(env.ok(&["check"]).contains(": OK"));
+
+    // --help says how times are shown and where the clamp comes from.
+    assert!(env.ok(&["ls", "--help"]).contains("RFC 3339"));
+    assert!(env.ok(&["info", "--help"]).contains("\"mtime\""));
+    assert!(env.ok(&["diff", "--help"]).contains("--mtime"));
+    assert!(env.ok(&["commit", "--help"]).contains("SOURCE_DATE_EPOCH"));
+}
+
 /// `--help` documents the JSON fields of each inspection command.
 #[test]
 fn help_documents_json_fields() {
     let env = Env::new();
     for (cmd, field) in [
-        ("ls", "\"digest\""),
+        ("ls", "\"mtime\""),
         ("info", "\"kind\""),
         ("diff", "\"path\""),
         ("layers", "\"tags\""),

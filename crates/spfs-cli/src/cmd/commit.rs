@@ -53,14 +53,10 @@ pub struct CommitArgs {
     /// 1970-01-01 UTC): later times are recorded as EPOCH, so commits of
     /// the same content touched at different times give the same layer.
     /// Without this flag, the SOURCE_DATE_EPOCH environment variable is
-    /// used when set. Every file, directory and symlink otherwise keeps its
-    /// own modification time (`--path` only; ignored with `--ref`).
-    #[arg(
-        long,
-        value_name = "EPOCH",
-        env = "SOURCE_DATE_EPOCH",
-        allow_negative_numbers = true
-    )]
+    /// used when set and not empty. Every file, directory and symlink
+    /// otherwise keeps its own modification time (`--path` only; ignored
+    /// with `--ref`).
+    #[arg(long, value_name = "EPOCH", allow_negative_numbers = true)]
     pub mtime_clamp: Option<i64>,
 }
 
@@ -123,6 +119,26 @@ fn clean_temp(repo: &FsRepository) {
     }
 }
 
+/// The latest modification time to record, in nanoseconds since the epoch:
+/// `--mtime-clamp`, else `SOURCE_DATE_EPOCH` (unset or empty: none).
+fn mtime_clamp(flag: Option<i64>) -> anyhow::Result<Option<i64>> {
+    let secs = match flag {
+        Some(secs) => Some(secs),
+        None => match std::env::var_os("SOURCE_DATE_EPOCH") {
+            Some(v) if !v.is_empty() => {
+                let text = v.to_string_lossy();
+                Some(text.trim().parse::<i64>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "invalid SOURCE_DATE_EPOCH '{text}': expected whole seconds since 1970-01-01 UTC"
+                    )
+                })?)
+            }
+            _ => None,
+        },
+    };
+    Ok(secs.map(|s| spfs_model::time::from_unix(s, 0)))
+}
+
 fn parse_annotations(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
@@ -142,6 +158,9 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
     let annotations = parse_annotations(&args.annotations)?;
     let config = super::config()?;
     let digest = if let Some(dir) = &args.path {
+        let options = spfs_storage::commit::Options {
+            mtime_clamp: mtime_clamp(args.mtime_clamp)?,
+        };
         if !dir.is_dir() {
             // Say what is wrong before a repository is created for nothing.
             match std::fs::metadata(dir) {
@@ -155,11 +174,6 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
             0,
             "{spinner} {msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}",
         ));
-        let options = spfs_storage::commit::Options {
-            mtime_clamp: args
-                .mtime_clamp
-                .map(|secs| spfs_model::time::from_unix(secs, 0)),
-        };
         let result = spfs_storage::commit::commit_dir(&repo, dir, annotations, &options, &bar);
         bar.0.finish_and_clear();
         let digest = result?;

@@ -8,5 +8,6 @@ mod harness;
 
 mod faults;
 mod isolation;
+mod mtimes;
 mod routing;
 mod runtimes;

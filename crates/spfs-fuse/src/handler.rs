@@ -115,7 +115,42 @@ impl Drop for Undo<'_> {
     }
 }
 
-pub struct Handler(pub(crate) Arc<State>);
+/// Registrations the service works on at once; more wait their turn. Each
+/// may take up to a second when its process is slow to stop after the move
+/// (see `Process::pinned`), and every request of the control plane shares
+/// one pool of threads: this keeps `status`, `list` and `unmount`
+/// answering whatever registrations a user starts.
+const CONCURRENT_REGISTRATIONS: usize = 16;
+
+/// A counting semaphore for registrations.
+#[derive(Default)]
+pub(crate) struct Slots {
+    busy: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn take(&self) -> Slot<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy >= CONCURRENT_REGISTRATIONS {
+            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        *busy += 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.0.busy.lock().unwrap_or_else(|p| p.into_inner());
+        *busy -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+pub struct Handler(pub(crate) Arc<State>, pub(crate) Slots);
 
 impl Handler {
     /// Move the existing descendants of `root` along: those still in the
@@ -173,6 +208,7 @@ impl ControlHandler for Handler {
             return Err(Status::invalid_argument("root_pid must be a process id"));
         }
         let spec = Self::check_spec(&req.spec)?;
+        let _slot = self.1.take();
         // From here on the process is named by its pidfd.
         let no_process = || Status::not_found(format!("no process {pid}"));
         let mut root = Process::open(pid).ok_or_else(no_process)?;

@@ -312,7 +312,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     //    finish; a client that never finishes cannot keep the service up.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_state = state.clone();
-    let handler = Arc::new(Handler(state.clone()));
+    let handler = Arc::new(Handler(state.clone(), Default::default()));
     let served = runtime.block_on(async move {
         tokio::spawn(async move {
             let reason =

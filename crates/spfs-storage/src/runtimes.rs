@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::AtFlags;
@@ -93,13 +94,23 @@ impl FsRepository {
     pub fn read_runtime(&self, name: &str) -> Result<RuntimeRecord> {
         let rel = Self::runtime_path(name)?;
         let mut bytes = Vec::new();
-        self.open_regular(&rel, || StorageError::UnknownRuntime(name.to_string()))?
-            .read_to_end(&mut bytes)
+        let mut file =
+            self.open_regular(&rel, || StorageError::UnknownRuntime(name.to_string()))?;
+        let owner = file
+            .metadata()
+            .map_err(self.io_err("cannot read", &rel))?
+            .uid();
+        file.read_to_end(&mut bytes)
             .map_err(self.io_err("cannot read", &rel))?;
-        serde_json::from_slice(&bytes).map_err(|e| StorageError::BadRecord {
-            path: self.root().join(&rel),
-            message: e.to_string(),
-        })
+        let mut record: RuntimeRecord =
+            serde_json::from_slice(&bytes).map_err(|e| StorageError::BadRecord {
+                path: self.root().join(&rel),
+                message: e.to_string(),
+            })?;
+        // Whoever wrote the file owns the runtime, whatever it says: in a
+        // shared repository anyone may write a record claiming anyone.
+        record.owner_uid = owner;
+        Ok(record)
     }
 
     /// Remove a runtime record; removing one that is gone is not an error.

@@ -437,3 +437,117 @@ fn a_user_runs_from_a_repository_they_may_only_read() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_process_that_never_stops_cannot_hang_the_service() {
+    require_vfs!();
+    let w = World::new();
+    w.commit("stuck/a", &[("data", b"x")]);
+    w.start_service();
+    let a = TestUser::new();
+    // A parent in vfork's wait (its child never execs) does not stop for a
+    // tracer: letting go of it after the move must not wait for it.
+    let src = w.dir.path().join("vf.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <unistd.h>\nint main(void){printf(\"%d\\n\",(int)getpid());fflush(stdout);if(vfork()==0){for(;;)pause();}return 0;}\n",
+    )
+    .unwrap();
+    let bin = w.dir.path().join("vf");
+    let out = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("cc");
+    ok(&out, "cc");
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        let mut h = a
+            .command(&w, bin.to_str().unwrap())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(h.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        holders.push((h, line.trim().to_string()));
+    }
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = holders
+        .iter()
+        .map(|(_, pid)| {
+            a.command(&w, SPFS_VFS)
+                .args(["mount", "--root-process", pid, "stuck/a"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in clients {
+        let ok = wait_for(Duration::from_secs(20), || {
+            matches!(c.try_wait(), Ok(Some(_)))
+        });
+        assert!(ok, "a registration hung");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(w.status().is_some(), "the service stopped answering");
+    for (_, pid) in &holders {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert!(
+            status.contains("TracerPid:\t0"),
+            "process {pid} is still traced"
+        );
+    }
+    let out = w.vfs(&["service", "--stop"]);
+    ok(&out, "stop with the holders alive");
+    for (mut h, _) in holders {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+}
+
+#[test]
+fn a_runtime_record_belongs_to_whoever_wrote_it() {
+    require_vfs!();
+    let w = World::new();
+    let out = w.spfs(&["init", "repo", "--shared", w.repo.to_str().unwrap()]);
+    ok(&out, "init --shared");
+    let (a, b) = (TestUser::new(), TestUser::new());
+    // B writes a record that claims to be A's.
+    let forged = serde_json::json!({
+        "name": "rt-forged", "spec": "-", "layers": [], "root_pid": 1,
+        "owner_uid": a.uid, "created": 0, "mountpoint": w.mnt, "command": ["rm", "-rf", "/"],
+    });
+    let path = w.repo.join("runtimes/rt-forged.json");
+    let out = b
+        .command(&w, "sh")
+        .args(["-c", &format!("cat > {}", path.display())])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(forged.to_string().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    ok(&out, "B writes a record");
+    let out = a
+        .command(&w, SPFS)
+        .args(["runtime", "ls", "--json"])
+        .output()
+        .unwrap();
+    ok(&out, "A lists");
+    assert!(!stdout(&out).contains("rt-forged"), "{}", stdout(&out));
+    let out = w.spfs(&["runtime", "info", "rt-forged", "--json"]);
+    ok(&out, "root reads it");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["owner_uid"], b.uid, "the record is B's");
+}

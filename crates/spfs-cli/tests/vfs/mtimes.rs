@@ -71,7 +71,7 @@ fn source_tree(w: &World, py: &str) -> PathBuf {
     };
     rustix::fs::utimensat(
         rustix::fs::CWD,
-        &lib.join("link"),
+        lib.join("link"),
         &rustix::fs::Timestamps {
             last_access: t,
             last_modification: t,

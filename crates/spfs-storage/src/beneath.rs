@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path};
 
-use rustix::fs::{FileType, Gid, Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Gid, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 /// How often an open that raced a rename (`EAGAIN`) is retried.
@@ -74,24 +74,52 @@ pub(crate) fn open(
 /// and never a fifo or device that something put in its place (the open
 /// does not block on a fifo; the type is checked on the open descriptor).
 pub(crate) fn open_regular(root: BorrowedFd<'_>, rel: &Path) -> io::Result<File> {
+    open_regular_stat(root, rel).map(|(file, _)| file)
+}
+
+/// [`open_regular`], with the status of the file that was opened.
+pub(crate) fn open_regular_stat(root: BorrowedFd<'_>, rel: &Path) -> io::Result<(File, Stat)> {
     let fd = open(root, rel, OFlags::RDONLY | OFlags::NONBLOCK, 0)?;
-    let file = File::from(fd);
-    if !file.metadata()?.is_file() {
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not a regular file",
         ));
     }
-    Ok(file)
+    Ok((File::from(fd), st))
+}
+
+/// The status of `rel` below `root` (reached without symlinks; a final
+/// symlink is described, not followed), without opening it for reading.
+pub(crate) fn stat(root: BorrowedFd<'_>, rel: &Path) -> io::Result<Stat> {
+    let fd = open(root, rel, OFlags::PATH, 0)?;
+    Ok(rustix::fs::fstat(&fd)?)
+}
+
+/// Whether `st` describes a regular file.
+pub(crate) fn is_regular_stat(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
 }
 
 /// Whether `rel` below `root` is a regular file (reached without symlinks).
 pub(crate) fn is_regular(root: BorrowedFd<'_>, rel: &Path) -> bool {
-    open(root, rel, OFlags::PATH, 0)
-        .and_then(|fd| Ok(rustix::fs::fstat(&fd)?))
-        .is_ok_and(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
-        })
+    stat(root, rel).is_ok_and(|st| is_regular_stat(&st))
+}
+
+/// The names in the directory `rel` below `root` (not `.` and `..`).
+pub(crate) fn list_dir(root: BorrowedFd<'_>, rel: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = open_dir(root, rel)?;
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(std::ffi::OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    Ok(names)
 }
 
 /// Open the directory `rel` below `root` (readable, so it can be synced).

@@ -2,9 +2,12 @@
 //!
 //! Starting from a set of digests (by default every tag's versions), every
 //! reachable object is decoded and every reachable blob is re-hashed (in
-//! parallel) and compared with its name.
+//! parallel) and compared with its name: every copy of it the checking
+//! user may read ([`crate::payload`]), so root checks every user's copies.
+//! A blob with no copy at all is missing.
 
 use std::collections::{BTreeSet, HashSet};
+use std::fs::File;
 use std::io::Read;
 
 use rayon::prelude::*;
@@ -12,6 +15,7 @@ use spfs_model::{Digest, Hasher, Object};
 
 use crate::error::{Result, StorageError};
 use crate::fs::FsRepository;
+use crate::payload::Found;
 
 /// What a check found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -36,8 +40,7 @@ impl CheckReport {
     }
 }
 
-fn hash_file(repo: &FsRepository, digest: &Digest) -> std::result::Result<Digest, String> {
-    let mut f = repo.open_payload(digest).map_err(|e| e.to_string())?;
+fn hash_file(mut f: &File) -> std::result::Result<Digest, String> {
     let mut h = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -47,6 +50,48 @@ fn hash_file(repo: &FsRepository, digest: &Digest) -> std::result::Result<Digest
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+/// What checking the copies of one blob found.
+enum BlobCheck {
+    /// No copy is stored.
+    Missing,
+    /// Every copy the checking user may read is intact.
+    Intact,
+    /// Problems, one per bad copy.
+    Corrupt(Vec<String>),
+}
+
+/// Check every copy of blob `digest` that user `uid` may read.
+fn check_blob(repo: &FsRepository, digest: &Digest, uid: u32) -> BlobCheck {
+    let names = match repo.payload_names(digest) {
+        Ok(names) if names.is_empty() => return BlobCheck::Missing,
+        Ok(names) => names,
+        Err(e) => return BlobCheck::Corrupt(vec![e.to_string()]),
+    };
+    let mut problems = Vec::new();
+    for named in names {
+        let which = match named {
+            None => String::new(),
+            Some(user) => format!("private copy of user {user}: "),
+        };
+        let result = match repo.find_copy(digest, named, uid) {
+            Ok(Found::Opened(p)) => hash_file(&p.file),
+            // Another user's copy, or no copy at all under the name.
+            Ok(Found::Denied | Found::Missing) => continue,
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(actual) if actual == *digest => {}
+            Ok(actual) => problems.push(format!("{which}content hashes to {actual}")),
+            Err(e) => problems.push(format!("{which}{e}")),
+        }
+    }
+    if problems.is_empty() {
+        BlobCheck::Intact
+    } else {
+        BlobCheck::Corrupt(problems)
     }
 }
 
@@ -82,27 +127,20 @@ pub fn check(repo: &FsRepository, roots: &[Digest]) -> Result<CheckReport> {
         }
     }
     report.blobs = blobs.len() as u64;
-    let results: Vec<(Digest, std::result::Result<Digest, String>)> = blobs
+    let uid = rustix::process::geteuid().as_raw();
+    let results: Vec<(Digest, BlobCheck)> = blobs
         .par_iter()
-        .map(|d| {
-            if !repo.has_payload(d) {
-                return (*d, Err(String::new()));
-            }
-            (*d, hash_file(repo, d))
-        })
+        .map(|d| (*d, check_blob(repo, d, uid)))
         .collect();
-    for (d, r) in results {
-        match r {
-            Ok(actual) if actual == d => {}
-            Ok(actual) => report.corrupt.push(CorruptItem {
-                digest: d,
-                problem: format!("content hashes to {actual}"),
-            }),
-            Err(e) if e.is_empty() => report.missing.push(d),
-            Err(e) => report.corrupt.push(CorruptItem {
-                digest: d,
-                problem: e,
-            }),
+    for (digest, result) in results {
+        match result {
+            BlobCheck::Intact => {}
+            BlobCheck::Missing => report.missing.push(digest),
+            BlobCheck::Corrupt(problems) => report.corrupt.extend(
+                problems
+                    .into_iter()
+                    .map(|problem| CorruptItem { digest, problem }),
+            ),
         }
     }
     report.missing.sort();

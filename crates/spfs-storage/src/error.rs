@@ -27,6 +27,8 @@ pub enum StorageError {
     },
     #[error("object {0} not found")]
     UnknownObject(Digest),
+    #[error("payload {0} is private to another user")]
+    PayloadNotReadable(Digest),
     #[error("no object matches '{0}'")]
     UnknownReference(String),
     #[error("unknown tag '{0}'")]

@@ -3,7 +3,8 @@
 //! ```text
 //! ROOT/VERSION             format version of the repository ("1")
 //! ROOT/objects/AB/CDEF…    encoded manifests, layers, platforms (sharded by digest)
-//! ROOT/payloads/AB/CDEF…   blob bytes
+//! ROOT/payloads/AB/CDEF…   blob bytes everyone may read (0444)
+//! ROOT/payloads/AB/CDEF….u1001  user 1001's private copy (0400)
 //! ROOT/tags/org/name.tag   tag history, one version a line, newest last
 //! ROOT/runtimes/NAME.json  records of running environments
 //! ROOT/tmp/                temporary files, renamed into place when complete
@@ -20,8 +21,10 @@
 //! repository can be shared by users who do not trust each other
 //! ([`crate::shared`]). Files get exact modes whatever the umask: objects
 //! (names, modes and digests; no file contents) 0444, records (`VERSION`,
-//! tags, runtime records) 0644, and a payload 0444 only if the file it was
-//! committed from was readable by others, 0400 otherwise ([`Readers`]).
+//! tags, runtime records) 0644, and a payload 0444 under its digest's name
+//! only if the file it was committed from was readable by others, and
+//! otherwise 0400 under a name of the committer's own ([`Readers`],
+//! [`crate::payload`]).
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -38,6 +41,7 @@ use spfs_model::{Digest, Hasher, Object, PartialDigest};
 
 use crate::beneath;
 use crate::error::{Result, StorageError};
+use crate::payload::{PayloadCopy, split_name};
 use crate::shared::Sharing;
 
 /// The repository format this build writes.
@@ -65,13 +69,14 @@ pub struct FsRepository {
     sharing: Sharing,
 }
 
-/// Who may read a payload straight from the repository's files; everyone
-/// else reads it through a view.
+/// Who may read a payload straight from the repository's files, and so be
+/// served it through a view ([`crate::payload`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readers {
-    /// Everyone (mode 0444): the file it came from was readable by others.
+    /// Everyone (the public copy, 0444): the file it came from was
+    /// readable by others.
     Everyone,
-    /// Its writer and root (mode 0400).
+    /// Its writer and root (the writer's private copy, 0400).
     Owner,
 }
 
@@ -84,13 +89,6 @@ impl Readers {
             Readers::Owner
         }
     }
-
-    fn mode(self) -> u32 {
-        match self {
-            Readers::Everyone => 0o444,
-            Readers::Owner => 0o400,
-        }
-    }
 }
 
 /// What [`FsRepository::write_atomic`] writes.
@@ -98,8 +96,8 @@ impl Readers {
 pub(crate) enum Written {
     /// An encoded object, named by its content.
     Object,
-    /// A blob, named by its content.
-    Payload(Readers),
+    /// A copy of a blob, named by its content and whose it is.
+    Payload(PayloadCopy),
     /// A record replacing its previous version (`VERSION`, a tag history, a
     /// runtime record), owned by `keep_owner` when given (root rewriting a
     /// user's tag leaves it the user's).
@@ -118,6 +116,22 @@ enum Taken {
     /// already there (another user's, which a sticky directory does not let
     /// us replace) holds the same bytes, or is found corrupt by its name.
     Keep,
+    /// Keep it if it is this copy of a payload (the same bytes, as above,
+    /// for the same readers): a public copy, or the writer's own.
+    KeepCopy(PayloadCopy),
+}
+
+impl Taken {
+    /// Whether the file `name` already in `dir` stands for the one we meant
+    /// to put there.
+    fn keeps(self, dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+        match self {
+            Taken::Replace => false,
+            Taken::Keep => beneath::is_regular(dir, Path::new(name)),
+            Taken::KeepCopy(copy) => beneath::stat(dir, Path::new(name))
+                .is_ok_and(|st| PayloadCopy::of(copy.named(), &st) == Some(copy)),
+        }
+    }
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -162,6 +176,8 @@ fn parse_owner(owner: &str) -> Option<(String, u64, i32)> {
 pub struct PendingPayload {
     pub digest: Digest,
     pub size: u64,
+    /// The copy it becomes (public, or its writer's).
+    copy: PayloadCopy,
     /// The temporary file's name in `tmp/`.
     tmp: Option<OsString>,
     /// Whether the temporary copy is already durable.
@@ -320,21 +336,16 @@ impl FsRepository {
         self.root.join(Self::sharded("objects", digest))
     }
 
-    /// Where the bytes of blob `digest` are stored.
+    /// Where the public copy of blob `digest` is stored (private copies:
+    /// [`FsRepository::private_payload_path`]).
     pub fn payload_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join(Self::sharded("payloads", digest))
+        self.root.join(Self::payload_rel(digest, None))
     }
 
     /// Whether object `digest` is stored (a regular file, reached without
     /// symlinks).
     pub fn has_object(&self, digest: &Digest) -> bool {
         beneath::is_regular(self.fd(), &Self::sharded("objects", digest))
-    }
-
-    /// Whether the bytes of blob `digest` are stored (a regular file,
-    /// reached without symlinks).
-    pub fn has_payload(&self, digest: &Digest) -> bool {
-        beneath::is_regular(self.fd(), &Self::sharded("payloads", digest))
     }
 
     /// A fresh temporary file in `tmp/`, created exclusively, with exactly
@@ -442,9 +453,7 @@ impl FsRepository {
         let (dir, made) = self.open_dir(parent, self.sharing.new_shards())?;
         match rustix::fs::renameat(&tmp_dir, tmp, &dir, name) {
             Ok(()) => Ok(made),
-            Err(Errno::PERM | Errno::ACCESS)
-                if taken == Taken::Keep && beneath::is_regular(dir.as_fd(), Path::new(name)) =>
-            {
+            Err(Errno::PERM | Errno::ACCESS) if taken.keeps(dir.as_fd(), name) => {
                 self.remove_temp(tmp);
                 Ok(made)
             }
@@ -456,7 +465,7 @@ impl FsRepository {
     pub(crate) fn write_atomic(&self, dest: &Path, bytes: &[u8], what: Written) -> Result<()> {
         let (mode, taken, owner) = match what {
             Written::Object => (OBJECT_MODE, Taken::Keep, None),
-            Written::Payload(readers) => (readers.mode(), Taken::Keep, None),
+            Written::Payload(copy) => (copy.mode(), Taken::KeepCopy(copy), None),
             Written::Record { keep_owner } => (RECORD_MODE, Taken::Replace, keep_owner),
             Written::PrivateRecord => (PRIVATE_RECORD_MODE, Taken::Replace, None),
         };
@@ -541,27 +550,16 @@ impl FsRepository {
         })
     }
 
-    /// Open the bytes of a blob.
-    ///
-    /// Only a regular file is opened: never through a symlink anywhere
-    /// below the root, and never a fifo or device that something put in its
-    /// place (the VFS service opens payloads as root on behalf of other
-    /// users).
-    pub fn open_payload(&self, digest: &Digest) -> Result<File> {
-        self.open_regular(&Self::sharded("payloads", digest), || {
-            StorageError::UnknownObject(*digest)
-        })
-    }
-
     /// Store a blob from memory, durably, readable by its writer only
     /// (nothing says where the bytes came from).
     pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);
-        if !self.has_payload(&digest) {
+        let copy = PayloadCopy::written_by(Readers::Owner, euid());
+        if !self.payload_stored_for(&digest, copy) {
             self.write_atomic(
-                &Self::sharded("payloads", &digest),
+                &Self::payload_rel(&digest, copy.named()),
                 bytes,
-                Written::Payload(Readers::Owner),
+                Written::Payload(copy),
             )?;
         }
         Ok(digest)
@@ -581,7 +579,9 @@ impl FsRepository {
     }
 
     /// Hash `reader` while copying it to a temporary file readable by
-    /// `readers` (a payload already stored keeps its mode).
+    /// `readers`: the public copy, or this user's private one (nothing is
+    /// written where a public copy, or for a private file this user's own
+    /// copy, is stored already).
     ///
     /// With a size hint at most [`SMALL_FILE`], the bytes are read whole and
     /// nothing is written when the payload already exists; the copy is not
@@ -597,21 +597,23 @@ impl FsRepository {
         readers: Readers,
     ) -> Result<PendingPayload> {
         let tmp_err = |name: &OsStr| self.io_err("cannot write", &Path::new(TMP).join(name));
+        let copy = PayloadCopy::written_by(readers, euid());
         if let Some(hint) = size_hint.filter(|h| *h <= SMALL_FILE) {
             let mut buf = Vec::with_capacity(hint as usize + 1);
             reader
                 .read_to_end(&mut buf)
                 .map_err(|e| StorageError::io("cannot read", "(input)")(e))?;
             let digest = Digest::of(&buf);
-            if self.has_payload(&digest) {
+            if self.payload_stored_for(&digest, copy) {
                 return Ok(PendingPayload {
                     digest,
                     size: buf.len() as u64,
+                    copy,
                     tmp: None,
                     synced: false,
                 });
             }
-            let (mut f, tmp) = self.temp_file(readers.mode())?;
+            let (mut f, tmp) = self.temp_file(copy.mode())?;
             if let Err(e) = f.write_all(&buf) {
                 drop(f);
                 self.remove_temp(&tmp);
@@ -620,11 +622,12 @@ impl FsRepository {
             return Ok(PendingPayload {
                 digest,
                 size: buf.len() as u64,
+                copy,
                 tmp: Some(tmp),
                 synced: false,
             });
         }
-        let (f, tmp) = self.temp_file(readers.mode())?;
+        let (f, tmp) = self.temp_file(copy.mode())?;
         let (digest, size) = match copy_hashing(reader, f) {
             Ok(done) => done,
             Err(e) => {
@@ -635,11 +638,12 @@ impl FsRepository {
                 });
             }
         };
-        if self.has_payload(&digest) {
+        if self.payload_stored_for(&digest, copy) {
             self.remove_temp(&tmp);
             return Ok(PendingPayload {
                 digest,
                 size,
+                copy,
                 tmp: None,
                 synced: false,
             });
@@ -647,6 +651,7 @@ impl FsRepository {
         Ok(PendingPayload {
             digest,
             size,
+            copy,
             tmp: Some(tmp),
             synced: true,
         })
@@ -657,26 +662,26 @@ impl FsRepository {
     /// a few files are placed, their directories are synced rather than the
     /// whole filesystem (which would also flush other programs' writes).
     pub fn commit_staged(&self, staged: Vec<PendingPayload>) -> Result<()> {
-        let pending: Vec<(OsString, Digest, bool)> = staged
+        let pending: Vec<(OsString, Digest, bool, PayloadCopy)> = staged
             .into_iter()
-            .filter_map(|p| p.tmp.map(|t| (t, p.digest, p.synced)))
+            .filter_map(|p| p.tmp.map(|t| (t, p.digest, p.synced, p.copy)))
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
-        if pending.iter().any(|(_, _, synced)| !synced) {
+        if pending.iter().any(|(_, _, synced, _)| !synced) {
             self.sync_filesystem()?;
         }
         let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
         let many = pending.len() > FEW_FILES;
         let mut result = Ok(());
-        for (tmp, digest, _) in &pending {
+        for (tmp, digest, _, copy) in &pending {
             if result.is_err() {
                 self.remove_temp(tmp);
                 continue;
             }
-            let dest = Self::sharded("payloads", digest);
-            match self.place(tmp, &dest, Taken::Keep) {
+            let dest = Self::payload_rel(digest, copy.named());
+            match self.place(tmp, &dest, Taken::KeepCopy(*copy)) {
                 Ok(made_shard) if !many => {
                     let shard = dest.parent().unwrap_or(Path::new("")).to_path_buf();
                     if made_shard {
@@ -715,7 +720,8 @@ impl FsRepository {
             .map_err(|e| StorageError::io("cannot sync", &self.root)(e.into()))
     }
 
-    /// Every digest stored in `area` ("objects" or "payloads").
+    /// Every digest stored in `area` ("objects" or "payloads"; each payload
+    /// once, whatever its copies).
     fn list_area(&self, area: &str, prefix: &str) -> Result<Vec<Digest>> {
         let base = self.root.join(area);
         let mut out = Vec::new();
@@ -735,7 +741,14 @@ impl FsRepository {
             let sdir = shard.path();
             for item in fs::read_dir(&sdir).map_err(StorageError::io("cannot list", &sdir))? {
                 let item = item.map_err(StorageError::io("cannot list", &sdir))?;
-                let full = format!("{sname}{}", item.file_name().to_string_lossy());
+                let name = item.file_name();
+                let name = name.to_string_lossy();
+                // A private copy's name is its digest's with a suffix.
+                let digest_part = match area {
+                    "payloads" => split_name(&name).0,
+                    _ => &name,
+                };
+                let full = format!("{sname}{digest_part}");
                 if full.starts_with(prefix)
                     && let Ok(d) = Digest::parse(&full)
                 {
@@ -743,6 +756,8 @@ impl FsRepository {
                 }
             }
         }
+        out.sort();
+        out.dedup();
         Ok(out)
     }
 
@@ -777,6 +792,11 @@ impl FsRepository {
             }),
         }
     }
+}
+
+/// This process's effective user (this thread's, on Linux).
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 /// When at most this many payloads are placed at once, their directories
@@ -988,7 +1008,7 @@ mod tests {
         let repo = FsRepository::create(dir.path().join("repo")).unwrap();
         let d = repo.write_blob(b"hello").unwrap();
         assert_eq!(d, Digest::of(b"hello"));
-        assert_eq!(fs::read(repo.payload_path(&d)).unwrap(), b"hello");
+        assert_eq!(stored(&repo, &d), b"hello");
         let (d2, n) = repo
             .write_blob_from(&mut &b"hello"[..], Readers::Everyone)
             .unwrap();
@@ -1027,6 +1047,13 @@ mod tests {
         }
     }
 
+    /// The bytes of blob `d`, as this user reads them.
+    fn stored(repo: &FsRepository, d: &Digest) -> Vec<u8> {
+        let mut out = Vec::new();
+        repo.open_payload(d).unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
     fn tmp_is_empty(repo: &FsRepository) -> bool {
         fs::read_dir(repo.root().join("tmp"))
             .unwrap()
@@ -1055,10 +1082,7 @@ mod tests {
             let mut reader = std::io::BufReader::with_capacity(777, &data[..]);
             let (d, n) = repo.write_blob_from(&mut reader, Readers::Owner).unwrap();
             assert_eq!((d, n), (Digest::of(&data), size as u64), "size {size}");
-            assert!(
-                fs::read(repo.payload_path(&d)).unwrap() == data,
-                "size {size}"
-            );
+            assert!(stored(&repo, &d) == data, "size {size}");
             // Again: already stored, nothing left behind.
             assert_eq!(
                 repo.write_blob_from(&mut &data[..], Readers::Owner)
@@ -1138,10 +1162,7 @@ mod tests {
         let digests: Vec<Digest> = staged.iter().map(|p| p.digest).collect();
         repo.commit_staged(staged).unwrap();
         for (i, d) in digests.iter().enumerate() {
-            assert_eq!(
-                fs::read(repo.payload_path(d)).unwrap(),
-                format!("small {i}").as_bytes()
-            );
+            assert_eq!(stored(&repo, d), format!("small {i}").as_bytes());
         }
         assert!(tmp_is_empty(&repo));
     }
@@ -1210,13 +1231,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let repo = FsRepository::create(dir.path().join("repo")).unwrap();
-        let mode = |d: &Digest| {
-            fs::metadata(repo.payload_path(d))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o7777
-        };
+        let me = euid();
+        let mode = |path: PathBuf| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
         let (open, _) = repo
             .write_blob_from(&mut &b"open"[..], Readers::of_mode(0o644))
             .unwrap();
@@ -1226,7 +1242,9 @@ mod tests {
         let o = repo
             .write_object(&Object::Platform(spfs_model::Platform::default()))
             .unwrap();
-        assert_eq!((mode(&open), mode(&closed)), (0o444, 0o400));
+        assert_eq!(mode(repo.payload_path(&open)), 0o444);
+        assert_eq!(mode(repo.private_payload_path(&closed, me)), 0o400);
+        assert!(!repo.payload_path(&closed).exists());
         assert_eq!(
             fs::metadata(repo.object_path(&o))
                 .unwrap()
@@ -1235,10 +1253,22 @@ mod tests {
                 & 0o7777,
             0o444
         );
-        // Stored again for everyone: the first copy keeps its mode.
+        // Stored again for everyone: a public copy beside the private one.
         repo.write_blob_from(&mut &b"closed"[..], Readers::Everyone)
             .unwrap();
-        assert_eq!(mode(&closed), 0o400);
+        assert_eq!(mode(repo.private_payload_path(&closed, me)), 0o400);
+        assert_eq!(mode(repo.payload_path(&closed)), 0o444);
+        // A private file whose bytes are public writes nothing.
+        let before = fs::read_dir(repo.payload_path(&open).parent().unwrap())
+            .unwrap()
+            .count();
+        repo.write_blob_from(&mut &b"open"[..], Readers::Owner)
+            .unwrap();
+        let after = fs::read_dir(repo.payload_path(&open).parent().unwrap())
+            .unwrap()
+            .count();
+        assert_eq!(before, after);
+        assert!(!repo.private_payload_path(&open, me).exists());
     }
 
     #[test]

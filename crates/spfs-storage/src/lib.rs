@@ -2,6 +2,8 @@
 //!
 //! - [`fs`]: [`FsRepository`], the local repository on a directory, with
 //!   crash-safe writes (temporary file, fsync, rename);
+//! - [`payload`]: public and per-user private copies of payloads, and
+//!   the one rule of who may be served which;
 //! - [`tags`]: tag streams with history and cross-process locking;
 //! - [`resolve`]: turning spec items, digests and tags into objects, layers
 //!   and merged trees;
@@ -18,6 +20,7 @@ pub mod check;
 pub mod commit;
 mod error;
 pub mod fs;
+pub mod payload;
 pub mod quarantine;
 pub mod resolve;
 pub mod runtimes;
@@ -26,4 +29,5 @@ pub mod tags;
 
 pub use error::{Result, StorageError};
 pub use fs::{FsRepository, Readers};
+pub use payload::{OpenedPayload, PayloadCopy};
 pub use shared::Sharing;

@@ -4,7 +4,11 @@
 //! ```text
 //! ROOT/quarantine/DIGEST.UNIXTIME      a payload found corrupt at UNIXTIME
 //! ROOT/quarantine/DIGEST.UNIXTIME.N    the N-th one found in the same second
+//! ROOT/quarantine/DIGEST.uUID.UNIXTIME user UID's private copy
 //! ```
+//!
+//! Only the copy found corrupt moves ([`crate::payload`]): another copy of
+//! the same digest is verified on its own.
 //!
 //! A quarantined payload is no longer under `payloads/`: opening it fails
 //! at once as a missing payload, `spfs check` reports its digest missing,
@@ -18,8 +22,6 @@
 //! either still in place, to be found corrupt again, or in quarantine. The
 //! quarantine directory is private (0700): it holds other users' bytes.
 
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::AtFlags;
@@ -29,6 +31,7 @@ use spfs_model::Digest;
 use crate::beneath::{self, NewDirs};
 use crate::error::{Result, StorageError};
 use crate::fs::FsRepository;
+use crate::payload::OpenedPayload;
 
 /// The name of the quarantine directory under a repository's root.
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -42,54 +45,40 @@ impl FsRepository {
         self.root().join(QUARANTINE_DIR)
     }
 
-    /// Move the payload of `digest` into quarantine, whatever its content;
-    /// returns where it went. A payload that is not there is
-    /// [`StorageError::UnknownObject`].
+    /// Move the copy of `digest` this process's user would be served
+    /// into quarantine, whatever its content; returns where it went. A
+    /// payload that is not there is [`StorageError::UnknownObject`].
     pub fn quarantine_payload(&self, digest: &Digest) -> Result<PathBuf> {
-        self.move_to_quarantine(digest, None)?
+        let opened = self.open_payload_as(digest, rustix::process::geteuid().as_raw())?;
+        self.quarantine_opened_payload(&opened)?
             .ok_or(StorageError::UnknownObject(*digest))
     }
 
-    /// Move the payload of `digest` into quarantine only if its path still
-    /// names `opened`, the file found corrupt (same device and inode);
-    /// returns where it went, or `None` when the path now names another
+    /// Move `opened`, a payload file found corrupt, into quarantine, only
+    /// if its name still names that very file (same device and inode);
+    /// returns where it went, or `None` when the name now names another
     /// file (a repair replaced it) or nothing (someone else quarantined it).
-    pub fn quarantine_opened_payload(
-        &self,
-        digest: &Digest,
-        opened: &File,
-    ) -> Result<Option<PathBuf>> {
-        match self.move_to_quarantine(digest, Some(opened)) {
-            Err(StorageError::UnknownObject(_)) => Ok(None),
-            other => other,
-        }
-    }
-
-    fn move_to_quarantine(
-        &self,
-        digest: &Digest,
-        opened: Option<&File>,
-    ) -> Result<Option<PathBuf>> {
-        let source = self.payload_path(digest);
-        let text = digest.to_string();
-        let (shard, name) = (Path::new("payloads").join(&text[..2]), &text[2..]);
+    /// Only the copy that was opened goes: other copies of the same digest
+    /// stay, to be verified on their own.
+    pub fn quarantine_opened_payload(&self, opened: &OpenedPayload) -> Result<Option<PathBuf>> {
+        let rel = opened.rel();
+        let source = self.root().join(rel);
+        let (shard, name) =
+            beneath::split(rel).map_err(StorageError::io("cannot quarantine", &source))?;
         // Both directories are reached from the root's descriptor, never
         // through a symlink (see `beneath`).
-        let shard_dir = beneath::open_dir(self.fd(), &shard)
-            .map_err(StorageError::io("cannot open", &self.root().join(&shard)))?;
+        let shard_dir = beneath::open_dir(self.fd(), shard)
+            .map_err(StorageError::io("cannot open", self.root().join(shard)))?;
         let current = match rustix::fs::statat(&shard_dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
-            Err(rustix::io::Errno::NOENT) => return Err(StorageError::UnknownObject(*digest)),
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
             Err(e) => return Err(StorageError::io("cannot read", &source)(e.into())),
         };
-        if let Some(file) = opened {
-            let seen = file
-                .metadata()
-                .map_err(StorageError::io("cannot read", &source))?;
-            if (seen.dev(), seen.ino()) != (current.st_dev as u64, current.st_ino as u64) {
-                return Ok(None);
-            }
+        if (opened.dev, opened.ino) != (current.st_dev as u64, current.st_ino as u64) {
+            return Ok(None);
         }
+        let shard_name = shard.file_name().unwrap_or_default().to_string_lossy();
+        let stored_name = format!("{shard_name}{}", name.to_string_lossy());
         // Root's and private: the corrupt bytes of other users' payloads.
         let (dir, _) = beneath::make_dirs(
             self.fd(),
@@ -106,8 +95,8 @@ impl FsRepository {
             .unwrap_or(0);
         for n in 0..MAX_SAME_SECOND {
             let new_name = match n {
-                0 => format!("{digest}.{seconds}"),
-                n => format!("{digest}.{seconds}.{n}"),
+                0 => format!("{stored_name}.{seconds}"),
+                n => format!("{stored_name}.{seconds}.{n}"),
             };
             match rustix::fs::renameat_with(
                 &shard_dir,
@@ -118,14 +107,12 @@ impl FsRepository {
             ) {
                 Ok(()) => {
                     self.sync_rel(Path::new(QUARANTINE_DIR))?;
-                    self.sync_rel(&shard)?;
+                    self.sync_rel(shard)?;
                     return Ok(Some(self.quarantine_dir().join(new_name)));
                 }
                 Err(rustix::io::Errno::EXIST) => continue,
-                Err(rustix::io::Errno::NOENT) => {
-                    // Moved or removed meanwhile by someone else.
-                    return Err(StorageError::UnknownObject(*digest));
-                }
+                // Moved or removed meanwhile by someone else.
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
                 Err(e) => return Err(StorageError::io("cannot quarantine", &source)(e.into())),
             }
         }
@@ -139,12 +126,20 @@ impl FsRepository {
 mod tests {
     use super::*;
     use crate::check::check;
+    use crate::fs::Readers;
+
+    /// Store `bytes` as a public payload.
+    fn public(repo: &FsRepository, bytes: &[u8]) -> Digest {
+        repo.write_blob_from(&mut &bytes[..], Readers::Everyone)
+            .unwrap()
+            .0
+    }
 
     #[test]
     fn a_quarantined_payload_is_missing_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let repo = FsRepository::create(dir.path()).unwrap();
-        let d = repo.write_blob(b"precious").unwrap();
+        let d = public(&repo, b"precious");
         std::fs::write(repo.payload_path(&d), b"pre\xffious").unwrap();
         let first = repo.quarantine_payload(&d).unwrap();
         assert!(first.starts_with(repo.quarantine_dir()));
@@ -173,21 +168,44 @@ mod tests {
     fn a_repaired_payload_is_not_quarantined() {
         let dir = tempfile::tempdir().unwrap();
         let repo = FsRepository::create(dir.path()).unwrap();
-        let d = repo.write_blob(b"good").unwrap();
+        let d = public(&repo, b"good");
         std::fs::write(repo.payload_path(&d), b"bad!").unwrap();
-        let corrupt = repo.open_payload(&d).unwrap();
+        let corrupt = repo.open_payload_as(&d, 0).unwrap();
         // A repair puts a new file in place before the corrupt one is moved.
         std::fs::remove_file(repo.payload_path(&d)).unwrap();
-        repo.write_blob(b"good").unwrap();
-        assert_eq!(repo.quarantine_opened_payload(&d, &corrupt).unwrap(), None);
+        public(&repo, b"good");
+        assert_eq!(repo.quarantine_opened_payload(&corrupt).unwrap(), None);
         assert!(repo.has_payload(&d));
         // The file that was opened is still there: it goes.
-        let again = repo.open_payload(&d).unwrap();
-        assert!(
-            repo.quarantine_opened_payload(&d, &again)
-                .unwrap()
-                .is_some()
-        );
-        assert_eq!(repo.quarantine_opened_payload(&d, &again).unwrap(), None);
+        let again = repo.open_payload_as(&d, 0).unwrap();
+        assert!(repo.quarantine_opened_payload(&again).unwrap().is_some());
+        assert_eq!(repo.quarantine_opened_payload(&again).unwrap(), None);
+    }
+
+    /// A corrupt private copy goes alone; the public copy stays.
+    #[test]
+    fn only_the_opened_copy_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path()).unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let d = repo.write_blob(b"twice").unwrap();
+        let private = repo.private_payload_path(&d, me);
+        std::fs::write(&private, b"twic3").unwrap();
+        public(&repo, b"twice");
+        let opened = repo.open_payload_as(&d, me).unwrap();
+        assert_eq!(opened.copy, crate::PayloadCopy::Public);
+        let private_copy = match repo.find_copy(&d, Some(me), me).unwrap() {
+            crate::payload::Found::Opened(p) => p,
+            _ => panic!("the private copy is there"),
+        };
+        let moved = repo
+            .quarantine_opened_payload(&private_copy)
+            .unwrap()
+            .unwrap();
+        let name = moved.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(&format!("{d}.u{me}.")), "{name}");
+        assert!(!private.exists());
+        assert!(repo.payload_path(&d).exists());
+        assert!(check(&repo, &[d]).unwrap().is_clean());
     }
 }

@@ -179,25 +179,39 @@ mod tests {
                         .unwrap()
                 };
                 let (same, link) = (stage(b"same bytes"), stage(b"squatted"));
-                plant_tx.send(vec![same.digest, link.digest]).unwrap();
+                let private = stage(b"someone's private copy");
+                plant_tx
+                    .send(vec![same.digest, link.digest, private.digest])
+                    .unwrap();
                 done_rx.recv().unwrap();
                 let stored = repo.commit_staged(vec![same]);
                 let refused = repo.commit_staged(vec![link]);
-                (stored, refused)
+                let not_public = repo.commit_staged(vec![private]);
+                (stored, refused, not_public)
             })
         };
         let digests = plant_rx.recv().unwrap();
         let same = repo.payload_path(&digests[0]);
         fs::write(&same, b"same bytes").unwrap();
+        // Public: readable by all (whatever the umask another test set).
+        fs::set_permissions(&same, fs::Permissions::from_mode(0o444)).unwrap();
         std::os::unix::fs::chown(&same, Some(64_002), Some(64_002)).unwrap();
         let link = repo.payload_path(&digests[1]);
         std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
         std::os::unix::fs::lchown(&link, Some(64_002), Some(64_002)).unwrap();
+        // Another user's private copy under the public name (as an older
+        // spfs wrote them) is no public copy: it is not taken for one.
+        let private = repo.payload_path(&digests[2]);
+        fs::write(&private, b"someone's private copy").unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o400)).unwrap();
+        std::os::unix::fs::chown(&private, Some(64_002), Some(64_002)).unwrap();
         done_tx.send(()).unwrap();
-        let (stored, refused) = writer.join().unwrap();
+        let (stored, refused, not_public) = writer.join().unwrap();
         stored.unwrap();
-        let err = refused.unwrap_err().to_string();
-        assert!(err.contains("cannot store"), "{err}");
+        for err in [refused, not_public] {
+            let err = err.unwrap_err().to_string();
+            assert!(err.contains("cannot store"), "{err}");
+        }
         assert_eq!(fs::metadata(&same).unwrap().uid(), 64_002);
         assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
         assert_eq!(fs::read_dir(repo.root().join("tmp")).unwrap().count(), 0);

@@ -5,8 +5,16 @@
 //! lifetimes the core chose. File contents go through FUSE passthrough when
 //! the kernel offers it (reads never reach this process), and through a
 //! handle table with the kernel's page cache kept otherwise.
+//!
+//! A view is shared by every runtime of the same stack, whoever owns it,
+//! and so are its inodes; but a payload is served to a runtime only from a
+//! copy its owner may read ([`PayloadCopy::readable_by`]). Whatever is kept
+//! per inode for later opens — the registered passthrough backing file, the
+//! files read without an open (`cache_opens`) — records which copy it is,
+//! and serves only callers whose runtime owner may read that copy.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -18,7 +26,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
     Request,
 };
-use spfs_vfs::{Attr, DirItem, NodeKind, Runtime, Vfs, VfsError, View};
+use spfs_vfs::{Attr, DirItem, NodeKind, OpenedPayload, PayloadCopy, Runtime, Vfs, VfsError, View};
 
 use crate::route::Router;
 
@@ -30,8 +38,9 @@ pub struct FuseHost {
     want_passthrough: bool,
     /// Whether the kernel opens files without asking (configuration).
     cache_opens: bool,
-    /// Payloads read without an open (with `cache_opens`), by node.
-    node_files: Mutex<HashMap<u64, Arc<std::fs::File>>>,
+    /// Payloads read without an open (with `cache_opens`), by node: the
+    /// copies opened for the owners of the runtimes that read it.
+    node_files: Mutex<HashMap<u64, Vec<NodeFile>>>,
     /// Whether the kernel granted passthrough (set at init).
     passthrough: Arc<AtomicBool>,
     /// Backing files registered for passthrough, by node: the kernel
@@ -41,10 +50,16 @@ pub struct FuseHost {
     pub requests: Arc<AtomicU64>,
 }
 
-/// A registered backing file and how many open files use it.
+/// A payload file read without an open, and which copy it is.
+type NodeFile = (PayloadCopy, Arc<std::fs::File>);
+
+/// A registered backing file, which copy of the payload it is, and how
+/// many open files use it.
 struct Backing {
     id: BackingId,
     opens: u32,
+    /// Only a caller whose runtime owner may read this copy may use it.
+    copy: PayloadCopy,
 }
 
 impl Backing {
@@ -93,6 +108,16 @@ fn file_attr(a: &Attr) -> FileAttr {
 /// The view of a caller's runtime (`None`: the caller is in no runtime).
 fn view_of(rt: &Option<Arc<Runtime>>) -> Option<&View> {
     rt.as_ref().map(|r| &*r.view)
+}
+
+/// The owner a caller in no runtime stands for: no user (uid -1), who may
+/// read public copies only (and, with no view, is served nothing anyway).
+const NO_OWNER: u32 = u32::MAX;
+
+/// Whose runtime a caller is in: payloads are served as that user may
+/// read them.
+fn owner_of(rt: &Option<Arc<Runtime>>) -> u32 {
+    rt.as_ref().map_or(NO_OWNER, |r| r.owner_uid)
 }
 
 fn file_type(k: NodeKind) -> FileType {
@@ -191,23 +216,30 @@ impl FuseHost {
         size: usize,
     ) -> Result<Vec<u8>, Errno> {
         let rt = self.caller(req);
-        let view = view_of(&rt);
+        let (view, owner) = (view_of(&rt), owner_of(&rt));
         self.vfs.getattr(view, node).map_err(errno)?;
+        // A copy opened for another runtime's owner serves this one only
+        // if this one's owner may read it too.
         let cached = self
             .node_files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&node)
-            .cloned();
+            .and_then(|files| files.iter().find(|(copy, _)| copy.readable_by(owner)))
+            .map(|(_, f)| f.clone());
         let file = match cached {
             Some(f) => f,
             None => {
-                let f = Arc::new(self.vfs.open(view, node, false).map_err(errno)?);
+                let opened = self.vfs.open(view, owner, node, false).map_err(errno)?;
+                let f = Arc::new(opened.file);
                 let mut files = self.node_files.lock().unwrap_or_else(|p| p.into_inner());
                 if files.len() >= IDLE_BACKING_MAX {
                     files.clear();
                 }
-                files.insert(node, f.clone());
+                let copies = files.entry(node).or_default();
+                if !copies.iter().any(|(copy, _)| *copy == opened.copy) {
+                    copies.push((opened.copy, f.clone()));
+                }
                 f
             }
         };
@@ -226,6 +258,40 @@ impl FuseHost {
         self.vfs
             .readdir(view_of(&rt), ino.0, offset, add)
             .map_err(errno)
+    }
+
+    /// Answer an open of `node` with `opened`, a copy `owner` may read,
+    /// just registered as backing file `id`: through the inode's backing
+    /// file if `owner` may use the one registered meanwhile, else through
+    /// `id` if no open file uses the registered one (the kernel allows one
+    /// backing file per inode while any is open); else from user space,
+    /// uncached (`FOPEN_DIRECT_IO`, which the kernel allows beside
+    /// passthrough opens of the same inode), so that another user's copy
+    /// never serves this caller.
+    fn open_passthrough(
+        &self,
+        node: u64,
+        owner: u32,
+        opened: OpenedPayload,
+        id: BackingId,
+        reply: ReplyOpen,
+    ) {
+        let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        let copy = opened.copy;
+        match backing.entry(node) {
+            Entry::Occupied(mut o) if o.get().copy.readable_by(owner) => o.get_mut().open(reply),
+            Entry::Occupied(mut o) if o.get().opens == 0 => {
+                // The idle one is unregistered when dropped.
+                o.insert(Backing { id, opens: 0, copy });
+                o.get_mut().open(reply)
+            }
+            Entry::Occupied(_) => {
+                drop(id);
+                let fh = self.vfs.handles.insert(opened.file);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            }
+            Entry::Vacant(v) => v.insert(Backing { id, opens: 0, copy }).open(reply),
+        }
     }
 
     /// The caller's runtime, counting the request.
@@ -279,7 +345,7 @@ impl Filesystem for FuseHost {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let rt = self.caller(req);
-        match self.vfs.readlink(view_of(&rt), ino.0) {
+        match self.vfs.readlink(view_of(&rt), owner_of(&rt), ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(e)),
         }
@@ -293,12 +359,13 @@ impl Filesystem for FuseHost {
         }
         let rt = self.caller(req);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        let view = view_of(&rt);
+        let (view, owner) = (view_of(&rt), owner_of(&rt));
         if self.passthrough.load(Ordering::Relaxed) {
             // The kernel wants every open file of an inode to use the same
-            // backing file: reuse the registered one while any is open.
-            // (The lock is held across replies so that a concurrent release
-            // cannot unregister an id between lookup and reply.)
+            // backing file: reuse the registered one while any is open, if
+            // the caller's runtime owner may read that copy. (The lock is
+            // held across replies so that a concurrent release cannot
+            // unregister an id between lookup and reply.)
             {
                 let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(b) = backing.get_mut(&ino.0) {
@@ -309,38 +376,35 @@ impl Filesystem for FuseHost {
                     if write {
                         return reply.error(Errno::EROFS);
                     }
-                    return b.open(reply);
+                    if b.copy.readable_by(owner) {
+                        return b.open(reply);
+                    }
                 }
             }
-            let file = match self.vfs.open(view, ino.0, write) {
+            let opened = match self.vfs.open(view, owner, ino.0, write) {
                 Ok(f) => f,
                 Err(e) => return reply.error(errno(e)),
             };
-            match reply.open_backing(&file) {
-                Ok(id) => {
-                    let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-                    // Another thread may have registered one meanwhile: use
-                    // that one (ours is unregistered when dropped).
-                    return backing
-                        .entry(ino.0)
-                        .or_insert(Backing { id, opens: 0 })
-                        .open(reply);
-                }
+            match reply.open_backing(&opened.file) {
+                Ok(id) => return self.open_passthrough(ino.0, owner, opened, id, reply),
                 Err(e) => {
                     tracing::warn!(
                         "passthrough refused ({e}); serving reads in user space from now on"
                     );
                     self.passthrough.store(false, Ordering::Relaxed);
-                    let fh = self.vfs.handles.insert(file);
+                    let fh = self.vfs.handles.insert(opened.file);
                     return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
                 }
             }
         }
-        let file = match self.vfs.open(view, ino.0, write) {
+        // Without passthrough: the caller's own copy, through a handle. (The
+        // page cache kept across opens holds the digest's bytes, which every
+        // caller who gets this far may read from a copy of their own.)
+        let opened = match self.vfs.open(view, owner, ino.0, write) {
             Ok(f) => f,
             Err(e) => return reply.error(errno(e)),
         };
-        let fh = self.vfs.handles.insert(file);
+        let fh = self.vfs.handles.insert(opened.file);
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 

@@ -29,5 +29,6 @@ pub mod vfs;
 pub mod view;
 
 pub use registry::{Registry, Runtime, RuntimeSpec};
+pub use spfs_storage::{OpenedPayload, PayloadCopy};
 pub use vfs::{Attr, DirItem, NodeKind, Vfs, VfsError};
 pub use view::View;

@@ -7,19 +7,22 @@
 //! hashes the very file it is about to hand out (positioned reads on the
 //! open descriptor: what is checked is what is served) and compares:
 //!
-//! - a match is remembered in [`Verifier`]'s set of verified digests, and
-//!   every later open of that payload costs one set lookup: passthrough
-//!   reads stay at disk speed;
+//! - a match is remembered in [`Verifier`]'s set of verified files (the
+//!   digest with the device and inode of the very file hashed), and every
+//!   later open of that file costs one set lookup: passthrough reads stay at
+//!   disk speed. Another copy of the same digest (a user's private copy
+//!   beside the public one, see [`spfs_storage::payload`]) is another file
+//!   and is verified on its own;
 //! - a mismatch is [`VfsError::Corrupt`] (EIO for the reader), one error
 //!   line in the service's log naming the digest and the repository, and
-//!   the payload is moved to the repository's quarantine
-//!   ([`spfs_storage::quarantine`]), so later opens fail at once as a
-//!   missing payload and `spfs check` reports it missing until it is
+//!   the copy that was opened is moved to the repository's quarantine
+//!   ([`spfs_storage::quarantine`]), so later opens of it fail at once as
+//!   a missing payload and `spfs check` reports it missing until it is
 //!   fetched again.
 //!
-//! Concurrent first opens of one payload hash it once: the others wait for
-//! the first and then find the digest verified. The set is bounded
-//! ([`MAX_VERIFIED`] digests); when a shard of it fills up it is emptied,
+//! Concurrent first opens of one file hash it once: the others wait for
+//! the first and then find it verified. The set is bounded
+//! ([`MAX_VERIFIED`] files); when a shard of it fills up it is emptied,
 //! and its payloads are hashed again on their next open.
 //!
 //! What this does not cover: a payload changed on disk *after* it was
@@ -32,12 +35,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, RwLock};
 
 use spfs_model::{Digest, Hasher};
-use spfs_storage::FsRepository;
+use spfs_storage::{FsRepository, OpenedPayload};
 
 use crate::vfs::VfsError;
 
-/// How many verified digests are remembered at most (32 bytes each, about
-/// 40 MiB with the sets' overhead when full).
+/// How many verified files are remembered at most (48 bytes each, about
+/// 50 MiB with the sets' overhead when full).
 pub const MAX_VERIFIED: usize = SHARDS * PER_SHARD;
 
 /// The verified set is split by a digest's first byte, so that lookups
@@ -48,11 +51,32 @@ const PER_SHARD: usize = 8192;
 /// The largest read while hashing.
 const READ_CHUNK: usize = 1 << 20;
 
-/// Which payloads this service has verified, and the ones being verified.
+/// One payload file checked against a digest: the digest, and the device
+/// and inode of the very file that was hashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VerifiedFile {
+    pub digest: Digest,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl VerifiedFile {
+    /// The file `opened`, checked against `digest`.
+    pub fn of(digest: &Digest, opened: &OpenedPayload) -> VerifiedFile {
+        VerifiedFile {
+            digest: *digest,
+            dev: opened.dev,
+            ino: opened.ino,
+        }
+    }
+}
+
+/// Which payload files this service has verified, and the ones being
+/// verified.
 pub struct Verifier {
-    verified: Vec<RwLock<HashSet<Digest>>>,
-    /// Digests some thread is hashing right now.
-    in_flight: Mutex<HashSet<Digest>>,
+    verified: Vec<RwLock<HashSet<VerifiedFile>>>,
+    /// Files some thread is hashing right now.
+    in_flight: Mutex<HashSet<VerifiedFile>>,
     /// Signalled whenever a digest leaves `in_flight`.
     finished: Condvar,
     /// How many payloads were hashed (whatever the outcome).
@@ -71,27 +95,36 @@ impl Default for Verifier {
 }
 
 impl Verifier {
-    fn shard(&self, digest: &Digest) -> &RwLock<HashSet<Digest>> {
+    fn shard(&self, digest: &Digest) -> &RwLock<HashSet<VerifiedFile>> {
         &self.verified[digest.0[0] as usize % SHARDS]
     }
 
-    /// Whether `digest` was verified by this service.
-    pub fn is_verified(&self, digest: &Digest) -> bool {
+    /// Whether this file was verified by this service.
+    pub fn is_verified(&self, file: &VerifiedFile) -> bool {
+        self.shard(&file.digest)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(file)
+    }
+
+    /// Whether any file of `digest` was verified by this service.
+    pub fn any_verified(&self, digest: &Digest) -> bool {
         self.shard(digest)
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(digest)
+            .iter()
+            .any(|f| f.digest == *digest)
     }
 
-    fn remember(&self, digest: Digest) {
+    fn remember(&self, file: VerifiedFile) {
         let mut set = self
-            .shard(&digest)
+            .shard(&file.digest)
             .write()
             .unwrap_or_else(|p| p.into_inner());
         if set.len() >= PER_SHARD {
             set.clear();
         }
-        set.insert(digest);
+        set.insert(file);
     }
 
     /// How many payloads this service has hashed so far.
@@ -99,26 +132,33 @@ impl Verifier {
         self.hashed.load(Ordering::Relaxed)
     }
 
-    /// Make sure `file`, just opened as the payload of `digest` in `repo`,
-    /// holds exactly the bytes the digest names, hashing it unless that is
-    /// already known. On a mismatch the payload is quarantined and logged.
-    pub fn check(&self, repo: &FsRepository, digest: &Digest, file: &File) -> Result<(), VfsError> {
-        if self.is_verified(digest) {
+    /// Make sure `opened`, just opened as the payload of `digest` in
+    /// `repo`, holds exactly the bytes the digest names, hashing it unless
+    /// that very file is known to. On a mismatch that copy is quarantined
+    /// and logged.
+    pub fn check(
+        &self,
+        repo: &FsRepository,
+        digest: &Digest,
+        opened: &OpenedPayload,
+    ) -> Result<(), VfsError> {
+        let key = VerifiedFile::of(digest, opened);
+        if self.is_verified(&key) {
             return Ok(());
         }
-        let _claim = self.claim(*digest);
+        let _claim = self.claim(key);
         // Another thread may have verified it while this one waited.
-        if self.is_verified(digest) {
+        if self.is_verified(&key) {
             return Ok(());
         }
-        let actual = hash_open_file(file)?;
+        let actual = hash_open_file(&opened.file)?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
         if actual == *digest {
-            self.remember(actual);
+            self.remember(key);
             return Ok(());
         }
         let repo_path = repo.root().display();
-        match repo.quarantine_opened_payload(digest, file) {
+        match repo.quarantine_opened_payload(opened) {
             Ok(Some(moved)) => tracing::error!(
                 "payload {digest} in repository {repo_path} is corrupt (its bytes hash to \
                  {actual}); refused to readers and quarantined as {}",
@@ -136,29 +176,29 @@ impl Verifier {
         Err(VfsError::Corrupt(*digest))
     }
 
-    /// Wait until no other thread is hashing `digest`, then mark it as
+    /// Wait until no other thread is hashing `file`, then mark it as
     /// hashed by this one until the returned claim is dropped.
-    fn claim(&self, digest: Digest) -> Claim<'_> {
+    fn claim(&self, file: VerifiedFile) -> Claim<'_> {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        while in_flight.contains(&digest) {
+        while in_flight.contains(&file) {
             in_flight = self
                 .finished
                 .wait(in_flight)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        in_flight.insert(digest);
+        in_flight.insert(file);
         Claim {
             verifier: self,
-            digest,
+            file,
         }
     }
 }
 
-/// One thread's right to hash one digest; released on drop (also when the
+/// One thread's right to hash one file; released on drop (also when the
 /// hashing fails or panics).
 struct Claim<'a> {
     verifier: &'a Verifier,
-    digest: Digest,
+    file: VerifiedFile,
 }
 
 impl Drop for Claim<'_> {
@@ -167,7 +207,7 @@ impl Drop for Claim<'_> {
             .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.digest);
+            .remove(&self.file);
         self.verifier.finished.notify_all();
     }
 }
@@ -217,7 +257,10 @@ mod tests {
         let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
         let mut b = TreeBuilder::new();
         for (name, kind, bytes) in files {
-            let d = vfs.repo().write_blob(bytes).unwrap();
+            let (d, _) = vfs
+                .repo()
+                .write_blob_from(&mut &bytes[..], spfs_storage::Readers::Everyone)
+                .unwrap();
             let mode = match kind {
                 EntryKind::Symlink => 0o120777,
                 _ => 0o100644,
@@ -280,7 +323,7 @@ mod tests {
         let (bad, bad_digest) = node(&vfs, &rt, "bad");
         let (good, _) = node(&vfs, &rt, "good");
         flip_bit(&vfs, &bad_digest);
-        let err = vfs.open(Some(&rt.view), bad, false).unwrap_err();
+        let err = vfs.open(Some(&rt.view), 0, bad, false).unwrap_err();
         assert!(
             matches!(err, VfsError::Corrupt(d) if d == bad_digest),
             "{err}"
@@ -293,34 +336,34 @@ mod tests {
         // Later opens fail at once, as a missing payload, hashing nothing.
         let hashed = vfs.verifier.hashed();
         assert!(matches!(
-            vfs.open(Some(&rt.view), bad, false),
+            vfs.open(Some(&rt.view), 0, bad, false),
             Err(VfsError::MissingPayload(_))
         ));
         assert_eq!(vfs.verifier.hashed(), hashed);
         // The intact payload next to it is served.
-        let f = vfs.open(Some(&rt.view), good, false).unwrap();
-        assert_eq!(read_all(f), b"intact");
-        assert!(!vfs.verifier.is_verified(&bad_digest));
+        let f = vfs.open(Some(&rt.view), 0, good, false).unwrap();
+        assert_eq!(read_all(f.file), b"intact");
+        assert!(!vfs.verifier.any_verified(&bad_digest));
     }
 
     #[test]
     fn a_verified_payload_is_not_hashed_again() {
         let (_dir, vfs, rt) = world(&[("file", EntryKind::File, b"hello")]);
         let (file, digest) = node(&vfs, &rt, "file");
-        assert!(!vfs.verifier.is_verified(&digest));
-        let first = vfs.open(Some(&rt.view), file, false).unwrap();
+        assert!(!vfs.verifier.any_verified(&digest));
+        let first = vfs.open(Some(&rt.view), 0, file, false).unwrap();
         assert_eq!(vfs.verifier.hashed(), 1);
-        assert!(vfs.verifier.is_verified(&digest));
+        assert!(vfs.verifier.any_verified(&digest));
         // Hashing left the file's offset at the start.
-        assert_eq!(read_all(first), b"hello");
+        assert_eq!(read_all(first.file), b"hello");
         for _ in 0..3 {
-            let again = vfs.open(Some(&rt.view), file, false).unwrap();
-            assert_eq!(read_all(again), b"hello");
+            let again = vfs.open(Some(&rt.view), 0, file, false).unwrap();
+            assert_eq!(read_all(again.file), b"hello");
         }
         assert_eq!(vfs.verifier.hashed(), 1);
         // Changed after it was verified: served as it is (documented).
         flip_bit(&vfs, &digest);
-        assert!(vfs.open(Some(&rt.view), file, false).is_ok());
+        assert!(vfs.open(Some(&rt.view), 0, file, false).is_ok());
     }
 
     #[test]
@@ -333,11 +376,11 @@ mod tests {
         let (fine, _) = node(&vfs, &rt, "fine");
         flip_bit(&vfs, &digest);
         assert!(matches!(
-            vfs.readlink(Some(&rt.view), link),
+            vfs.readlink(Some(&rt.view), 0, link),
             Err(VfsError::Corrupt(d)) if d == digest
         ));
         assert!(!vfs.repo().has_payload(&digest));
-        assert_eq!(vfs.readlink(Some(&rt.view), fine).unwrap(), b"elsewhere");
+        assert_eq!(vfs.readlink(Some(&rt.view), 0, fine).unwrap(), b"elsewhere");
     }
 
     #[test]
@@ -350,7 +393,7 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     start.wait();
-                    vfs.open(Some(&rt.view), file, false).unwrap();
+                    vfs.open(Some(&rt.view), 0, file, false).unwrap();
                 });
             }
         });
@@ -360,20 +403,24 @@ mod tests {
     #[test]
     fn the_verified_set_is_bounded() {
         let v = Verifier::default();
-        // Digests that all fall in one shard.
-        let digest = |i: usize| {
+        // Files whose digests all fall in one shard.
+        let file = |i: usize| {
             let mut d = Digest::NULL;
             d.0[0] = 3;
             d.0[1..9].copy_from_slice(&(i as u64).to_le_bytes());
-            d
+            VerifiedFile {
+                digest: d,
+                dev: 1,
+                ino: i as u64,
+            }
         };
         for i in 0..PER_SHARD {
-            v.remember(digest(i));
+            v.remember(file(i));
         }
-        assert!(v.is_verified(&digest(0)));
-        v.remember(digest(PER_SHARD));
-        assert!(v.is_verified(&digest(PER_SHARD)));
-        assert!(!v.is_verified(&digest(0)), "a full shard is emptied");
+        assert!(v.is_verified(&file(0)));
+        v.remember(file(PER_SHARD));
+        assert!(v.is_verified(&file(PER_SHARD)));
+        assert!(!v.is_verified(&file(0)), "a full shard is emptied");
         let held: usize = v.verified.iter().map(|s| s.read().unwrap().len()).sum();
         assert!(held <= MAX_VERIFIED);
     }

@@ -11,12 +11,20 @@
 //!   for every view and are cached;
 //! - every other node belongs to one immutable view, so its attributes,
 //!   names, symlink targets and pages are cached for [`LONG_TTL`].
+//!
+//! A view is shared by every runtime of the same stack, whoever owns it,
+//! but what a view names is not everyone's to read: manifests are written
+//! by users and may name any digest. So the operations that serve a
+//! payload's bytes ([`Vfs::open`], [`Vfs::readlink`]) also take the uid of
+//! the runtime's owner, and serve only a copy of the payload that user
+//! could read straight from the repository
+//! ([`spfs_storage::PayloadCopy::readable_by`]); any other is
+//! [`VfsError::PermissionDenied`] (EACCES).
 
-use std::fs::File;
 use std::time::{Duration, SystemTime};
 
 use spfs_model::{Digest, Entry, EntryKind, Tree};
-use spfs_storage::FsRepository;
+use spfs_storage::{FsRepository, OpenedPayload, StorageError};
 
 use crate::handles::Handles;
 use crate::node::{self, ROOT};
@@ -68,6 +76,9 @@ pub enum VfsError {
     ReadOnly,
     #[error("bad file handle")]
     BadHandle,
+    /// The runtime's owner may not read any stored copy of the payload.
+    #[error("payload {0} is private to another user")]
+    PermissionDenied(Digest),
     #[error("payload {0} is not available locally")]
     MissingPayload(String),
     /// The payload's bytes do not hash to its digest (it was quarantined).
@@ -87,6 +98,7 @@ impl VfsError {
             VfsError::NotSymlink => libc_consts::EINVAL,
             VfsError::ReadOnly => libc_consts::EROFS,
             VfsError::BadHandle => libc_consts::EBADF,
+            VfsError::PermissionDenied(_) => libc_consts::EACCES,
             VfsError::MissingPayload(_) | VfsError::Corrupt(_) => libc_consts::EIO,
             VfsError::Io(e) => e.raw_os_error().unwrap_or(libc_consts::EIO),
         }
@@ -99,6 +111,7 @@ mod libc_consts {
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
     pub const EBADF: i32 = 9;
+    pub const EACCES: i32 = 13;
     pub const ENOTDIR: i32 = 20;
     pub const EISDIR: i32 = 21;
     pub const EINVAL: i32 = 22;
@@ -337,40 +350,52 @@ impl Vfs {
             .unwrap_or(ROOT)
     }
 
-    /// The target of a symbolic link.
-    pub fn readlink(&self, view: Option<&View>, node: u64) -> Result<Vec<u8>> {
+    /// The target of a symbolic link, for a runtime owned by `owner`.
+    pub fn readlink(&self, view: Option<&View>, owner: u32, node: u64) -> Result<Vec<u8>> {
         match Self::resolve(view, node)? {
             Node::Entry(_, _, e) if e.kind == EntryKind::Symlink => {
                 let mut target = Vec::with_capacity(e.size as usize);
-                std::io::Read::read_to_end(&mut self.payload(e)?, &mut target)?;
+                std::io::Read::read_to_end(&mut self.payload(e, owner)?.file, &mut target)?;
                 Ok(target)
             }
             _ => Err(VfsError::NotSymlink),
         }
     }
 
-    /// Open the payload of a file for reading.
-    pub fn open(&self, view: Option<&View>, node: u64, write: bool) -> Result<File> {
+    /// Open the payload of a file for reading, for a runtime owned by
+    /// `owner`: a copy that user may read, and which one it is.
+    pub fn open(
+        &self,
+        view: Option<&View>,
+        owner: u32,
+        node: u64,
+        write: bool,
+    ) -> Result<OpenedPayload> {
         match Self::resolve(view, node)? {
             Node::Root => Err(VfsError::IsDir),
             Node::Entry(_, _, e) => match e.kind {
                 EntryKind::Dir => Err(VfsError::IsDir),
                 _ if write => Err(VfsError::ReadOnly),
-                _ => self.payload(e),
+                _ => self.payload(e, owner),
             },
         }
     }
 
-    /// Open the payload of an entry, verified against its digest the first
-    /// time this service serves it (see [`crate::verify`]).
-    fn payload(&self, e: &Entry) -> Result<File> {
-        let file = self.repo.open_payload(&e.object).map_err(|err| match err {
-            spfs_storage::StorageError::UnknownObject(d) => VfsError::MissingPayload(d.to_string()),
-            spfs_storage::StorageError::Io { source, .. } => VfsError::Io(source),
-            other => VfsError::Io(std::io::Error::other(other.to_string())),
-        })?;
-        self.verifier.check(&self.repo, &e.object, &file)?;
-        Ok(file)
+    /// Open the payload of an entry as `owner` may be served it (see
+    /// [`spfs_storage::payload`]), verified against its digest the first
+    /// time this service serves that file (see [`crate::verify`]).
+    fn payload(&self, e: &Entry, owner: u32) -> Result<OpenedPayload> {
+        let opened = self
+            .repo
+            .open_payload_as(&e.object, owner)
+            .map_err(|err| match err {
+                StorageError::UnknownObject(d) => VfsError::MissingPayload(d.to_string()),
+                StorageError::PayloadNotReadable(d) => VfsError::PermissionDenied(d),
+                StorageError::Io { source, .. } => VfsError::Io(source),
+                other => VfsError::Io(std::io::Error::other(other.to_string())),
+            })?;
+        self.verifier.check(&self.repo, &e.object, &opened)?;
+        Ok(opened)
     }
 
     /// Numbers for `statfs`: the caller's view's size.
@@ -464,13 +489,91 @@ mod tests {
         })
         .unwrap();
         assert_eq!(names, [b".".to_vec(), b"..".to_vec()]);
-        let mut f = vfs.open(Some(&a.view), fa.node, false).unwrap();
+        let mut f = vfs.open(Some(&a.view), 0, fa.node, false).unwrap().file;
         let mut s = String::new();
         std::io::Read::read_to_string(&mut f, &mut s).unwrap();
         assert_eq!(s, "alpha");
         assert!(matches!(
-            vfs.open(Some(&a.view), fa.node, true),
+            vfs.open(Some(&a.view), 0, fa.node, true),
             Err(VfsError::ReadOnly)
         ));
+    }
+    /// Put `bytes` in `repo` as `uid`'s private copy (0400, `uid`'s).
+    fn private_copy(repo: &FsRepository, uid: u32, bytes: &[u8]) -> Digest {
+        let d = Digest::of(bytes);
+        let path = repo.private_payload_path(&d, uid);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o400))
+            .unwrap();
+        d
+    }
+
+    /// A manifest anyone may write naming another user's private payload,
+    /// as a file readable by all and as a symlink: the payload is served
+    /// to its owner's runtimes and root's, and to nobody else's.
+    #[test]
+    fn a_private_payload_is_served_only_to_its_owner() {
+        // The owner of what this process makes is its user.
+        let probe = tempfile::tempfile().unwrap();
+        if std::os::unix::fs::MetadataExt::uid(&probe.metadata().unwrap()) != 0 {
+            eprintln!("skipping: giving files to other users needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let (alice, bob) = (64_201, 64_202);
+        let d = private_copy(vfs.repo(), alice, b"alice's secret");
+        let mut b = TreeBuilder::new();
+        b.add(b"secret", EntryKind::File, 0o100644, 14, d).unwrap();
+        b.add(b"link", EntryKind::Symlink, 0o120777, 14, d).unwrap();
+        let tree = b.build().unwrap();
+        let rt = vfs
+            .registry
+            .register(
+                RuntimeSpec {
+                    name: "forged".into(),
+                    root_pid: 1,
+                    owner_uid: bob,
+                },
+                vec![Digest::of(b"forged stack")],
+                || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
+            )
+            .unwrap();
+        let view = Some(&*rt.view);
+        let (file, _, _) = vfs.lookup(view, ROOT, b"secret").unwrap();
+        let (link, _, _) = vfs.lookup(view, ROOT, b"link").unwrap();
+        let err = vfs.open(view, bob, file.node, false).unwrap_err();
+        assert!(matches!(err, VfsError::PermissionDenied(_)), "{err}");
+        assert_eq!(err.errno(), 13, "EACCES");
+        let err = vfs.readlink(view, bob, link.node).unwrap_err();
+        assert!(matches!(err, VfsError::PermissionDenied(_)), "{err}");
+        assert_eq!(vfs.verifier.hashed(), 0, "nothing of it was read");
+        for owner in [alice, 0] {
+            let opened = vfs.open(view, owner, file.node, false).unwrap();
+            assert_eq!(opened.copy, spfs_storage::PayloadCopy::Private(alice));
+            assert_eq!(
+                vfs.readlink(view, owner, link.node).unwrap(),
+                b"alice's secret"
+            );
+        }
+        // Verified for alice: still refused to bob.
+        assert!(matches!(
+            vfs.open(view, bob, file.node, false),
+            Err(VfsError::PermissionDenied(_))
+        ));
+        // Bob's own copy of the same bytes is bob's to read, and is
+        // verified on its own: a corrupt one is refused, alice's stays.
+        let bobs = vfs.repo().private_payload_path(&d, bob);
+        std::fs::write(&bobs, b"alice's secreT").unwrap();
+        std::os::unix::fs::chown(&bobs, Some(bob), Some(bob)).unwrap();
+        let err = vfs.open(view, bob, file.node, false).unwrap_err();
+        assert!(matches!(err, VfsError::Corrupt(_)), "{err}");
+        assert!(!bobs.exists(), "bob's corrupt copy is quarantined");
+        assert!(vfs.open(view, alice, file.node, false).is_ok());
+        private_copy(vfs.repo(), bob, b"alice's secret");
+        let opened = vfs.open(view, bob, file.node, false).unwrap();
+        assert_eq!(opened.copy, spfs_storage::PayloadCopy::Private(bob));
     }
 }

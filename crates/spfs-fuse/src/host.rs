@@ -11,7 +11,9 @@
 //! copy its owner may read ([`PayloadCopy::readable_by`]). Whatever is kept
 //! per inode for later opens — the registered passthrough backing file, the
 //! files read without an open (`cache_opens`) — records which copy it is,
-//! and serves only callers whose runtime owner may read that copy.
+//! and serves a caller whose runtime owner may not read that copy only
+//! after the caller has opened a copy of its own (see
+//! [`FuseHost::open_passthrough`]); one who has none gets EACCES.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -261,13 +263,14 @@ impl FuseHost {
     }
 
     /// Answer an open of `node` with `opened`, a copy `owner` may read,
-    /// just registered as backing file `id`: through the inode's backing
-    /// file if `owner` may use the one registered meanwhile, else through
-    /// `id` if no open file uses the registered one (the kernel allows one
-    /// backing file per inode while any is open); else from user space,
-    /// uncached (`FOPEN_DIRECT_IO`, which the kernel allows beside
-    /// passthrough opens of the same inode), so that another user's copy
-    /// never serves this caller.
+    /// just registered as backing file `id`. The registered backing file
+    /// (if another open registered one meanwhile) is used when `owner` may
+    /// read its copy, or when open files use it: the kernel allows one
+    /// backing file per inode while any is open, and refuses opens without
+    /// passthrough beside it. Serving it then gives the caller nothing it
+    /// may not read: the caller has just opened and verified a copy of its
+    /// own, and the registered file was verified against the same digest.
+    /// An idle one of a copy `owner` may not read is replaced by `id`.
     fn open_passthrough(
         &self,
         node: u64,
@@ -279,17 +282,12 @@ impl FuseHost {
         let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         let copy = opened.copy;
         match backing.entry(node) {
-            Entry::Occupied(mut o) if o.get().copy.readable_by(owner) => o.get_mut().open(reply),
-            Entry::Occupied(mut o) if o.get().opens == 0 => {
+            Entry::Occupied(mut o) if o.get().opens == 0 && !o.get().copy.readable_by(owner) => {
                 // The idle one is unregistered when dropped.
                 o.insert(Backing { id, opens: 0, copy });
                 o.get_mut().open(reply)
             }
-            Entry::Occupied(_) => {
-                drop(id);
-                let fh = self.vfs.handles.insert(opened.file);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-            }
+            Entry::Occupied(mut o) => o.get_mut().open(reply),
             Entry::Vacant(v) => v.insert(Backing { id, opens: 0, copy }).open(reply),
         }
     }

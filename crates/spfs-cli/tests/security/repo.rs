@@ -2,15 +2,17 @@
 //! unprivileged users: what one commits stays theirs (payload read
 //! permission follows the committed file; nobody else can remove, replace
 //! or redirect it), both can commit, even the same bytes at once, and no
-//! symlink a user plants inside the repository is followed.
+//! symlink a user plants inside the repository is followed. A private
+//! payload is stored per user and served by the VFS service only to
+//! runtimes whose owner may read it, whatever manifest names it.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use spfs_model::Digest;
+use spfs_model::{Digest, EntryKind, Object, TreeBuilder};
 
-use crate::harness::{SPFS, World, ok, stderr, stdout};
+use crate::harness::{SPFS, SPFS_VFS, World, ok, stderr, stdout, wait_for};
 use crate::require_vfs;
 use crate::users::TestUser;
 
@@ -22,10 +24,22 @@ fn shared_world() -> World {
     w
 }
 
-/// Where the payload of `content` is stored.
+/// Where the public payload of `content` is stored.
 fn payload(w: &World, content: &[u8]) -> PathBuf {
     let d = Digest::of(content).to_string();
     w.repo.join("payloads").join(&d[..2]).join(&d[2..])
+}
+
+/// Where `user`'s private copy of the payload of `content` is stored.
+fn private_payload(w: &World, user: &TestUser, content: &[u8]) -> PathBuf {
+    private_payload_of(w, user.uid, content)
+}
+
+/// Where user `uid`'s private copy of the payload of `content` is stored.
+fn private_payload_of(w: &World, uid: u32, content: &[u8]) -> PathBuf {
+    let public = payload(w, content);
+    let name = public.file_name().expect("name").to_string_lossy();
+    public.with_file_name(format!("{name}.u{uid}"))
 }
 
 /// A source directory owned by `user` with `(name, content, mode)` files.
@@ -139,7 +153,8 @@ fn private_payloads_stay_private_and_others_cannot_touch_them() {
         &[("notes", secret, 0o600), ("readme", public, 0o644)],
     );
     let layer = commit_as(&w, &a, &src, "a/stuff");
-    let (secret_p, public_p) = (payload(&w, secret), payload(&w, public));
+    let (secret_p, public_p) = (private_payload(&w, &a, secret), payload(&w, public));
+    assert!(!payload(&w, secret).exists(), "never under the public name");
     assert_eq!(mode(&secret_p), 0o400);
     assert_eq!(mode(&public_p), 0o444);
     assert_eq!(std::fs::metadata(&secret_p).unwrap().uid(), a.uid);
@@ -268,10 +283,12 @@ fn two_users_commit_into_one_repository_even_the_same_bytes_at_once() {
         );
         ok(&oa, "A's commit");
         ok(&ob, "B's commit");
-        // The same bytes are stored once, under the name of whoever won.
+        // B's public copy and A's private one, each its writer's.
         let big_p = payload(&w, &big);
-        let owner = std::fs::metadata(&big_p).unwrap().uid();
-        assert!(owner == a.uid || owner == b.uid, "owner {owner}");
+        let m = std::fs::metadata(&big_p).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (b.uid, 0o444));
+        let m = std::fs::metadata(private_payload(&w, &a, &big)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (a.uid, 0o400));
     }
     // Each user's tag: `one` is A's, `two` is B's, both readable.
     ok(&spfs_as(&w, &b, &["log", "one"]), "B reads A's tag");
@@ -379,7 +396,8 @@ fn a_private_repository_works_as_before_with_private_payloads() {
     std::fs::set_permissions(src.join("open"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = w.spfs(&["commit", "--path", src.to_str().unwrap(), "-t", "p/one"]);
     ok(&out, "commit");
-    assert_eq!(mode(&payload(&w, b"only mine\n")), 0o400);
+    assert_eq!(mode(&private_payload_of(&w, 0, b"only mine\n")), 0o400);
+    assert!(!payload(&w, b"only mine\n").exists());
     assert_eq!(mode(&payload(&w, b"anyone's\n")), 0o444);
     let out = w.spfs(&["read", "p/one", "secret"]);
     ok(&out, "read");
@@ -447,4 +465,234 @@ fn users_run_their_layers_from_the_shared_repository_without_root() {
         }),
         "runtime records left behind"
     );
+}
+
+/// Start the world's service with `SPFS_VFS_CACHE_OPENS=1` or without.
+fn start_service(w: &World, cache_opens: bool) {
+    if !cache_opens {
+        return w.start_service();
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&w.log)
+        .expect("log");
+    let mut child = w
+        .command(SPFS_VFS)
+        .arg("service")
+        .env("SPFS_VFS_CACHE_OPENS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("service");
+    if !wait_for(std::time::Duration::from_secs(15), || w.status().is_some()) {
+        let _ = child.kill();
+        panic!("service did not start: {}", w.log_text());
+    }
+    std::thread::spawn(move || child.wait());
+}
+
+/// Write, as `user`, a manifest (made with the project's own encoding)
+/// whose `secret.txt` (mode 0644) and `link` (a symlink) both name the
+/// payload of `content`; returns its digest.
+fn forge_manifest(w: &World, user: &TestUser, content: &[u8]) -> String {
+    let digest = Digest::of(content);
+    let size = content.len() as u64;
+    let mut tree = TreeBuilder::new();
+    tree.add(b"secret.txt", EntryKind::File, 0o100644, size, digest)
+        .expect("file entry");
+    tree.add(b"link", EntryKind::Symlink, 0o120777, size, digest)
+        .expect("link entry");
+    let bytes = Object::Manifest(tree.build().expect("tree")).encode();
+    let d = Digest::of(&bytes).to_string();
+    let staged = w.dir.path().join(format!("forged-{d}"));
+    std::fs::write(&staged, &bytes).expect("write");
+    let object = w.repo.join("objects").join(&d[..2]).join(&d[2..]);
+    let script = format!(
+        "cp {} {o} && chmod 0444 {o}",
+        staged.display(),
+        o = object.display()
+    );
+    ok(&sh_as(w, user, &script), "write the forged manifest");
+    d
+}
+
+/// The attack: B learns the digest of A's private payload (objects are
+/// public), writes a manifest naming it with mode 0644 (and as a symlink),
+/// runs it and reads A's secret. The service must refuse (EACCES) both,
+/// with passthrough and with `cache_opens`; A itself reads it through the
+/// same manifest; the payload stays unreadable to B from `payloads/`.
+fn forged_manifest_reads_nothing(cache_opens: bool) {
+    let w = shared_world();
+    start_service(&w, cache_opens);
+    let (a, b) = (TestUser::new(), TestUser::new());
+    let secret: &[u8] = b"A's secret, not B's\n";
+    let src = user_tree(&w, &a, "a-secret", &[("secret.txt", secret, 0o600)]);
+    commit_as(&w, &a, &src, "a/secret");
+    let forged = forge_manifest(&w, &b, secret);
+    let mnt = w.mnt.display().to_string();
+    let script =
+        format!("{SPFS} run {forged} -- sh -c 'cat {mnt}/secret.txt; readlink {mnt}/link'");
+    let out = sh_as(&w, &b, &script);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!all.contains("A's secret"), "B read A's secret: {all}");
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    for path in [payload(&w, secret), private_payload(&w, &a, secret)] {
+        let out = sh_as(&w, &b, &format!("cat {}", path.display()));
+        assert!(!stdout(&out).contains("A's secret"), "B read {path:?}");
+    }
+    let out = spfs_as(&w, &b, &["read", &Digest::of(secret).to_string()]);
+    assert!(!out.status.success() && !stdout(&out).contains("A's secret"));
+    assert!(stderr(&out).contains("private"), "{}", stderr(&out));
+    // The manifest is right: its author's victim reads through it.
+    let out = sh_as(&w, &a, &script);
+    ok(&out, "A runs the manifest naming its own payload");
+    assert_eq!(
+        stdout(&out).matches("A's secret").count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
+    check_clean(&w);
+}
+
+#[test]
+fn a_forged_manifest_cannot_read_another_users_private_payload() {
+    require_vfs!();
+    forged_manifest_reads_nothing(false);
+}
+
+#[test]
+fn a_forged_manifest_cannot_read_another_users_private_payload_with_cache_opens() {
+    require_vfs!();
+    forged_manifest_reads_nothing(true);
+}
+
+/// A and B run the same stack (one view, one set of inodes); A opens its
+/// private payload first and keeps it open (its backing file registered
+/// for the inode). B's open must be refused, not served A's copy.
+#[test]
+fn a_backing_file_of_one_users_copy_never_serves_another() {
+    require_vfs!();
+    let w = shared_world();
+    w.start_service();
+    let (a, b) = (TestUser::new(), TestUser::new());
+    let secret: &[u8] = b"A's backing secret\n";
+    let src = user_tree(&w, &a, "a-backing", &[("secret.txt", secret, 0o600)]);
+    commit_as(&w, &a, &src, "a/backing");
+    let stack = forge_manifest(&w, &a, secret);
+    let mnt = w.mnt.display().to_string();
+    // A's runtime says when it holds the file open.
+    let ready_dir = user_tree(&w, &a, "a-ready", &[]);
+    let ready = ready_dir.join("ready");
+    let mut holder = a
+        .command(&w, SPFS)
+        .args(["run", &stack, "--", "sh", "-c"])
+        .arg(format!(
+            "exec 3< {mnt}/secret.txt; head -c 3 <&3 > /dev/null && : > {} && sleep 30",
+            ready.display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("A's runtime");
+    assert!(
+        wait_for(std::time::Duration::from_secs(15), || ready.exists()),
+        "A never opened its file"
+    );
+    for script in [
+        format!("cat {mnt}/secret.txt"),
+        format!("exec 3< {mnt}/secret.txt && cat <&3"),
+    ] {
+        let out = sh_as(&w, &b, &format!("{SPFS} run {stack} -- sh -c '{script}'"));
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!all.contains("backing secret"), "B read A's copy: {all}");
+        assert!(stderr(&out).contains("Permission denied"), "{all}");
+    }
+    // B with a copy of its own reads it while A's is still open (the
+    // kernel allows one backing file per inode: the same bytes, verified).
+    let bsrc = user_tree(&w, &b, "b-backing", &[("mine", secret, 0o600)]);
+    commit_as(&w, &b, &bsrc, "b/backing");
+    assert!(private_payload(&w, &b, secret).exists());
+    let out = sh_as(
+        &w,
+        &b,
+        &format!("{SPFS} run {stack} -- cat {mnt}/secret.txt"),
+    );
+    ok(&out, "B reads its own copy");
+    assert_eq!(stdout(&out).as_bytes(), secret);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    check_clean(&w);
+}
+
+/// The same bytes committed privately by one user and publicly by the
+/// other, in both orders: the public file is stored public (a private copy
+/// first does not make it unreadable), the private one is its committer's
+/// (a public copy first is used, nothing is written), each reads their own
+/// file in their own runtime.
+#[test]
+fn the_same_bytes_private_and_public_in_either_order() {
+    require_vfs!();
+    let w = shared_world();
+    w.start_service();
+    let (a, b) = (TestUser::new(), TestUser::new());
+    let mnt = w.mnt.display().to_string();
+    for (round, private_first) in [(0, true), (1, false)] {
+        let bytes = format!("shared bytes of round {round}\n").into_bytes();
+        let bytes = &bytes[..];
+        let private_src = user_tree(&w, &a, &format!("priv-{round}"), &[("f", bytes, 0o600)]);
+        let public_src = user_tree(&w, &b, &format!("pub-{round}"), &[("f", bytes, 0o644)]);
+        let public_tag = format!("b/pub{round}");
+        if private_first {
+            commit_as(&w, &a, &private_src, &format!("a/priv{round}"));
+            commit_as(&w, &b, &public_src, &public_tag);
+            let m = std::fs::metadata(private_payload(&w, &a, bytes)).unwrap();
+            assert_eq!((m.uid(), m.mode() & 0o7777), (a.uid, 0o400));
+        } else {
+            commit_as(&w, &b, &public_src, &public_tag);
+            commit_as(&w, &a, &private_src, &format!("a/priv{round}"));
+            assert!(
+                !private_payload(&w, &a, bytes).exists(),
+                "a public copy serves private files too"
+            );
+        }
+        let m = std::fs::metadata(payload(&w, bytes)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (b.uid, 0o444));
+        // B reads its public file straight from payloads/ and in its runtime.
+        let out = sh_as(&w, &b, &format!("cat {}", payload(&w, bytes).display()));
+        ok(&out, "B reads its public payload");
+        assert_eq!(stdout(&out).as_bytes(), bytes);
+        let out = sh_as(&w, &b, &format!("{SPFS} run {public_tag} -- cat {mnt}/f"));
+        ok(&out, "B runs its layer");
+        assert_eq!(stdout(&out).as_bytes(), bytes);
+        // A reads its copy in its runtime (a manifest of its own showing
+        // the file to it).
+        let own = forge_manifest(&w, &a, bytes);
+        let out = sh_as(&w, &a, &format!("{SPFS} run {own} -- cat {mnt}/secret.txt"));
+        ok(&out, "A reads its file");
+        assert_eq!(stdout(&out).as_bytes(), bytes);
+    }
+    // Genuinely private bytes stay A's, from payloads/ and through views.
+    let secret: &[u8] = b"only A has these bytes\n";
+    let src = user_tree(&w, &a, "only-a", &[("s", secret, 0o600)]);
+    commit_as(&w, &a, &src, "a/only");
+    let out = sh_as(
+        &w,
+        &b,
+        &format!("cat {}", private_payload(&w, &a, secret).display()),
+    );
+    assert!(!out.status.success() && !stdout(&out).contains("only A"));
+    let forged = forge_manifest(&w, &b, secret);
+    let out = sh_as(
+        &w,
+        &b,
+        &format!("{SPFS} run {forged} -- cat {mnt}/secret.txt"),
+    );
+    assert!(!stdout(&out).contains("only A"), "{}", stdout(&out));
+    check_clean(&w);
 }

@@ -3,9 +3,17 @@
 //! A runtime is registered under a unique name, with the process that roots
 //! its tree and the view it sees. How a caller is matched to a runtime is the
 //! platform host's business (on Linux: the runtime's cgroup); the registry
-//! only keeps the runtimes and shares views between runtimes whose stacks
-//! are equal. The few most recently dropped views are kept, so that running
-//! the same stack again reuses their node ids and the kernel's warm caches.
+//! only keeps the runtimes and shares views between runtimes of one owner
+//! whose stacks are equal. The few most recently dropped views are kept, so
+//! that running the same stack again reuses their node ids and the kernel's
+//! warm caches.
+//!
+//! Views are never shared between owners: the kernel caches what it learnt
+//! about a node (symlink targets, and pages when opens are kernel-kept) and
+//! answers later requests for that node without asking, so a node one user
+//! could read must not be reachable by another who may not read the same
+//! payload. Views of one stack for different owners share the merged tree
+//! (memory) but have their own node ids.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,7 +71,7 @@ const RECENT_ENTRIES: usize = 4_000_000;
 #[derive(Default)]
 struct Inner {
     runtimes: HashMap<String, Arc<Runtime>>,
-    views: HashMap<Vec<Digest>, Weak<View>>,
+    views: HashMap<(Vec<Digest>, u32), Weak<View>>,
     recent: VecDeque<Arc<View>>,
     last_view: u32,
 }
@@ -83,8 +91,9 @@ impl Registry {
     }
 
     /// Register a runtime whose view is the stack `layers`. An existing view
-    /// of the same stack is shared; otherwise `build` makes the merged tree
-    /// (outside the registry's lock).
+    /// of the same stack and owner is shared; otherwise `build` makes the
+    /// merged tree (outside the registry's lock) unless a view of the stack
+    /// for another owner has it already.
     pub fn register<E: std::error::Error + 'static>(
         &self,
         spec: RuntimeSpec,
@@ -94,16 +103,34 @@ impl Registry {
         if self.read().runtimes.contains_key(&spec.name) {
             return Err(RegistryError::Exists(spec.name));
         }
-        // A view of this stack that is alive is shared; otherwise one is
-        // built outside the lock, and used unless another registration
-        // made one meanwhile.
-        let shared = self.read().views.get(&layers).and_then(Weak::upgrade);
+        // A view of this stack and owner that is alive is shared; otherwise
+        // one is made (its tree shared with a live view of the stack for
+        // another owner, or built outside the lock), and used unless another
+        // registration made one meanwhile.
+        let key = (layers, spec.owner_uid);
+        let (shared, tree) = {
+            let inner = self.read();
+            let shared = inner.views.get(&key).and_then(Weak::upgrade);
+            let tree = inner
+                .views
+                .iter()
+                .filter(|((l, _), _)| *l == key.0)
+                .find_map(|(_, v)| v.upgrade())
+                .map(|v| (v.tree.clone(), v.mtime));
+            (shared, tree)
+        };
         let view = match shared {
             Some(v) => v,
             None => {
-                let (tree, mtime) = build().map_err(RegistryError::Build)?;
+                let (tree, mtime) = match tree {
+                    Some(t) => t,
+                    None => {
+                        let (tree, mtime) = build().map_err(RegistryError::Build)?;
+                        (Arc::new(tree), mtime)
+                    }
+                };
                 let mut inner = self.write();
-                match inner.views.get(&layers).and_then(Weak::upgrade) {
+                match inner.views.get(&key).and_then(Weak::upgrade) {
                     Some(v) => v,
                     None => {
                         let id = inner
@@ -113,11 +140,11 @@ impl Registry {
                         inner.last_view = id;
                         let v = Arc::new(View {
                             id,
-                            layers: layers.clone(),
+                            layers: key.0.clone(),
                             tree,
                             mtime,
                         });
-                        inner.views.insert(layers, Arc::downgrade(&v));
+                        inner.views.insert(key, Arc::downgrade(&v));
                         v
                     }
                 }
@@ -238,5 +265,27 @@ mod tests {
         assert_eq!(reg.view_count(), RECENT_VIEWS);
         let r4 = reg.register(spec("four"), vec![a], ok).unwrap();
         assert_ne!(r4.view.id, first_id, "a new view gets a new id");
+    }
+
+    #[test]
+    fn owners_never_share_a_view_but_share_its_tree() {
+        let reg = Registry::default();
+        let a = Digest::of(b"a");
+        let mine = reg.register(spec("mine"), vec![a], ok).unwrap();
+        let theirs = reg
+            .register(
+                RuntimeSpec {
+                    owner_uid: 1000,
+                    ..spec("theirs")
+                },
+                vec![a],
+                || -> Result<_, std::io::Error> { panic!("must reuse the tree") },
+            )
+            .unwrap();
+        assert_ne!(
+            mine.view.id, theirs.view.id,
+            "node ids of one owner reach another"
+        );
+        assert!(Arc::ptr_eq(&mine.view.tree, &theirs.view.tree));
     }
 }

@@ -6,6 +6,8 @@
 
 use std::time::SystemTime;
 
+use std::sync::Arc;
+
 use spfs_model::{Digest, Tree};
 
 /// A merged tree with the id that prefixes its node ids.
@@ -14,7 +16,9 @@ pub struct View {
     pub id: u32,
     /// The stack, bottom first (layers or manifests).
     pub layers: Vec<Digest>,
-    pub tree: Tree,
+    /// The merged tree, shared by the views of one stack (they differ only
+    /// in their owner and node ids).
+    pub tree: Arc<Tree>,
     /// The time shown for every entry: when the newest layer was stored.
     pub mtime: SystemTime,
 }

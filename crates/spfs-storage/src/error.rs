@@ -45,6 +45,8 @@ pub enum StorageError {
     AmbiguousReference(String),
     #[error("object {digest} is corrupt: {source}")]
     Corrupt { digest: Digest, source: DecodeError },
+    #[error("object {digest} was written by a newer spfs: {source}")]
+    NewerObject { digest: Digest, source: DecodeError },
     #[error("object {digest} is a {found}, expected {expected}")]
     WrongKind {
         digest: Digest,

@@ -530,10 +530,7 @@ impl FsRepository {
                 source: spfs_model::DecodeError::Invalid(format!("content hashes to {actual}")),
             });
         }
-        Object::decode(&bytes).map_err(|source| StorageError::Corrupt {
-            digest: *digest,
-            source,
-        })
+        Object::decode(&bytes).map_err(|source| decode_error(*digest, source))
     }
 
     /// The kind of a stored object from its header alone (not decoding
@@ -544,10 +541,7 @@ impl FsRepository {
         f.take(spfs_model::encoding::HEADER_LEN as u64)
             .read_to_end(&mut head)
             .map_err(StorageError::io("cannot read", self.object_path(digest)))?;
-        spfs_model::ObjectKind::peek(&head).map_err(|source| StorageError::Corrupt {
-            digest: *digest,
-            source,
-        })
+        spfs_model::ObjectKind::peek(&head).map_err(|source| decode_error(*digest, source))
     }
 
     /// Store a blob from memory, durably, readable by its writer only
@@ -982,6 +976,19 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Why object `digest` did not decode: a format newer than this build
+/// reads is not corruption.
+fn decode_error(digest: Digest, source: spfs_model::DecodeError) -> StorageError {
+    match source {
+        spfs_model::DecodeError::UnsupportedVersion(v)
+            if v > spfs_model::encoding::FORMAT_VERSION =>
+        {
+            StorageError::NewerObject { digest, source }
+        }
+        source => StorageError::Corrupt { digest, source },
+    }
+}
+
 /// The outcome of syncing directory `dir`: filesystems that cannot sync a
 /// directory (EINVAL, EROFS) are accepted; a real I/O error is not.
 fn sync_result(res: std::io::Result<()>, dir: &Path) -> Result<()> {
@@ -1297,5 +1304,21 @@ mod tests {
             repo.read_object(&d),
             Err(StorageError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn an_object_of_a_newer_format_is_not_called_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path()).unwrap();
+        let mut bytes = Object::Platform(spfs_model::Platform::default()).encode();
+        // The version follows the four magic bytes, little-endian.
+        bytes[4..6].copy_from_slice(&99u16.to_le_bytes());
+        let d = Digest::of(&bytes);
+        let path = repo.object_path(&d);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, &bytes).unwrap();
+        let err = repo.read_object(&d).unwrap_err();
+        assert!(matches!(err, StorageError::NewerObject { .. }), "{err}");
+        assert!(err.to_string().contains("newer spfs"), "{err}");
     }
 }

@@ -325,10 +325,22 @@ impl Filesystem for FuseHost {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let rt = self.caller(req);
-        match self.vfs.lookup(view_of(&rt), parent.0, name.as_bytes()) {
+        let view = view_of(&rt);
+        match self.vfs.lookup(view, parent.0, name.as_bytes()) {
             Ok((attr, entry_ttl, attr_ttl)) => {
                 reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&attr), Generation(0))
             }
+            Err(VfsError::NotFound) => match self.vfs.miss_ttl(view, parent.0) {
+                ttl if ttl.is_zero() => reply.error(Errno::ENOENT),
+                // A negative entry (node id 0): the kernel remembers the
+                // miss and stops asking.
+                ttl => reply.entry_with_ttls(
+                    &std::time::Duration::ZERO,
+                    &ttl,
+                    &file_attr(&Attr::missing()),
+                    Generation(0),
+                ),
+            },
             Err(e) => reply.error(errno(e)),
         }
     }

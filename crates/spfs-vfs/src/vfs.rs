@@ -10,7 +10,8 @@
 //!   different node id, and drops it. The root's own attributes are the same
 //!   for every view and are cached;
 //! - every other node belongs to one immutable view, so its attributes,
-//!   names, symlink targets and pages are cached for [`LONG_TTL`].
+//!   names, symlink targets and pages are cached for [`LONG_TTL`], and so
+//!   are misses: a name missing from a view's directory stays missing.
 //!
 //! A view is shared by every runtime of the same stack, whoever owns it,
 //! but what a view names is not everyone's to read: manifests are written
@@ -59,6 +60,23 @@ pub struct Attr {
     pub mtime: SystemTime,
     pub uid: u32,
     pub gid: u32,
+}
+
+impl Attr {
+    /// The attributes of a name that is missing (node 0), for hosts that
+    /// answer a miss with a cacheable negative entry.
+    pub fn missing() -> Attr {
+        Attr {
+            node: 0,
+            kind: NodeKind::File,
+            perm: 0,
+            size: 0,
+            nlink: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+            uid: 0,
+            gid: 0,
+        }
+    }
 }
 
 /// Why an operation failed, in terms every platform can map.
@@ -255,6 +273,19 @@ impl Vfs {
         let e = &view.tree.entries()[index as usize];
         let entry_ttl = if parent == ROOT { NO_TTL } else { LONG_TTL };
         Ok((Self::entry_attr(view, index, e), entry_ttl, LONG_TTL))
+    }
+
+    /// How long the kernel may remember that a name is missing from
+    /// directory `parent`, after [`Vfs::lookup`] found nothing there. Views
+    /// are immutable, so below the root a miss holds for as long as a name
+    /// does. Never at the shared root (another view may have the name), and
+    /// never under a node that is not the caller's own: a miss remembered
+    /// there would hide the name from that node's view.
+    pub fn miss_ttl(&self, view: Option<&View>, parent: u64) -> Duration {
+        match Self::resolve(view, parent) {
+            Ok(Node::Entry(_, _, e)) if e.kind == EntryKind::Dir => LONG_TTL,
+            _ => NO_TTL,
+        }
     }
 
     /// The attributes of a node and how long they may be cached.
@@ -459,6 +490,12 @@ mod tests {
         let (fa, ttl, _) = vfs.lookup(Some(&a.view), da.node, b"file").unwrap();
         assert_eq!(ttl, LONG_TTL);
         assert_eq!(fa.size, 5);
+        // Misses are remembered only in the caller's own directories.
+        assert_eq!(vfs.miss_ttl(Some(&a.view), da.node), LONG_TTL);
+        assert_eq!(vfs.miss_ttl(Some(&a.view), ROOT), NO_TTL);
+        assert_eq!(vfs.miss_ttl(Some(&b.view), da.node), NO_TTL);
+        assert_eq!(vfs.miss_ttl(Some(&a.view), fa.node), NO_TTL);
+        assert_eq!(vfs.miss_ttl(None, da.node), NO_TTL);
         // Every entry shows its own time.
         assert_eq!(
             da.mtime,

@@ -248,3 +248,36 @@ fn kernel_cached_opens_keep_views_apart() {
     }
     assert_eq!(w.status().unwrap()["passthrough"], false);
 }
+
+#[test]
+fn misses_are_cached_below_the_root_and_never_cross_views() {
+    require_vfs!();
+    let w = World::new();
+    w.commit("miss/a", &[("dir/x", b"in-a")]);
+    w.commit("miss/b", &[("dir/y", b"in-b")]);
+    w.start_service();
+    let mnt = w.mnt.display().to_string();
+    let requests = || w.status().and_then(|s| s["requests"].as_u64()).unwrap_or(0);
+    // B asks 2,000 times for a name its directory does not have.
+    let before = requests();
+    let out = w.run_sh(
+        "miss/b",
+        &format!(
+            "cd {mnt}/dir && python3 -c 'import os; print(sum(os.path.exists(\"x\") for _ in range(2000)))'"
+        ),
+    );
+    ok(&out, "misses in b");
+    assert_eq!(stdout(&out).trim(), "0");
+    let asked = requests() - before;
+    assert!(asked < 100, "{asked} requests for 2,000 repeated misses");
+    // The name B misses is there for A at once, and the other way round.
+    let out = w.run_sh(
+        "miss/a",
+        &format!("cat {mnt}/dir/x; ls {mnt}/dir/y 2>&1 || true"),
+    );
+    ok(&out, "a reads its name");
+    assert!(stdout(&out).starts_with("in-a"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("No such file"), "{}", stdout(&out));
+    let out = w.run_sh("miss/b", &format!("cat {mnt}/dir/y"));
+    assert_eq!(stdout(&out), "in-b");
+}

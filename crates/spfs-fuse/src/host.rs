@@ -6,12 +6,12 @@
 //! the kernel offers it (reads never reach this process), and through a
 //! handle table with the kernel's page cache kept otherwise.
 //!
-//! A view is shared by every runtime of the same stack, whoever owns it,
-//! and so are its inodes; but a payload is served to a runtime only from a
-//! copy its owner may read ([`PayloadCopy::readable_by`]). Whatever is kept
-//! per inode for later opens — the registered passthrough backing file, the
-//! files read without an open (`cache_opens`) — records which copy it is,
-//! and serves a caller whose runtime owner may not read that copy only
+//! A view is shared by the runtimes of one owner with the same stack, and
+//! so are its inodes; a payload is served to a calling process only from a
+//! copy its user may read in the repository ([`PayloadCopy::readable_by`]).
+//! Whatever is kept per inode for later opens — the registered passthrough
+//! backing file, the files read without an open (`cache_opens`) — records
+//! which copy it is, and serves a caller who may not read that copy only
 //! after the caller has opened a copy of its own (see
 //! [`FuseHost::open_passthrough`]); one who has none gets EACCES.
 
@@ -41,7 +41,7 @@ pub struct FuseHost {
     /// Whether the kernel opens files without asking (configuration).
     cache_opens: bool,
     /// Payloads read without an open (with `cache_opens`), by node: the
-    /// copies opened for the owners of the runtimes that read it.
+    /// copies opened for the users who read it.
     node_files: Mutex<HashMap<u64, Vec<NodeFile>>>,
     /// Whether the kernel granted passthrough (set at init).
     passthrough: Arc<AtomicBool>,
@@ -60,7 +60,7 @@ type NodeFile = (PayloadCopy, Arc<std::fs::File>);
 struct Backing {
     id: BackingId,
     opens: u32,
-    /// Only a caller whose runtime owner may read this copy may use it.
+    /// Only a caller whose user may read this copy may use it.
     copy: PayloadCopy,
 }
 
@@ -112,14 +112,15 @@ fn view_of(rt: &Option<Arc<Runtime>>) -> Option<&View> {
     rt.as_ref().map(|r| &*r.view)
 }
 
-/// The owner a caller in no runtime stands for: no user (uid -1), who may
+/// The reader a caller in no runtime stands for: no user (uid -1), who may
 /// read public copies only (and, with no view, is served nothing anyway).
 const NO_OWNER: u32 = u32::MAX;
 
-/// Whose runtime a caller is in: payloads are served as that user may
-/// read them.
-fn owner_of(rt: &Option<Arc<Runtime>>) -> u32 {
-    rt.as_ref().map_or(NO_OWNER, |r| r.owner_uid)
+/// Who reads: payloads are served as the calling process's own user (its
+/// filesystem uid) may read them in the repository. Not the runtime's
+/// owner: a runtime started by root may run a job as a user.
+fn reader_of(req: &Request, rt: &Option<Arc<Runtime>>) -> u32 {
+    rt.as_ref().map_or(NO_OWNER, |_| req.uid())
 }
 
 fn file_type(k: NodeKind) -> FileType {
@@ -218,7 +219,7 @@ impl FuseHost {
         size: usize,
     ) -> Result<Vec<u8>, Errno> {
         let rt = self.caller(req);
-        let (view, owner) = (view_of(&rt), owner_of(&rt));
+        let (view, owner) = (view_of(&rt), reader_of(req, &rt));
         self.vfs.getattr(view, node).map_err(errno)?;
         // A copy opened for another runtime's owner serves this one only
         // if this one's owner may read it too.
@@ -355,7 +356,7 @@ impl Filesystem for FuseHost {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let rt = self.caller(req);
-        match self.vfs.readlink(view_of(&rt), owner_of(&rt), ino.0) {
+        match self.vfs.readlink(view_of(&rt), ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(e)),
         }
@@ -369,7 +370,7 @@ impl Filesystem for FuseHost {
         }
         let rt = self.caller(req);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        let (view, owner) = (view_of(&rt), owner_of(&rt));
+        let (view, owner) = (view_of(&rt), reader_of(req, &rt));
         if self.passthrough.load(Ordering::Relaxed) {
             // The kernel wants every open file of an inode to use the same
             // backing file: reuse the registered one while any is open, if

@@ -210,15 +210,30 @@ impl FsRepository {
     }
 
     /// Open the bytes of blob `digest` as user `uid` may be served them
-    /// ([`PayloadCopy::readable_by`]): the public copy, else `uid`'s own;
-    /// root may read any copy. Only a regular file is opened, never
+    /// ([`PayloadCopy::readable_by`]): `uid`'s own copy, else the public
+    /// one; root may read any copy. Only a regular file is opened, never
     /// through a symlink (see [`crate::beneath`]). None stored is
     /// [`StorageError::UnknownObject`]; only others' private copies,
     /// [`StorageError::PayloadNotReadable`].
     pub fn open_payload_as(&self, digest: &Digest, uid: u32) -> Result<OpenedPayload> {
         let mut denied = false;
-        for named in [None, Some(uid)] {
-            match self.find_copy(digest, named, uid)? {
+        // The user's own copy first: whatever someone else puts under the
+        // public name (free while the bytes were only ever private) never
+        // stands in for it. Something that is not a copy at all (a
+        // directory, fifo or symlink someone planted) is passed over.
+        for named in [Some(uid), None] {
+            let found = match self.find_copy(digest, named, uid) {
+                Err(StorageError::Io { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                    ) || source.raw_os_error() == Some(libc::ELOOP) =>
+                {
+                    Found::Missing
+                }
+                other => other?,
+            };
+            match found {
                 Found::Opened(p) => return Ok(p),
                 Found::Denied => denied = true,
                 Found::Missing => {}
@@ -434,5 +449,34 @@ mod tests {
             repo.open_payload_as(&Digest::of(b"none"), b),
             Err(StorageError::UnknownObject(_))
         ));
+    }
+
+    /// Whatever someone puts under the public name of bytes that were only
+    /// ever private never stands in for the owner's own copy.
+    #[test]
+    fn the_owner_reads_its_own_copy_whatever_takes_the_public_name() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        let me = uid();
+        let (d, _) = repo
+            .write_blob_from(&mut &b"mine"[..], Readers::Owner)
+            .unwrap();
+        let public = repo.payload_path(&d);
+        let read = |repo: &FsRepository| {
+            let mut text = String::new();
+            repo.open_payload_as(&d, me)
+                .unwrap()
+                .file
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        };
+        fs::write(&public, b"planted").unwrap();
+        fs::set_permissions(&public, fs::Permissions::from_mode(0o444)).unwrap();
+        assert_eq!(read(&repo), "mine");
+        fs::remove_file(&public).unwrap();
+        fs::create_dir(&public).unwrap();
+        assert_eq!(read(&repo), "mine", "a directory at the public name");
     }
 }

@@ -140,23 +140,44 @@ impl Verifier {
         &self,
         repo: &FsRepository,
         digest: &Digest,
+        size: u64,
         opened: &OpenedPayload,
     ) -> Result<(), VfsError> {
         let key = VerifiedFile::of(digest, opened);
         if self.is_verified(&key) {
             return Ok(());
         }
+        // A file that cannot be this entry's blob is refused without being
+        // read, and left where it is: the entry (anyone's manifest) may be
+        // what is wrong, not the file.
+        if let Some(why) = misfit(&opened.file, size)? {
+            tracing::error!(
+                "payload {digest} in repository {} refused: {why}",
+                repo.root().display()
+            );
+            return Err(VfsError::Corrupt(*digest));
+        }
         let _claim = self.claim(key);
         // Another thread may have verified it while this one waited.
         if self.is_verified(&key) {
             return Ok(());
         }
-        let actual = hash_open_file(&opened.file)?;
+        let hashed = hash_open_file(&opened.file, size)?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
-        if actual == *digest {
-            self.remember(key);
-            return Ok(());
-        }
+        let actual = match hashed {
+            Some(d) if d == *digest => {
+                self.remember(key);
+                return Ok(());
+            }
+            Some(d) => d,
+            None => {
+                tracing::error!(
+                    "payload {digest} in repository {} refused: its size changed while it was verified",
+                    repo.root().display()
+                );
+                return Err(VfsError::Corrupt(*digest));
+            }
+        };
         let repo_path = repo.root().display();
         match repo.quarantine_opened_payload(opened) {
             Ok(Some(moved)) => tracing::error!(
@@ -212,22 +233,48 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// The digest of everything in `file`, read with positioned reads (the
-/// file's own offset is left alone, so the caller can still read it from
-/// the start).
-pub fn hash_open_file(file: &File) -> std::io::Result<Digest> {
+/// Why a payload file cannot be the blob its entry names, before a byte of
+/// it is hashed.
+fn misfit(file: &File, size: u64) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    if meta.len() != size {
+        return Ok(Some(format!(
+            "it is {} bytes where its entry says {size}",
+            meta.len()
+        )));
+    }
+    // Payloads are written whole by commit and pull. A file that holds far
+    // less on disk than its size was put there some other way (a sparse
+    // file planted in a shared repository): hashing terabytes of holes on
+    // a filesystem thread would stall every user's requests. A ratio of 8
+    // leaves room for filesystems that compress.
+    if size > SPARSE_CHECK_ABOVE && meta.blocks().saturating_mul(512).saturating_mul(8) < size {
+        return Ok(Some(format!(
+            "it holds only {} bytes on disk for {size} (a sparse file)",
+            meta.blocks() * 512
+        )));
+    }
+    Ok(None)
+}
+
+/// Files at most this large are hashed whatever they hold on disk.
+const SPARSE_CHECK_ABOVE: u64 = 16 << 20;
+
+/// The digest of the first `size` bytes of `file`, read with positioned
+/// reads (the file's own offset is left alone, so the caller can still read
+/// it from the start); `None` if the file is shorter, or longer once read.
+pub fn hash_open_file(file: &File, size: u64) -> std::io::Result<Option<Digest>> {
     // The kernel's read-ahead keeps a cold file streaming while this
     // thread hashes; the file's advice is left alone, as it is the one
     // readers are served from.
-    let size = file.metadata()?.len();
-    // Sized to the file, so a small file costs a small buffer; a file
-    // that grew meanwhile is still read to its end.
     let mut buf = vec![0u8; (size as usize).clamp(4096, READ_CHUNK)];
     let mut hasher = Hasher::new();
     let mut offset = 0u64;
-    loop {
-        match file.read_at(&mut buf, offset) {
-            Ok(0) => return Ok(hasher.finish()),
+    while offset < size {
+        let want = (size - offset).min(buf.len() as u64) as usize;
+        match file.read_at(&mut buf[..want], offset) {
+            Ok(0) => return Ok(None),
             Ok(n) => {
                 hasher.update(&buf[..n]);
                 offset += n as u64;
@@ -236,6 +283,11 @@ pub fn hash_open_file(file: &File) -> std::io::Result<Digest> {
             Err(e) => return Err(e),
         }
     }
+    // Grown meanwhile: not the blob either.
+    if file.metadata()?.len() != size {
+        return Ok(None);
+    }
+    Ok(Some(hasher.finish()))
 }
 
 #[cfg(test)]
@@ -376,11 +428,11 @@ mod tests {
         let (fine, _) = node(&vfs, &rt, "fine");
         flip_bit(&vfs, &digest);
         assert!(matches!(
-            vfs.readlink(Some(&rt.view), 0, link),
+            vfs.readlink(Some(&rt.view), link),
             Err(VfsError::Corrupt(d)) if d == digest
         ));
         assert!(!vfs.repo().has_payload(&digest));
-        assert_eq!(vfs.readlink(Some(&rt.view), 0, fine).unwrap(), b"elsewhere");
+        assert_eq!(vfs.readlink(Some(&rt.view), fine).unwrap(), b"elsewhere");
     }
 
     #[test]
@@ -442,10 +494,33 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             let f = File::open(&path).unwrap();
             assert_eq!(
-                hash_open_file(&f).unwrap(),
-                Digest::of(&bytes),
+                hash_open_file(&f, size as u64).unwrap(),
+                Some(Digest::of(&bytes)),
                 "size {size}"
             );
+            // Shorter than the entry says: not the blob.
+            assert_eq!(hash_open_file(&f, size as u64 + 1).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn files_that_cannot_be_the_blob_are_refused_unread() {
+        let (dir, vfs, rt) = world(&[("big", EntryKind::File, b"0123456789")]);
+        let view = Some(&*rt.view);
+        let (node, _, _) = vfs.lookup(view, ROOT, b"big").unwrap();
+        let d = Digest::of(b"0123456789");
+        let path = vfs.repo().payload_path(&d);
+        // A sparse file of a terabyte planted under the blob's name.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(1 << 40).unwrap();
+        let err = vfs.open(view, 0, node.node, false).unwrap_err();
+        assert!(matches!(err, VfsError::Corrupt(_)), "{err}");
+        assert_eq!(vfs.verifier.hashed(), 0, "nothing was hashed");
+        assert!(path.exists(), "a file the entry may be wrong about stays");
+        drop(dir);
     }
 }

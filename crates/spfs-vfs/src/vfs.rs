@@ -79,6 +79,12 @@ impl Attr {
     }
 }
 
+/// The longest symlink target served (the kernel's `PATH_MAX`).
+const MAX_LINK_TARGET: u64 = 4096;
+
+/// A reader who may read public copies only.
+const PUBLIC_ONLY: u32 = u32::MAX;
+
 /// Why an operation failed, in terms every platform can map.
 #[derive(Debug, thiserror::Error)]
 pub enum VfsError {
@@ -381,12 +387,18 @@ impl Vfs {
             .unwrap_or(ROOT)
     }
 
-    /// The target of a symbolic link, for a runtime owned by `owner`.
-    pub fn readlink(&self, view: Option<&View>, owner: u32, node: u64) -> Result<Vec<u8>> {
+    /// The target of a symbolic link.
+    pub fn readlink(&self, view: Option<&View>, node: u64) -> Result<Vec<u8>> {
         match Self::resolve(view, node)? {
             Node::Entry(_, _, e) if e.kind == EntryKind::Symlink => {
+                if e.size > MAX_LINK_TARGET {
+                    return Err(VfsError::Corrupt(e.object));
+                }
+                // Targets come from public copies only (a committed symlink
+                // is readable by all): the kernel caches a target for every
+                // process of the view, whoever they run as.
                 let mut target = Vec::with_capacity(e.size as usize);
-                std::io::Read::read_to_end(&mut self.payload(e, owner)?.file, &mut target)?;
+                std::io::Read::read_to_end(&mut self.payload(e, PUBLIC_ONLY)?.file, &mut target)?;
                 Ok(target)
             }
             _ => Err(VfsError::NotSymlink),
@@ -425,7 +437,8 @@ impl Vfs {
                 StorageError::Io { source, .. } => VfsError::Io(source),
                 other => VfsError::Io(std::io::Error::other(other.to_string())),
             })?;
-        self.verifier.check(&self.repo, &e.object, &opened)?;
+        self.verifier
+            .check(&self.repo, &e.object, e.size, &opened)?;
         Ok(opened)
     }
 
@@ -584,16 +597,18 @@ mod tests {
         let err = vfs.open(view, bob, file.node, false).unwrap_err();
         assert!(matches!(err, VfsError::PermissionDenied(_)), "{err}");
         assert_eq!(err.errno(), 13, "EACCES");
-        let err = vfs.readlink(view, bob, link.node).unwrap_err();
+        let err = vfs.readlink(view, link.node).unwrap_err();
         assert!(matches!(err, VfsError::PermissionDenied(_)), "{err}");
         assert_eq!(vfs.verifier.hashed(), 0, "nothing of it was read");
         for owner in [alice, 0] {
             let opened = vfs.open(view, owner, file.node, false).unwrap();
             assert_eq!(opened.copy, spfs_storage::PayloadCopy::Private(alice));
-            assert_eq!(
-                vfs.readlink(view, owner, link.node).unwrap(),
-                b"alice's secret"
-            );
+            // A target comes from a public copy only, whoever asks: the
+            // kernel caches it for every process of the view.
+            assert!(matches!(
+                vfs.readlink(view, link.node),
+                Err(VfsError::PermissionDenied(_))
+            ));
         }
         // Verified for alice: still refused to bob.
         assert!(matches!(
@@ -612,5 +627,33 @@ mod tests {
         private_copy(vfs.repo(), bob, b"alice's secret");
         let opened = vfs.open(view, bob, file.node, false).unwrap();
         assert_eq!(opened.copy, spfs_storage::PayloadCopy::Private(bob));
+    }
+
+    #[test]
+    fn a_symlink_entry_claiming_a_huge_target_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let d = vfs.repo().write_blob(b"target").unwrap();
+        let mut b = TreeBuilder::new();
+        b.add(b"huge", EntryKind::Symlink, 0o120777, 1 << 62, d)
+            .unwrap();
+        let tree = b.build().unwrap();
+        let rt = vfs
+            .registry
+            .register(
+                RuntimeSpec {
+                    name: "huge".into(),
+                    root_pid: 1,
+                    owner_uid: 0,
+                },
+                vec![d],
+                || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
+            )
+            .unwrap();
+        let (link, _, _) = vfs.lookup(Some(&rt.view), ROOT, b"huge").unwrap();
+        assert!(matches!(
+            vfs.readlink(Some(&rt.view), link.node),
+            Err(VfsError::Corrupt(_))
+        ));
     }
 }

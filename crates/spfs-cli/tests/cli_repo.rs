@@ -432,6 +432,17 @@ fn write_blobs() {
     // Reading a blob back, whole.
     assert_eq!(env.ok(&["read", &d2.to_string()]), "from a file");
     assert_eq!(env.ok(&["read", "org/blob"]).as_bytes(), &data[..]);
+    // Bytes that do not hash to their name end the read with an error.
+    let path = env.repo().payload_path(&d2);
+    assert!(path.exists(), "a blob from a readable file is public");
+    let mode = fs::metadata(&path).unwrap().permissions();
+    let mut writable = mode.clone();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut writable, 0o644);
+    fs::set_permissions(&path, writable.clone()).unwrap();
+    fs::write(&path, b"FROM a file").unwrap();
+    env.fail(&["read", &d2.to_string()], &["corrupt", &d2.to_string()]);
+    fs::write(&path, b"from a file").unwrap();
+    fs::set_permissions(&path, mode).unwrap();
     let j = env.json(&["info", "org/blob"]);
     assert_eq!(j["kind"], "blob");
     assert_eq!(j["size"], data.len());

@@ -293,9 +293,29 @@ pub struct ReadArgs {
     pub path: Option<String>,
 }
 
+/// Copy blob `digest` to standard output, checking its bytes on the way: a
+/// copy that does not hash to its name ends the command with an error.
 fn copy_blob(repo: &FsRepository, digest: &Digest) -> anyhow::Result<()> {
     let mut f = repo.open_payload(digest)?;
-    emit(|out| io::copy(&mut f, out).map(|_| ()))
+    let mut hasher = spfs_model::Hasher::new();
+    emit(|out| {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match io::Read::read(&mut f, &mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+        }
+    })?;
+    let actual = hasher.finish();
+    if actual != *digest {
+        anyhow::bail!("payload {digest} is corrupt: its bytes hash to {actual} (run 'spfs check')");
+    }
+    Ok(())
 }
 
 pub fn read(args: ReadArgs) -> anyhow::Result<i32> {

@@ -371,8 +371,10 @@ mod tests {
             0o444
         );
         assert_eq!(repo.payloads().unwrap(), vec![d]);
-        // The public copy is opened first; it serves private files too.
+        // A user's own copy is opened first; others get the public one.
         let opened = repo.open_payload_as(&d, me).unwrap();
+        assert_eq!(opened.copy, PayloadCopy::Private(me));
+        let opened = repo.open_payload_as(&d, u32::MAX).unwrap();
         assert_eq!(opened.copy, PayloadCopy::Public);
         assert!(repo.payload_stored_for(&d, PayloadCopy::Private(me)));
         assert_eq!(repo.payload_size(&d).unwrap(), 4);

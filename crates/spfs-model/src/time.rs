@@ -31,13 +31,22 @@ pub fn to_system_time(nanos: i64) -> SystemTime {
 
 /// A time as RFC 3339 text in UTC with nine fractional digits.
 pub fn rfc3339(nanos: i64) -> String {
-    let secs = nanos.div_euclid(NANOS_PER_SEC);
     let frac = nanos.rem_euclid(NANOS_PER_SEC);
-    let days = secs.div_euclid(86_400);
+    format!("{}.{frac:09}Z", date_time(nanos.div_euclid(NANOS_PER_SEC)))
+}
+
+/// Seconds since the epoch as RFC 3339 text in UTC, whole seconds
+/// (`2024-05-01T12:00:00Z`).
+pub fn rfc3339_seconds(secs: i64) -> String {
+    format!("{}Z", date_time(secs))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of seconds since the epoch, in UTC.
+fn date_time(secs: i64) -> String {
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:09}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         of_day / 3600,
         of_day / 60 % 60,
         of_day % 60

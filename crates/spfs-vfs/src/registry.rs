@@ -212,6 +212,29 @@ impl Registry {
     }
 }
 
+/// For the crate's tests: register a runtime `name` of `owner` whose view
+/// is `tree`, as the stack `layers`.
+#[cfg(test)]
+pub(crate) fn register_tree(
+    registry: &Registry,
+    name: &str,
+    owner_uid: u32,
+    layers: Vec<Digest>,
+    tree: Tree,
+) -> Arc<Runtime> {
+    registry
+        .register(
+            RuntimeSpec {
+                name: name.into(),
+                root_pid: 1,
+                owner_uid,
+            },
+            layers,
+            || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
+        )
+        .expect("register a test runtime")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -293,13 +293,11 @@ pub fn hash_open_file(file: &File, size: u64) -> std::io::Result<Option<Digest>>
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::SystemTime;
 
     use spfs_model::{EntryKind, TreeBuilder};
 
     use super::*;
     use crate::node::ROOT;
-    use crate::registry::RuntimeSpec;
     use crate::{Runtime, Vfs};
 
     /// A service on a fresh repository whose one view holds `files`
@@ -321,18 +319,13 @@ mod tests {
                 .unwrap();
         }
         let tree = b.build().unwrap();
-        let rt = vfs
-            .registry
-            .register(
-                RuntimeSpec {
-                    name: "test".into(),
-                    root_pid: 1,
-                    owner_uid: 0,
-                },
-                vec![Digest::of(b"test stack")],
-                || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
-            )
-            .unwrap();
+        let rt = crate::registry::register_tree(
+            &vfs.registry,
+            "test",
+            0,
+            vec![Digest::of(b"test stack")],
+            tree,
+        );
         (dir, vfs, rt)
     }
 

@@ -459,7 +459,6 @@ impl Vfs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::RuntimeSpec;
     use spfs_model::{Digest, TreeBuilder};
 
     fn view_with(vfs: &Vfs, name: &str, content: &[u8]) -> std::sync::Arc<crate::Runtime> {
@@ -477,17 +476,7 @@ mod tests {
         b.add_dir_with_mtime(b"dir", 0o040755, 1_700_000_000_000_000_007)
             .unwrap();
         let tree = b.build().unwrap();
-        vfs.registry
-            .register(
-                RuntimeSpec {
-                    name: name.into(),
-                    root_pid: 1,
-                    owner_uid: 0,
-                },
-                vec![Digest::of(content)],
-                || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
-            )
-            .unwrap()
+        crate::registry::register_tree(&vfs.registry, name, 0, vec![Digest::of(content)], tree)
     }
 
     #[test]
@@ -579,18 +568,13 @@ mod tests {
         b.add(b"secret", EntryKind::File, 0o100644, 14, d).unwrap();
         b.add(b"link", EntryKind::Symlink, 0o120777, 14, d).unwrap();
         let tree = b.build().unwrap();
-        let rt = vfs
-            .registry
-            .register(
-                RuntimeSpec {
-                    name: "forged".into(),
-                    root_pid: 1,
-                    owner_uid: bob,
-                },
-                vec![Digest::of(b"forged stack")],
-                || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
-            )
-            .unwrap();
+        let rt = crate::registry::register_tree(
+            &vfs.registry,
+            "forged",
+            bob,
+            vec![Digest::of(b"forged stack")],
+            tree,
+        );
         let view = Some(&*rt.view);
         let (file, _, _) = vfs.lookup(view, ROOT, b"secret").unwrap();
         let (link, _, _) = vfs.lookup(view, ROOT, b"link").unwrap();
@@ -638,18 +622,7 @@ mod tests {
         b.add(b"huge", EntryKind::Symlink, 0o120777, 1 << 62, d)
             .unwrap();
         let tree = b.build().unwrap();
-        let rt = vfs
-            .registry
-            .register(
-                RuntimeSpec {
-                    name: "huge".into(),
-                    root_pid: 1,
-                    owner_uid: 0,
-                },
-                vec![d],
-                || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
-            )
-            .unwrap();
+        let rt = crate::registry::register_tree(&vfs.registry, "huge", 0, vec![d], tree);
         let (link, _, _) = vfs.lookup(Some(&rt.view), ROOT, b"huge").unwrap();
         assert!(matches!(
             vfs.readlink(Some(&rt.view), link.node),

@@ -33,29 +33,6 @@ fn mode(path: &Path) -> u32 {
         & 0o7777
 }
 
-/// Start the world's service with extra environment, its stderr appended
-/// to the world's log (as `World::start_service` does).
-fn start_service_with(w: &World, env: &[(&str, &str)]) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&w.log)
-        .expect("log");
-    let mut child = w
-        .command(SPFS_VFS)
-        .arg("service")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("service");
-    if !wait_for(Duration::from_secs(15), || w.status().is_some()) {
-        let _ = child.kill();
-        panic!("service did not start: {}", w.log_text());
-    }
-    std::thread::spawn(move || child.wait());
-}
-
 /// Run a command that should exit promptly (a service refused at start);
 /// one that keeps running is killed and the test fails.
 fn run_briefly(mut cmd: Command) -> Output {
@@ -181,10 +158,7 @@ fn service_log_is_private_and_rotates() {
     // Started with stderr on a world-readable file, chatty and with a small
     // bound: the file is made private, and rotates.
     std::fs::set_permissions(&w.log, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    start_service_with(
-        &w,
-        &[("SPFS_VFS_LOG_MAX_BYTES", "4096"), ("RUST_LOG", "debug")],
-    );
+    w.start_service_with(&[("SPFS_VFS_LOG_MAX_BYTES", "4096"), ("RUST_LOG", "debug")]);
     assert_eq!(mode(&w.log), 0o600);
     let old = spfs_fuse::logfile::rotated_path(&w.log);
     let rotated = wait_for(Duration::from_secs(20), || {

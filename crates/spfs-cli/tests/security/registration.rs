@@ -389,15 +389,7 @@ fn killing_spfs_run_during_registration_leaves_no_record() {
     let w = World::new();
     w.commit("kill/a", &[("data", b"x")]);
     // Start a service that takes 1 s over each registration.
-    let log = std::fs::File::create(&w.log).unwrap();
-    let mut service = w
-        .command(SPFS_VFS)
-        .arg("service")
-        .env("SPFS_VFS_TEST_REGISTER_DELAY_MS", "1000")
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(15), || w.status().is_some()));
+    w.start_service_with(&[("SPFS_VFS_TEST_REGISTER_DELAY_MS", "1000")]);
     let mut run = w
         .command(SPFS)
         .args(["run", "kill/a", "--", "sleep", "30"])
@@ -412,8 +404,6 @@ fn killing_spfs_run_during_registration_leaves_no_record() {
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(records.is_empty(), "records left: {records:?}");
-    let _ = w.vfs(&["service", "--stop"]);
-    let _ = service.wait();
 }
 
 #[test]

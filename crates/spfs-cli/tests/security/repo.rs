@@ -12,7 +12,7 @@ use std::process::Output;
 
 use spfs_model::{Digest, EntryKind, Object, TreeBuilder};
 
-use crate::harness::{SPFS, SPFS_VFS, World, ok, stderr, stdout, wait_for};
+use crate::harness::{SPFS, World, ok, stderr, stdout, wait_for};
 use crate::require_vfs;
 use crate::users::TestUser;
 
@@ -475,27 +475,12 @@ fn users_run_their_layers_from_the_shared_repository_without_root() {
 
 /// Start the world's service with `SPFS_VFS_CACHE_OPENS=1` or without.
 fn start_service(w: &World, cache_opens: bool) {
-    if !cache_opens {
-        return w.start_service();
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&w.log)
-        .expect("log");
-    let mut child = w
-        .command(SPFS_VFS)
-        .arg("service")
-        .env("SPFS_VFS_CACHE_OPENS", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("service");
-    if !wait_for(std::time::Duration::from_secs(15), || w.status().is_some()) {
-        let _ = child.kill();
-        panic!("service did not start: {}", w.log_text());
-    }
-    std::thread::spawn(move || child.wait());
+    let env: &[(&str, &str)] = if cache_opens {
+        &[("SPFS_VFS_CACHE_OPENS", "1")]
+    } else {
+        &[]
+    };
+    w.start_service_with(env);
 }
 
 /// Write, as `user`, a manifest (made with the project's own encoding)

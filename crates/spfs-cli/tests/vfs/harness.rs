@@ -179,6 +179,12 @@ impl World {
 
     /// Start the service in the background, logging to the world's log.
     pub fn start_service(&self) {
+        self.start_service_with(&[]);
+    }
+
+    /// Start the service with extra environment (`SPFS_…` settings or test
+    /// hooks), in the background, logging to the world's log.
+    pub fn start_service_with(&self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -187,6 +193,7 @@ impl World {
         let mut child = self
             .command(SPFS_VFS)
             .arg("service")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -191,26 +191,35 @@ pub fn runtime_cmd(cmd: RuntimeCommand) -> anyhow::Result<i32> {
             }
         }
         RuntimeCommand::Rm { name } => {
-            repo.read_runtime(&name)?;
+            // A runtime whose view is registered but whose record `spfs
+            // run` has not written yet is still removable: the service
+            // knows it, and dropping the view is what matters.
+            let record = repo.read_runtime(&name);
             let rt = runtime()?;
-            rt.block_on(async {
-                if let Some(client) = spfs_fuse::launch::connect(&config).await? {
-                    match client
-                        .unmount(proto::UnmountRequest {
-                            root_pid: 0,
-                            runtime: name.clone(),
-                        })
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(s) if s.code() == tonic::Code::NotFound => {}
-                        Err(s) => anyhow::bail!("cannot drop the view of {name}: {}", s.message()),
-                    }
+            let dropped = rt.block_on(async {
+                let Some(client) = spfs_fuse::launch::connect(&config).await? else {
+                    return anyhow::Ok(false);
+                };
+                match client
+                    .unmount(proto::UnmountRequest {
+                        root_pid: 0,
+                        runtime: name.clone(),
+                    })
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+                    Err(s) => anyhow::bail!("cannot drop the view of {name}: {}", s.message()),
                 }
-                anyhow::Ok(())
             })?;
-            repo.remove_runtime(&name)
-                .with_context(|| format!("cannot remove runtime {name}"))?;
+            match record {
+                Ok(_) => {
+                    repo.remove_runtime(&name)
+                        .with_context(|| format!("cannot remove runtime {name}"))?;
+                }
+                Err(e) if !dropped => return Err(e.into()),
+                Err(_) => {}
+            }
             println!("removed {name}");
         }
     }

@@ -46,6 +46,10 @@ fn runtime_records_and_control_commands() {
         Some(child.id() as u64),
         "spfs run's process roots the tree"
     );
+    // `spfs run` writes the record just after the view is registered.
+    assert!(wait_for(Duration::from_secs(10), || {
+        w.spfs(&["runtime", "info", &name]).status.success()
+    }));
     let ls = w.spfs(&["runtime", "ls", "--json"]);
     ok(&ls, "runtime ls");
     let records: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
@@ -75,6 +79,10 @@ fn runtime_records_and_control_commands() {
     let mut child = w.spawn_sh("ctl/a", "sleep 30");
     assert!(wait_for(Duration::from_secs(10), || w.list().len() == 1));
     let name = w.list()[0]["runtime"].as_str().unwrap().to_string();
+    // `spfs run` writes the record just after the view is registered.
+    assert!(wait_for(Duration::from_secs(10), || {
+        w.spfs(&["runtime", "info", &name]).status.success()
+    }));
     ok(&w.spfs(&["runtime", "rm", &name]), "runtime rm");
     assert!(w.list().is_empty());
     assert_ne!(w.spfs(&["runtime", "info", &name]).status.code(), Some(0));

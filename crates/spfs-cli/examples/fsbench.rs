@@ -1,4 +1,4 @@
-//! A small filesystem measuring tool for bench/vfs.sh (std only).
+//! A small filesystem measuring tool for bench/vfs.sh (std and libc only).
 //!
 //! The same binary runs natively, inside `spfs run TAG -- fsbench ...` and
 //! on a squashfuse mount, so the three are measured by identical code.
@@ -6,13 +6,25 @@
 //!
 //! ```text
 //! fsbench seqread FILE                          read FILE once, 1 MiB buffer
-//! fsbench openread DIR [--warmup N] [--runs N]  open+read+close every file
+//! fsbench openread DIR [--warmup N] [--runs N] [--list FILE]
+//!                                               open+read+close every file
 //! fsbench statwalk DIR [--warmup N] [--runs N] [--abs]
 //!                                               readdir + lstat of every entry
+//! fsbench stat FILE [--iters N] [--warmup N] [--runs N]
+//!                                               stat(2) of FILE (os.stat)
+//! fsbench missing PATH [--iters N] [--warmup N] [--runs N]
+//!                                               stat(2) of a missing PATH
+//!                                               (os.path.exists)
+//! fsbench openclose FILE [--iters N] [--warmup N] [--runs N]
+//!                                               open(2) O_RDONLY|O_CLOEXEC +
+//!                                               close(2) of FILE (os.open)
 //! ```
 //!
 //! `openread` walks DIR once (untimed) to collect the paths, then times
-//! open + read-to-end + close of each by its full path. With `--warmup N`
+//! open + read-to-end + close of each by its full path. With `--list FILE`
+//! it reads the paths (relative to DIR, one per line) from FILE instead of
+//! walking, so that a traced run sends only the requests of the opens and
+//! reads. With `--warmup N`
 //! it first makes N untimed passes; with `--runs N` it reports the best of
 //! N timed passes. `statwalk` is like `find DIR -ls` without the printing:
 //! it resolves DIR once, then enters each directory by its name relative
@@ -20,6 +32,12 @@
 //! each entry relative to its directory. With `--abs` it opens every
 //! directory by its full path instead (as os.walk-style code does), which
 //! makes each directory's path resolution start again from `/`.
+//!
+//! `stat`, `missing` and `openclose` call the same system calls as
+//! Python's `os.stat`, `os.path.exists` and `os.open` + `os.close`, by the
+//! full path, `--iters N` times in a row (default 100,000) after
+//! `--warmup N` untimed calls (default a tenth of that); the result is the
+//! mean per call (in µs) of the best of `--runs` such loops.
 
 use std::fs::File;
 use std::io::Read;
@@ -36,7 +54,10 @@ macro_rules! out {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: fsbench seqread FILE\n       fsbench openread DIR [--warmup N] [--runs N]\n       fsbench statwalk DIR [--warmup N] [--runs N]"
+        "usage: fsbench seqread FILE
+       fsbench openread DIR [--warmup N] [--runs N] [--list FILE]
+       fsbench statwalk DIR [--warmup N] [--runs N] [--abs]
+       fsbench stat|missing|openclose PATH [--iters N] [--warmup N] [--runs N]"
     );
     std::process::exit(2);
 }
@@ -46,26 +67,48 @@ fn die(what: &str, path: &Path, e: std::io::Error) -> ! {
     std::process::exit(1);
 }
 
-/// `--warmup N`, `--runs N` and `--abs` after the path.
-fn passes(args: &[String]) -> (u32, u32, bool) {
-    let (mut warmup, mut runs, mut abs) = (0u32, 1u32, false);
+/// The options after the path.
+struct Opts {
+    /// `--warmup N`: untimed passes (or calls, for the per-call cases).
+    warmup: Option<u64>,
+    /// `--runs N`: timed passes; the best counts.
+    runs: u32,
+    /// `--abs`: statwalk opens each directory by its full path.
+    abs: bool,
+    /// `--iters N`: calls per timed loop of the per-call cases.
+    iters: u64,
+    /// `--list FILE`: openread takes its paths from FILE.
+    list: Option<PathBuf>,
+}
+
+fn opts(args: &[String]) -> Opts {
+    let mut o = Opts {
+        warmup: None,
+        runs: 1,
+        abs: false,
+        iters: 100_000,
+        list: None,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--abs" {
-            abs = true;
+            o.abs = true;
             continue;
         }
-        let v = it
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| usage());
+        let Some(v) = it.next() else { usage() };
+        if a == "--list" {
+            o.list = Some(PathBuf::from(v));
+            continue;
+        }
+        let v: u64 = v.parse().unwrap_or_else(|_| usage());
         match a.as_str() {
-            "--warmup" => warmup = v,
-            "--runs" => runs = v.max(1),
+            "--warmup" => o.warmup = Some(v),
+            "--runs" => o.runs = u32::try_from(v).unwrap_or(u32::MAX).max(1),
+            "--iters" => o.iters = v.max(1),
             _ => usage(),
         }
     }
-    (warmup, runs, abs)
+    o
 }
 
 fn main() {
@@ -75,15 +118,15 @@ fn main() {
     };
     let path =
         std::path::absolute(path).unwrap_or_else(|e| die("cannot resolve", Path::new(path), e));
+    let o = opts(&args[2..]);
+    let warmup = o.warmup.unwrap_or(0).try_into().unwrap_or(u32::MAX);
     match cmd.as_str() {
         "seqread" => seqread(&path),
-        "openread" => {
-            let (w, r, _) = passes(&args[2..]);
-            openread(&path, w, r)
-        }
-        "statwalk" => {
-            let (w, r, abs) = passes(&args[2..]);
-            statwalk(&path, w, r, abs)
+        "openread" => openread(&path, o.list.as_deref(), warmup, o.runs),
+        "statwalk" => statwalk(&path, warmup, o.runs, o.abs),
+        "stat" | "missing" | "openclose" => {
+            let warmup = o.warmup.unwrap_or(o.iters / 10);
+            per_call(cmd, &path, o.iters, warmup, o.runs)
         }
         _ => usage(),
     }
@@ -143,10 +186,15 @@ fn openread_pass(files: &[PathBuf], buf: &mut [u8]) -> (Duration, u64) {
     (start.elapsed(), bytes)
 }
 
-fn openread(dir: &Path, warmup: u32, runs: u32) {
+fn openread(dir: &Path, list: Option<&Path>, warmup: u32, runs: u32) {
     let mut files = Vec::new();
-    collect_files(dir, &mut files);
-    files.sort();
+    if let Some(list) = list {
+        let text = std::fs::read_to_string(list).unwrap_or_else(|e| die("cannot read", list, e));
+        files.extend(text.lines().filter(|l| !l.is_empty()).map(|l| dir.join(l)));
+    } else {
+        collect_files(dir, &mut files);
+        files.sort();
+    }
     if files.is_empty() {
         eprintln!("fsbench: no files under {}", dir.display());
         std::process::exit(1);
@@ -245,4 +293,62 @@ fn statwalk(dir: &Path, warmup: u32, runs: u32, abs: bool) {
         entries as f64 / secs
     );
     out!("statwalk_entries {entries} entries");
+}
+
+/// One call of a per-call case: `stat` and `missing` are stat(2) (what
+/// `os.stat` and `os.path.exists` call), `openclose` is open(2) with
+/// `O_RDONLY | O_CLOEXEC` and close(2) (what `os.open` and `os.close` call).
+/// Whether the call succeeded.
+fn call(cmd: &str, path: &std::ffi::CStr) -> bool {
+    // SAFETY: `path` is a NUL-terminated string; `st` is written by stat(2)
+    // only; the descriptor is ours to close.
+    unsafe {
+        match cmd {
+            "openclose" => {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return false;
+                }
+                libc::close(fd);
+                true
+            }
+            _ => {
+                let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                libc::stat(path.as_ptr(), st.as_mut_ptr()) == 0
+            }
+        }
+    }
+}
+
+fn per_call(cmd: &str, path: &Path, iters: u64, warmup: u64, runs: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .unwrap_or_else(|_| die("NUL in", path, std::io::ErrorKind::InvalidInput.into()));
+    // The first call checks the case: the path exists, or (missing) does
+    // not, with ENOENT.
+    let ok = call(cmd, &c);
+    let err = std::io::Error::last_os_error();
+    if cmd == "missing" {
+        if ok {
+            die("exists:", path, std::io::ErrorKind::AlreadyExists.into());
+        }
+        if err.kind() != std::io::ErrorKind::NotFound {
+            die("cannot stat", path, err);
+        }
+    } else if !ok {
+        die("cannot stat or open", path, err);
+    }
+    for _ in 0..warmup {
+        std::hint::black_box(call(cmd, &c));
+    }
+    let mut best = Duration::MAX;
+    for _ in 0..runs {
+        let start = Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(call(cmd, std::hint::black_box(&c)));
+        }
+        best = best.min(start.elapsed());
+    }
+    out!("{cmd}_us {:.3} us", best.as_secs_f64() * 1e6 / iters as f64);
+    out!("{cmd}_calls {iters} calls");
 }

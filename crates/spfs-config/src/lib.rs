@@ -63,6 +63,25 @@ pub struct VfsConfig {
     /// The size at which the service's log file rotates (one old file is
     /// kept): at least [`LOG_MAX_BYTES_MIN`].
     pub log_max_bytes: u32,
+    /// Whether `spfs run` gives its runtime a bound view (a mount namespace
+    /// in which the mount point shows only the runtime's view, so the
+    /// kernel caches every name) when it may: as root, or through the
+    /// `spfs-enter` helper installed with a file capability.
+    pub bind_views: BindViews,
+    /// The `spfs-enter` helper; empty means the one beside the running
+    /// `spfs` executable.
+    pub enter_helper: PathBuf,
+}
+
+/// When `spfs run` binds its runtime's view (see [`VfsConfig::bind_views`]).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BindViews {
+    /// Whenever it may (as root, or with the helper's capability).
+    #[default]
+    Auto,
+    /// Never: every runtime is routed through the shared root.
+    Never,
 }
 
 /// The smallest `vfs.log_max_bytes`: a few lines must fit.
@@ -103,6 +122,8 @@ impl Default for VfsConfig {
             threads: 4,
             log_file: PathBuf::from("/run/spfs/vfs.log"),
             log_max_bytes: 8 << 20,
+            bind_views: BindViews::Auto,
+            enter_helper: PathBuf::new(),
         }
     }
 }
@@ -113,6 +134,8 @@ enum Kind {
     Text,
     Bool,
     Int,
+    /// One of these words.
+    Choice(&'static [&'static str]),
 }
 
 /// Every key that an environment variable can override.
@@ -127,6 +150,8 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("vfs", "threads", Kind::Int),
     ("vfs", "log_file", Kind::Text),
     ("vfs", "log_max_bytes", Kind::Int),
+    ("vfs", "bind_views", Kind::Choice(&["auto", "never"])),
+    ("vfs", "enter_helper", Kind::Text),
 ];
 
 /// The environment variable that overrides `section.key`.
@@ -236,6 +261,12 @@ impl Config {
             };
             let value = match kind {
                 Kind::Text => toml::Value::String(raw),
+                Kind::Choice(words) => match words.contains(&raw.as_str()) {
+                    true => toml::Value::String(raw),
+                    false => {
+                        return Err(bad(&format!("'{raw}' is not one of: {}", words.join(", "))));
+                    }
+                },
                 Kind::Bool => match raw.to_ascii_lowercase().as_str() {
                     "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
                     "0" | "false" | "no" | "off" => toml::Value::Boolean(false),
@@ -328,6 +359,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.storage.root, PathBuf::from("/from/env"));
         assert!(!c.vfs.passthrough);
+    }
+
+    #[test]
+    fn bind_views_is_auto_or_never() {
+        let c = Config::load_with(&env_from(&[("HOME", "/nonexistent")])).unwrap();
+        assert_eq!(c.vfs.bind_views, BindViews::Auto);
+        let c = Config::load_with(&env_from(&[("SPFS_VFS_BIND_VIEWS", "never")])).unwrap();
+        assert_eq!(c.vfs.bind_views, BindViews::Never);
+        let err = Config::load_with(&env_from(&[("SPFS_VFS_BIND_VIEWS", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SPFS_VFS_BIND_VIEWS") && err.contains("sometimes"),
+            "{err}"
+        );
     }
 
     #[test]

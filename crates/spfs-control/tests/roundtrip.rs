@@ -169,6 +169,7 @@ async fn unix_round_trip() {
             root_pid: 77,
             spec: "a+b+c".into(),
             runtime: "x".into(),
+            bind: false,
         })
         .await
         .unwrap();
@@ -200,6 +201,7 @@ async fn unix_round_trip() {
             root_pid: 1,
             spec: "forbidden".into(),
             runtime: String::new(),
+            bind: false,
         })
         .await
         .unwrap_err();
@@ -507,6 +509,7 @@ async fn oversized_requests_are_refused_before_the_handler() {
             root_pid: 1,
             spec: huge,
             runtime: String::new(),
+            bind: false,
         })
         .await
         .unwrap_err();

@@ -260,6 +260,23 @@ impl ControlHandler for Handler {
                 "process {pid} already roots a runtime"
             )));
         }
+        // A runtime nested in a bound one sees its parent's view mounted
+        // over the mount point, which routing cannot change: it must be
+        // bound too.
+        let from = root.info.cgroup_id;
+        let current = root
+            .cgroup_path()
+            .ok_or_else(|| Status::not_found(format!("process {pid} exited")))?;
+        if let Some(outer) = s.router.runtime_of_cgroup(from, &current)
+            && outer.view.bound
+            && !req.bind
+        {
+            return Err(Status::failed_precondition(format!(
+                "process {pid} is in runtime {}, whose view is bound: a runtime nested in it \
+                 must be bound too (run it with `spfs run` and vfs.bind_views = \"auto\")",
+                outer.name
+            )));
+        }
         let digests = s.repo().resolve_spec(&spec).map_err(storage_status)?;
         let layers = s.repo().flatten(&digests).map_err(storage_status)?;
         if let Some(delay) = s.test_register_delay {
@@ -276,6 +293,7 @@ impl ControlHandler for Handler {
                     name: name.clone(),
                     root_pid: pid,
                     owner_uid: uids[0],
+                    bound: req.bind,
                 },
                 layers.clone(),
                 move || {
@@ -303,10 +321,6 @@ impl ControlHandler for Handler {
         };
         // 2. Its cgroup, a child of the root process's own, watched and
         //    routed before any process joins it.
-        let from = root.info.cgroup_id;
-        let current = root
-            .cgroup_path()
-            .ok_or_else(|| Status::not_found(format!("process {pid} exited")))?;
         let path = s.cgroups.runtime_path(&current, &name);
         let id = s.cgroups.create(&path).map_err(|e| {
             Status::failed_precondition(format!("cannot create the runtime's cgroup {path}: {e}"))
@@ -329,7 +343,7 @@ impl ControlHandler for Handler {
             s.drop_runtime(&name, "its processes exited while it was mounted");
             return Err(Status::not_found(format!("process {pid} exited")));
         }
-        tracing::info!(runtime = %name, root_pid = pid, cgroup = %path, layers = layers.len(), view = rt.view.id, "view registered");
+        tracing::info!(runtime = %name, root_pid = pid, cgroup = %path, layers = layers.len(), view = rt.view.id, bound = req.bind, "view registered");
         Ok(proto::MountResponse {
             runtime: name,
             layers: layers.iter().map(|d| d.to_string()).collect(),
@@ -396,6 +410,7 @@ impl ControlHandler for Handler {
                 age_seconds: r.started.elapsed().as_secs(),
                 requests: r.requests.load(Ordering::Relaxed),
                 owner_uid: r.owner_uid,
+                bound: r.view.bound,
             })
             .collect();
         Ok(proto::ListResponse { runtimes })

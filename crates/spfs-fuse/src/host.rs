@@ -331,7 +331,7 @@ impl Filesystem for FuseHost {
             Ok((attr, entry_ttl, attr_ttl)) => {
                 reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&attr), Generation(0))
             }
-            Err(VfsError::NotFound) => match self.vfs.miss_ttl(view, parent.0) {
+            Err(VfsError::NotFound) => match self.vfs.miss_ttl(view, parent.0, name.as_bytes()) {
                 ttl if ttl.is_zero() => reply.error(Errno::ENOENT),
                 // A negative entry (node id 0): the kernel remembers the
                 // miss and stops asking.

@@ -10,8 +10,11 @@
 //! - [`cgroup`]: the runtimes' cgroups and the watcher that notices when a
 //!   runtime's process tree has exited;
 //! - [`mounts`]: finding and clearing stale mounts;
+//! - [`bind`]: bound views, a mount namespace whose mount point shows one
+//!   view, so the kernel caches all of its names;
 //! - [`launch`]: starting the service on demand from a client, without races.
 
+pub mod bind;
 pub mod cgroup;
 pub mod handler;
 pub mod host;

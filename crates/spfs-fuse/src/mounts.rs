@@ -21,6 +21,36 @@ pub fn mounted_type(path: &Path) -> io::Result<Option<String>> {
     Ok(found)
 }
 
+/// A mount as `/proc/self/mountinfo` describes it.
+pub struct MountEntry {
+    pub fstype: String,
+    pub source: String,
+    /// The superblock's options, comma-separated.
+    pub options: String,
+}
+
+/// Mount `id` (the first field of `/proc/self/mountinfo`, as `statx`
+/// reports it) of this process's mount namespace.
+pub fn mount_by_id(id: u64) -> io::Result<Option<MountEntry>> {
+    let text = String::from_utf8_lossy(&std::fs::read("/proc/self/mountinfo")?).into_owned();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if left.split_whitespace().next().and_then(|f| f.parse().ok()) != Some(id) {
+            continue;
+        }
+        // After the separator: type, source, superblock options.
+        let mut fields = right.split_whitespace().map(unescape);
+        return Ok(Some(MountEntry {
+            fstype: fields.next().unwrap_or_default(),
+            source: fields.next().unwrap_or_default(),
+            options: fields.next().unwrap_or_default(),
+        }));
+    }
+    Ok(None)
+}
+
 /// mountinfo escapes spaces and a few other bytes as octal `\NNN`.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();

@@ -188,6 +188,12 @@ impl Router {
         }
     }
 
+    /// The runtime whose cgroup (id `id`, path `path`) is, or is the
+    /// nearest runtime cgroup above, a cgroup.
+    pub fn runtime_of_cgroup(&self, id: u64, path: &str) -> Option<Arc<Runtime>> {
+        self.runtime_for(id, Some(path))
+    }
+
     /// Forget what is known about `tid`.
     pub fn forget(&self, tid: u32) {
         self.cache

@@ -35,6 +35,10 @@ pub struct RuntimeRecord {
     /// The runtime's cgroup (v2) path, as the VFS service made it.
     #[serde(default)]
     pub cgroup: String,
+    /// Whether the runtime sees a bound view (a mount namespace whose mount
+    /// point shows only its view) or a routed one (the shared mount).
+    #[serde(default)]
+    pub bound: bool,
 }
 
 /// A new, unique runtime name.

@@ -8,9 +8,26 @@
 //! page for one view can never be returned for a node of another, and a
 //! process of one view that somehow presents another view's node id is
 //! refused.
+//!
+//! A bound view (see [`crate::vfs`]) also has a root of its own, entry
+//! index [`VIEW_ROOT_INDEX`] of its view, which no tree entry uses (a tree
+//! holds fewer than 2^32 - 1 entries).
 
 /// The mount's root directory.
 pub const ROOT: u64 = 1;
+
+/// The entry index that names a bound view's own root directory.
+pub const VIEW_ROOT_INDEX: u32 = u32::MAX;
+
+/// The node id of the root directory of bound view `view`.
+pub fn view_root(view: u32) -> u64 {
+    node_id(view, VIEW_ROOT_INDEX)
+}
+
+/// Whether `node` is the root of a bound view.
+pub fn is_view_root(node: u64) -> bool {
+    matches!(split(node), Some((_, VIEW_ROOT_INDEX)))
+}
 
 /// The node id of entry `index` of view `view` (`view` is at least 1).
 pub fn node_id(view: u32, index: u32) -> u64 {
@@ -35,5 +52,7 @@ mod tests {
         assert_eq!(split(n), Some((7, 42)));
         assert_ne!(node_id(1, 0), ROOT);
         assert_ne!(node_id(1, 5), node_id(2, 5));
+        assert!(is_view_root(view_root(3)));
+        assert!(!is_view_root(ROOT) && !is_view_root(node_id(3, 0)));
     }
 }

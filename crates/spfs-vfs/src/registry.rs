@@ -13,7 +13,9 @@
 //! answers later requests for that node without asking, so a node one user
 //! could read must not be reachable by another who may not read the same
 //! payload. Views of one stack for different owners share the merged tree
-//! (memory) but have their own node ids.
+//! (memory) but have their own node ids. Nor are they shared between a
+//! bound runtime and a routed one: the kernel would otherwise meet one
+//! directory inode under two parents (the shared root and the view's own).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +32,9 @@ pub struct RuntimeSpec {
     pub name: String,
     pub root_pid: u32,
     pub owner_uid: u32,
+    /// Whether the runtime sees a bound view (a mount of the view's own
+    /// root) rather than a routed one (the shared root).
+    pub bound: bool,
 }
 
 /// A registered runtime.
@@ -68,10 +73,18 @@ const RECENT_VIEWS: usize = 8;
 /// ... as long as they hold at most this many entries together.
 const RECENT_ENTRIES: usize = 4_000_000;
 
+/// What makes two runtimes share a view: the stack, the owner, the mode.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ViewKey {
+    layers: Vec<Digest>,
+    owner_uid: u32,
+    bound: bool,
+}
+
 #[derive(Default)]
 struct Inner {
     runtimes: HashMap<String, Arc<Runtime>>,
-    views: HashMap<(Vec<Digest>, u32), Weak<View>>,
+    views: HashMap<ViewKey, Weak<View>>,
     recent: VecDeque<Arc<View>>,
     last_view: u32,
 }
@@ -107,14 +120,18 @@ impl Registry {
         // one is made (its tree shared with a live view of the stack for
         // another owner, or built outside the lock), and used unless another
         // registration made one meanwhile.
-        let key = (layers, spec.owner_uid);
+        let key = ViewKey {
+            layers,
+            owner_uid: spec.owner_uid,
+            bound: spec.bound,
+        };
         let (shared, tree) = {
             let inner = self.read();
             let shared = inner.views.get(&key).and_then(Weak::upgrade);
             let tree = inner
                 .views
                 .iter()
-                .filter(|((l, _), _)| *l == key.0)
+                .filter(|(k, _)| k.layers == key.layers)
                 .find_map(|(_, v)| v.upgrade())
                 .map(|v| (v.tree.clone(), v.mtime));
             (shared, tree)
@@ -140,9 +157,10 @@ impl Registry {
                         inner.last_view = id;
                         let v = Arc::new(View {
                             id,
-                            layers: key.0.clone(),
+                            layers: key.layers.clone(),
                             tree,
                             mtime,
+                            bound: key.bound,
                         });
                         inner.views.insert(key, Arc::downgrade(&v));
                         v
@@ -222,16 +240,27 @@ pub(crate) fn register_tree(
     layers: Vec<Digest>,
     tree: Tree,
 ) -> Arc<Runtime> {
+    let spec = RuntimeSpec {
+        name: name.into(),
+        root_pid: 1,
+        owner_uid,
+        bound: false,
+    };
+    register_tree_as(registry, spec, layers, tree)
+}
+
+/// For the crate's tests: register runtime `spec` whose view is `tree`.
+#[cfg(test)]
+pub(crate) fn register_tree_as(
+    registry: &Registry,
+    spec: RuntimeSpec,
+    layers: Vec<Digest>,
+    tree: Tree,
+) -> Arc<Runtime> {
     registry
-        .register(
-            RuntimeSpec {
-                name: name.into(),
-                root_pid: 1,
-                owner_uid,
-            },
-            layers,
-            || Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH)),
-        )
+        .register(spec, layers, || {
+            Ok::<_, std::io::Error>((tree, SystemTime::UNIX_EPOCH))
+        })
         .expect("register a test runtime")
 }
 
@@ -244,6 +273,7 @@ mod tests {
             name: name.into(),
             root_pid: 1,
             owner_uid: 0,
+            bound: false,
         }
     }
 
@@ -310,5 +340,17 @@ mod tests {
             "node ids of one owner reach another"
         );
         assert!(Arc::ptr_eq(&mine.view.tree, &theirs.view.tree));
+        let bound = reg
+            .register(
+                RuntimeSpec {
+                    bound: true,
+                    ..spec("bound")
+                },
+                vec![a],
+                || -> Result<_, std::io::Error> { panic!("must reuse the tree") },
+            )
+            .unwrap();
+        assert_ne!(mine.view.id, bound.view.id, "bound and routed share nodes");
+        assert!(bound.view.bound && !mine.view.bound);
     }
 }

@@ -13,6 +13,16 @@
 //!   names, symlink targets and pages are cached for [`LONG_TTL`], and so
 //!   are misses: a name missing from a view's directory stays missing.
 //!
+//! A *bound* view has a root directory of its own ([`node::view_root`]),
+//! which its runtime's processes reach by the name [`VIEW_DOOR`] in the
+//! shared root (or in any bound view's root, for a runtime nested in
+//! another): the door answers each caller with their own view's root, and
+//! nobody else's, and is never cached. A platform host that can give a
+//! runtime a mount of its own (Linux: a mount namespace in which the mount
+//! point is a bind of the door) lets the kernel cache every name of the
+//! view, the top-level ones included. Through the shared root, a bound
+//! runtime's processes see nothing but the door.
+//!
 //! A view is shared by every runtime of the same stack, whoever owns it,
 //! but what a view names is not everyone's to read: manifests are written
 //! by users and may name any digest. So the operations that serve a
@@ -32,6 +42,11 @@ use crate::node::{self, ROOT};
 use crate::registry::Registry;
 use crate::verify::Verifier;
 use crate::view::View;
+
+/// The name, in the shared root, of the caller's own bound view's root. It
+/// is answered only by lookup, never listed, and shadows an entry of that
+/// name at the top of a bound view.
+pub const VIEW_DOOR: &[u8] = b".spfs-view";
 
 /// How long answers about content-addressed nodes may be cached.
 pub const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -175,9 +190,11 @@ pub struct Vfs {
 
 type Result<T, E = VfsError> = std::result::Result<T, E>;
 
-/// A resolved node: the root, or an entry of a view.
+/// A resolved node: the shared root, a bound view's root, or an entry of a
+/// view.
 enum Node<'a> {
     Root,
+    ViewRoot(&'a View),
     Entry(&'a View, u32, &'a Entry),
 }
 
@@ -202,6 +219,12 @@ impl Vfs {
         }
         let (vid, index) = node::split(node).ok_or(VfsError::NotFound)?;
         let view = view.filter(|v| v.id == vid).ok_or(VfsError::NotFound)?;
+        if index == node::VIEW_ROOT_INDEX {
+            return match view.bound {
+                true => Ok(Node::ViewRoot(view)),
+                false => Err(VfsError::NotFound),
+            };
+        }
         let entry = view
             .tree
             .entries()
@@ -213,7 +236,7 @@ impl Vfs {
     /// The directory number (in the view's tree) of a directory node.
     fn dir_of(node: &Node<'_>) -> Result<u32> {
         match node {
-            Node::Root => Ok(0),
+            Node::Root | Node::ViewRoot(_) => Ok(0),
             Node::Entry(_, _, e) if e.kind == EntryKind::Dir => Ok(e.dir),
             Node::Entry(..) => Err(VfsError::NotDir),
         }
@@ -236,6 +259,20 @@ impl Vfs {
             size: 0,
             nlink: 2,
             mtime: self.started,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    /// A bound view's root: like the shared root, but of one view.
+    fn view_root_attr(view: &View) -> Attr {
+        Attr {
+            node: node::view_root(view.id),
+            kind: NodeKind::Dir,
+            perm: 0o755,
+            size: 0,
+            nlink: 2 + Self::subdirs(&view.tree, 0),
+            mtime: view.mtime,
             uid: 0,
             gid: 0,
         }
@@ -272,9 +309,18 @@ impl Vfs {
         parent: u64,
         name: &[u8],
     ) -> Result<(Attr, Duration, Duration)> {
+        if name == VIEW_DOOR && (parent == ROOT || node::is_view_root(parent)) {
+            // The door answers each caller with their own bound view, so
+            // the kernel must ask again every time.
+            let view = view.filter(|v| v.bound).ok_or(VfsError::NotFound)?;
+            return Ok((Self::view_root_attr(view), NO_TTL, LONG_TTL));
+        }
         let p = Self::resolve(view, parent)?;
         let dir = Self::dir_of(&p)?;
         let view = view.ok_or(VfsError::NotFound)?;
+        if matches!(p, Node::Root) && view.bound {
+            return Err(VfsError::NotFound);
+        }
         let index = view.tree.find(dir, name).ok_or(VfsError::NotFound)?;
         let e = &view.tree.entries()[index as usize];
         let entry_ttl = if parent == ROOT { NO_TTL } else { LONG_TTL };
@@ -287,8 +333,12 @@ impl Vfs {
     /// does. Never at the shared root (another view may have the name), and
     /// never under a node that is not the caller's own: a miss remembered
     /// there would hide the name from that node's view.
-    pub fn miss_ttl(&self, view: Option<&View>, parent: u64) -> Duration {
+    pub fn miss_ttl(&self, view: Option<&View>, parent: u64, name: &[u8]) -> Duration {
+        if name == VIEW_DOOR {
+            return NO_TTL;
+        }
         match Self::resolve(view, parent) {
+            Ok(Node::ViewRoot(_)) => LONG_TTL,
             Ok(Node::Entry(_, _, e)) if e.kind == EntryKind::Dir => LONG_TTL,
             _ => NO_TTL,
         }
@@ -298,6 +348,7 @@ impl Vfs {
     pub fn getattr(&self, view: Option<&View>, node: u64) -> Result<(Attr, Duration)> {
         match Self::resolve(view, node)? {
             Node::Root => Ok((self.root_attr(), LONG_TTL)),
+            Node::ViewRoot(v) => Ok((Self::view_root_attr(v), LONG_TTL)),
             Node::Entry(v, i, e) => Ok((Self::entry_attr(v, i, e), LONG_TTL)),
         }
     }
@@ -339,9 +390,10 @@ impl Vfs {
             pos = 1;
         }
         if pos == 1 {
-            let parent = match (&n, view) {
-                (Node::Entry(v, _, _), Some(_)) => Self::parent_node(v, dir),
-                _ => ROOT,
+            let parent = match &n {
+                Node::Entry(v, _, _) => Self::parent_node(v, dir),
+                Node::ViewRoot(v) => node::view_root(v.id),
+                Node::Root => ROOT,
             };
             let (attr, _) = self.getattr(view, parent)?;
             if add(DirItem {
@@ -355,6 +407,10 @@ impl Vfs {
             pos = 2;
         }
         let Some(view) = view else { return Ok(()) };
+        if matches!(n, Node::Root) && view.bound {
+            // Through the shared root, a bound runtime sees only the door.
+            return Ok(());
+        }
         let start = view.tree.children_start(dir);
         let kids = view.tree.children(dir);
         for (k, e) in kids.iter().enumerate().skip((pos - 2) as usize) {
@@ -375,7 +431,10 @@ impl Vfs {
     fn parent_node(view: &View, dir: u32) -> u64 {
         let span = view.tree.dirs()[dir as usize];
         if span.parent == 0 {
-            return ROOT;
+            return match view.bound {
+                true => node::view_root(view.id),
+                false => ROOT,
+            };
         }
         let grand = view.tree.dirs()[span.parent as usize].parent;
         let start = view.tree.children_start(grand);
@@ -415,7 +474,7 @@ impl Vfs {
         write: bool,
     ) -> Result<OpenedPayload> {
         match Self::resolve(view, node)? {
-            Node::Root => Err(VfsError::IsDir),
+            Node::Root | Node::ViewRoot(_) => Err(VfsError::IsDir),
             Node::Entry(_, _, e) => match e.kind {
                 EntryKind::Dir => Err(VfsError::IsDir),
                 _ if write => Err(VfsError::ReadOnly),
@@ -493,11 +552,11 @@ mod tests {
         assert_eq!(ttl, LONG_TTL);
         assert_eq!(fa.size, 5);
         // Misses are remembered only in the caller's own directories.
-        assert_eq!(vfs.miss_ttl(Some(&a.view), da.node), LONG_TTL);
-        assert_eq!(vfs.miss_ttl(Some(&a.view), ROOT), NO_TTL);
-        assert_eq!(vfs.miss_ttl(Some(&b.view), da.node), NO_TTL);
-        assert_eq!(vfs.miss_ttl(Some(&a.view), fa.node), NO_TTL);
-        assert_eq!(vfs.miss_ttl(None, da.node), NO_TTL);
+        assert_eq!(vfs.miss_ttl(Some(&a.view), da.node, b"x"), LONG_TTL);
+        assert_eq!(vfs.miss_ttl(Some(&a.view), ROOT, b"x"), NO_TTL);
+        assert_eq!(vfs.miss_ttl(Some(&b.view), da.node, b"x"), NO_TTL);
+        assert_eq!(vfs.miss_ttl(Some(&a.view), fa.node, b"x"), NO_TTL);
+        assert_eq!(vfs.miss_ttl(None, da.node, b"x"), NO_TTL);
         // Every entry shows its own time.
         assert_eq!(
             da.mtime,
@@ -537,6 +596,101 @@ mod tests {
             Err(VfsError::ReadOnly)
         ));
     }
+    fn bound_view(vfs: &Vfs, name: &str, content: &[u8]) -> std::sync::Arc<crate::Runtime> {
+        let d = vfs.repo().write_blob(content).unwrap();
+        let mut b = TreeBuilder::new();
+        b.add(
+            b"dir/file",
+            EntryKind::File,
+            0o100644,
+            content.len() as u64,
+            d,
+        )
+        .unwrap();
+        let spec = crate::RuntimeSpec {
+            name: name.into(),
+            root_pid: 1,
+            owner_uid: 0,
+            bound: true,
+        };
+        crate::registry::register_tree_as(&vfs.registry, spec, vec![d], b.build().unwrap())
+    }
+
+    fn names(vfs: &Vfs, view: Option<&View>, node: u64) -> Vec<String> {
+        let mut names = Vec::new();
+        vfs.readdir(view, node, 0, |item| {
+            names.push(String::from_utf8_lossy(item.name).into_owned());
+            false
+        })
+        .unwrap();
+        names
+    }
+
+    #[test]
+    fn a_bound_view_is_reached_through_its_door_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let routed = view_with(&vfs, "routed", b"alpha");
+        let bound = bound_view(&vfs, "bound", b"beta");
+        let nested = bound_view(&vfs, "nested", b"gamma");
+        let (a, b, c) = (Some(&*routed.view), Some(&*bound.view), Some(&*nested.view));
+        // The door opens for bound callers only, each on their own root,
+        // and is never cached.
+        for view in [a, None] {
+            assert!(matches!(
+                vfs.lookup(view, ROOT, VIEW_DOOR),
+                Err(VfsError::NotFound)
+            ));
+            assert_eq!(vfs.miss_ttl(view, ROOT, VIEW_DOOR), NO_TTL);
+        }
+        let (root_b, ttl, _) = vfs.lookup(b, ROOT, VIEW_DOOR).unwrap();
+        assert_eq!(ttl, NO_TTL);
+        assert_eq!(root_b.node, node::view_root(bound.view.id));
+        assert_eq!(root_b.kind, NodeKind::Dir);
+        // Through the shared root a bound caller sees only the door.
+        assert!(matches!(
+            vfs.lookup(b, ROOT, b"dir"),
+            Err(VfsError::NotFound)
+        ));
+        assert_eq!(names(&vfs, b, ROOT), [".", ".."]);
+        // Below its own root, every name and miss is cached.
+        let (d, ttl, _) = vfs.lookup(b, root_b.node, b"dir").unwrap();
+        assert_eq!(ttl, LONG_TTL);
+        assert_eq!(vfs.miss_ttl(b, root_b.node, b"missing"), LONG_TTL);
+        assert_eq!(vfs.miss_ttl(b, root_b.node, VIEW_DOOR), NO_TTL);
+        assert_eq!(names(&vfs, b, root_b.node), [".", "..", "dir"]);
+        let mut parent = None;
+        vfs.readdir(b, d.node, 0, |item| {
+            if item.name == b".." {
+                parent = Some(item.attr.node);
+            }
+            false
+        })
+        .unwrap();
+        assert_eq!(
+            parent,
+            Some(root_b.node),
+            "the top's parent is the view root"
+        );
+        // A runtime nested in the bound one finds its own root through the
+        // door of its parent's, and nothing else of its parent's.
+        let (root_c, _, _) = vfs.lookup(c, root_b.node, VIEW_DOOR).unwrap();
+        assert_eq!(root_c.node, node::view_root(nested.view.id));
+        assert!(matches!(
+            vfs.lookup(c, root_b.node, b"dir"),
+            Err(VfsError::NotFound)
+        ));
+        assert_eq!(vfs.miss_ttl(c, root_b.node, b"dir"), NO_TTL);
+        // Nobody else may use a bound view's root, and a routed view has none.
+        assert!(vfs.getattr(a, root_b.node).is_err());
+        assert!(vfs.getattr(None, root_b.node).is_err());
+        assert!(vfs.getattr(a, node::view_root(routed.view.id)).is_err());
+        assert!(matches!(
+            vfs.open(b, 0, root_b.node, false),
+            Err(VfsError::IsDir)
+        ));
+    }
+
     /// Put `bytes` in `repo` as `uid`'s private copy (0400, `uid`'s).
     fn private_copy(repo: &FsRepository, uid: u32, bytes: &[u8]) -> Digest {
         let d = Digest::of(bytes);

@@ -21,4 +21,7 @@ pub struct View {
     pub tree: Arc<Tree>,
     /// The time shown for every entry: when the newest layer was stored.
     pub mtime: SystemTime,
+    /// Whether the view is bound: its runtime sees it through a mount of
+    /// its own root (see [`crate::vfs`]), not through the shared root.
+    pub bound: bool,
 }

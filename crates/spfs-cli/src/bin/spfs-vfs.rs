@@ -165,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         root_pid: root_process,
                         spec,
                         runtime: name.unwrap_or_default(),
+                        bind: false,
                     })
                     .await
                     .map_err(status_error)?;
@@ -207,19 +208,25 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                                 "runtime": r.runtime, "root_pid": r.root_pid, "spec": r.spec,
                                 "layers": r.layers, "age_seconds": r.age_seconds,
                                 "requests": r.requests, "owner_uid": r.owner_uid,
+                                "mode": mode(r.bound),
                             })
                         })
                         .collect();
                     output::print_json(&serde_json::json!({ "runtimes": runtimes }))?;
                 } else {
                     println!(
-                        "{:<32} {:>8} {:>8} {:>10}  SPEC",
-                        "RUNTIME", "PID", "AGE", "REQUESTS"
+                        "{:<32} {:>8} {:>8} {:>10} {:<6}  SPEC",
+                        "RUNTIME", "PID", "AGE", "REQUESTS", "MODE"
                     );
                     for r in list.runtimes {
                         println!(
-                            "{:<32} {:>8} {:>7}s {:>10}  {}",
-                            r.runtime, r.root_pid, r.age_seconds, r.requests, r.spec
+                            "{:<32} {:>8} {:>7}s {:>10} {:<6}  {}",
+                            r.runtime,
+                            r.root_pid,
+                            r.age_seconds,
+                            r.requests,
+                            mode(r.bound),
+                            r.spec
                         );
                     }
                 }
@@ -254,4 +261,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             })
         }
     }
+}
+
+/// How a runtime sees its view, as `list` shows it.
+fn mode(bound: bool) -> &'static str {
+    if bound { "bound" } else { "router" }
 }

@@ -7,6 +7,14 @@
 //! replaces itself with CMD. CMD and everything it starts see the view; the
 //! exit code is CMD's own. When the last process of the tree exits, however
 //! the tree was ended, the service drops the view and removes the record.
+//!
+//! With `vfs.bind_views = "auto"` (the default) the view is *bound* when
+//! this process may create a mount namespace: as root it does so itself
+//! ([`spfs_fuse::bind`]), otherwise it executes CMD through the
+//! `spfs-enter` helper if that is installed with its file capability. A
+//! bound runtime's mount point shows only its view, and the kernel caches
+//! every name in it; a routed runtime sees its view through the shared
+//! mount (see `docs/platform-hosts.md`).
 
 use std::os::unix::process::CommandExt;
 
@@ -42,7 +50,7 @@ pub struct ShellArgs {
 pub enum RuntimeCommand {
     /// List runtime records.
     Ls {
-        /// One JSON document: a list of records {"name", "spec", "layers", "root_pid", "owner_uid", "created", "mountpoint", "command", "cgroup"}.
+        /// One JSON document: a list of records {"name", "spec", "layers", "root_pid", "owner_uid", "created", "mountpoint", "command", "cgroup", "bound"}.
         #[arg(long)]
         json: bool,
     },
@@ -75,6 +83,40 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// How this process binds its view, if it does.
+enum Binding {
+    /// Routed: the view is seen through the shared mount.
+    None,
+    /// This process may create a mount namespace itself (root).
+    Here,
+    /// Through the `spfs-enter` helper at this path.
+    Helper(std::path::PathBuf),
+}
+
+/// Decide how to bind, as `vfs.bind_views` says and privilege allows.
+fn binding(config: &spfs_config::Config) -> Binding {
+    if config.vfs.bind_views == spfs_config::BindViews::Never {
+        return Binding::None;
+    }
+    if rustix::process::geteuid().is_root() {
+        return Binding::Here;
+    }
+    let helper = if config.vfs.enter_helper.as_os_str().is_empty() {
+        match std::env::current_exe() {
+            Ok(exe) => exe.with_file_name("spfs-enter"),
+            Err(_) => return Binding::None,
+        }
+    } else {
+        config.vfs.enter_helper.clone()
+    };
+    // The helper binds only if it was given its file capability.
+    let mut buf = [0u8; 64];
+    match rustix::fs::getxattr(&helper, "security.capability", &mut buf) {
+        Ok(_) => Binding::Helper(helper),
+        Err(_) => Binding::None,
+    }
+}
+
 /// Register the view for this process, then exec `command`.
 fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
     let config = super::config()?;
@@ -100,7 +142,10 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
         mountpoint: config.vfs.mountpoint.clone(),
         command: command.clone(),
         cgroup: String::new(),
+        bound: false,
     };
+    let binding = binding(&config);
+    record.bound = !matches!(binding, Binding::None);
     let resolved: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
     let rt = runtime()?;
     rt.block_on(async {
@@ -114,6 +159,7 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
                     resolved.join("+")
                 },
                 runtime: name.clone(),
+                bind: record.bound,
             })
             .await
             .map_err(|status| {
@@ -131,17 +177,30 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
         anyhow::Ok(())
     })?;
     drop(rt);
-    let err = std::process::Command::new(program)
-        .args(&command[1..])
-        .env("SPFS_RUNTIME", &name)
-        .exec();
+    if let Binding::Here = binding {
+        spfs_fuse::bind::enter_bound_view(&config.vfs.mountpoint)
+            .context("cannot bind the runtime's view")?;
+    }
+    let (shown, mut cmd) = match &binding {
+        Binding::Helper(helper) => {
+            let mut c = std::process::Command::new(helper);
+            c.arg(&config.vfs.mountpoint).arg("--").args(&command);
+            (helper.display().to_string(), c)
+        }
+        Binding::Here | Binding::None => {
+            let mut c = std::process::Command::new(program);
+            c.args(&command[1..]);
+            (program.clone(), c)
+        }
+    };
+    let err = cmd.env("SPFS_RUNTIME", &name).exec();
     // Only reached when exec failed; the view goes when this process exits.
     let code = if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
         126
     };
-    crate::output::report_error(&anyhow::anyhow!("cannot run {program}: {err}"));
+    crate::output::report_error(&anyhow::anyhow!("cannot run {shown}: {err}"));
     Ok(code)
 }
 
@@ -184,6 +243,7 @@ pub fn runtime_cmd(cmd: RuntimeCommand) -> anyhow::Result<i32> {
                 println!("mountpoint: {}", r.mountpoint.display());
                 println!("command:    {}", r.command.join(" "));
                 println!("cgroup:     {}", r.cgroup);
+                println!("mode:       {}", if r.bound { "bound" } else { "router" });
                 println!("layers:");
                 for l in &r.layers {
                     println!("  {l}");

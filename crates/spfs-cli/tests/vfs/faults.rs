@@ -168,6 +168,7 @@ fn the_service_reads_no_files_for_callers() {
                 root_pid: std::process::id(),
                 spec: link.display().to_string(),
                 runtime: String::new(),
+                bind: false,
             })
             .await
             .unwrap_err()

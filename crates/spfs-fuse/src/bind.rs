@@ -83,7 +83,41 @@ pub fn enter_bound_view(mountpoint: &Path) -> Result<(), BindError> {
         .map_err(|e| sys(format!("open {}", mountpoint.display()))(e))?;
     let mnt_id =
         spfs_mount_root(&target).ok_or_else(|| BindError::NotSpfsMount(mountpoint.into()))?;
-    let door = match open_dir(&target, door_name(), OFlags::NOFOLLOW) {
+    // The door's dentry is shared by every caller and answered per caller:
+    // another runtime looking through it between our lookup and our mount
+    // makes the kernel drop our dentry, and the mount fails with ENOENT.
+    // Look again (the window is a few microseconds).
+    let mut tries = 0;
+    while let Err(e) = bind_door(&target, mnt_id, mountpoint) {
+        tries += 1;
+        match e {
+            BindError::Sys { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound && tries < BIND_TRIES => {}
+            e => return Err(e),
+        }
+    }
+    rustix::mount::mount_remount(
+        mountpoint,
+        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+        "",
+    )
+    .map_err(|e| sys(format!("make {} read-only", mountpoint.display()))(e))?;
+    // A working directory under the mount point still names the shared
+    // root's node: walk to the same path in the view (best effort).
+    if let Ok(cwd) = std::env::current_dir()
+        && cwd.starts_with(mountpoint)
+    {
+        let _ = std::env::set_current_dir(&cwd);
+    }
+    Ok(())
+}
+
+/// How many times a bind raced by other runtimes' lookups is tried.
+const BIND_TRIES: u32 = 1000;
+
+/// Mount the view behind the door of `target` (mount `mnt_id`) over it.
+fn bind_door(target: &OwnedFd, mnt_id: u64, mountpoint: &Path) -> Result<(), BindError> {
+    let door = match open_dir(target, door_name(), OFlags::NOFOLLOW) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Err(BindError::NoView(mountpoint.into())),
         Err(e) => {
@@ -109,25 +143,11 @@ pub fn enter_bound_view(mountpoint: &Path) -> Result<(), BindError> {
     rustix::mount::move_mount(
         &tree,
         "",
-        &target,
+        target,
         "",
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
-    .map_err(|e| sys(format!("mount the view over {}", mountpoint.display()))(e))?;
-    rustix::mount::mount_remount(
-        mountpoint,
-        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
-        "",
-    )
-    .map_err(|e| sys(format!("make {} read-only", mountpoint.display()))(e))?;
-    // A working directory under the mount point still names the shared
-    // root's node: walk to the same path in the view (best effort).
-    if let Ok(cwd) = std::env::current_dir()
-        && cwd.starts_with(mountpoint)
-    {
-        let _ = std::env::set_current_dir(&cwd);
-    }
-    Ok(())
+    .map_err(|e| sys(format!("mount the view over {}", mountpoint.display()))(e))
 }
 
 fn door_name() -> &'static std::ffi::OsStr {

@@ -312,7 +312,10 @@ impl Vfs {
         if name == VIEW_DOOR && (parent == ROOT || node::is_view_root(parent)) {
             // The door answers each caller with their own bound view, so
             // the kernel must ask again every time.
-            let view = view.filter(|v| v.bound).ok_or(VfsError::NotFound)?;
+            // (Never onto the directory it is in: that would be a loop.)
+            let view = view
+                .filter(|v| v.bound && parent != node::view_root(v.id))
+                .ok_or(VfsError::NotFound)?;
             return Ok((Self::view_root_attr(view), NO_TTL, LONG_TTL));
         }
         let p = Self::resolve(view, parent)?;
@@ -674,6 +677,10 @@ mod tests {
         );
         // A runtime nested in the bound one finds its own root through the
         // door of its parent's, and nothing else of its parent's.
+        assert!(matches!(
+            vfs.lookup(b, root_b.node, VIEW_DOOR),
+            Err(VfsError::NotFound)
+        ));
         let (root_c, _, _) = vfs.lookup(c, root_b.node, VIEW_DOOR).unwrap();
         assert_eq!(root_c.node, node::view_root(nested.view.id));
         assert!(matches!(

@@ -46,10 +46,28 @@ pub struct World {
     pub sock: PathBuf,
     pub log: PathBuf,
     pub cgroups: PathBuf,
+    /// `vfs.bind_views` for every command: `auto` (bound, as tests run as
+    /// root) or `never` (routed).
+    pub bind_views: &'static str,
+}
+
+/// How `spfs run` shows a runtime its view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Through the shared mount, answered by the router.
+    Router,
+    /// Through a bind of the view's own root, in a mount namespace.
+    Bound,
 }
 
 impl World {
+    /// A world whose runtimes are bound (the default, as root).
     pub fn new() -> World {
+        World::with_mode(Mode::Bound)
+    }
+
+    /// A world whose runtimes see their views as `mode` says.
+    pub fn with_mode(mode: Mode) -> World {
         let dir = tempfile::Builder::new()
             .prefix("spfs-vfs-test")
             .tempdir()
@@ -66,6 +84,10 @@ impl World {
             log: dir.path().join("vfs.log"),
             cgroups: cg_mount.join(format!("spfs-test-{}-{n}", std::process::id())),
             dir,
+            bind_views: match mode {
+                Mode::Router => "never",
+                Mode::Bound => "auto",
+            },
         };
         std::fs::write(w.dir.path().join("empty.toml"), "").expect("config");
         let out = w.spfs(&["init", "repo", w.repo.to_str().expect("utf8")]);
@@ -87,6 +109,7 @@ impl World {
             .env("SPFS_VFS_LOG_FILE", &self.log)
             .env("SPFS_VFS_CGROUP_ROOT", &self.cgroups)
             .env("SPFS_VFS_TOKEN_FILE", self.dir.path().join("token"))
+            .env("SPFS_VFS_BIND_VIEWS", self.bind_views)
             .env_remove("SPFS_RUNTIME");
     }
 
@@ -133,6 +156,26 @@ impl World {
             .unwrap_or("")
             .trim()
             .to_string()
+    }
+
+    /// Check that every registered runtime has `mode`, as `spfs-vfs list`
+    /// and `spfs runtime info` say.
+    pub fn assert_modes(&self, mode: Mode) {
+        let want = match mode {
+            Mode::Router => "router",
+            Mode::Bound => "bound",
+        };
+        let list = self.list();
+        assert!(!list.is_empty(), "no runtime to check");
+        for rt in list {
+            assert_eq!(rt["mode"], want, "{rt}");
+            let name = rt["runtime"].as_str().expect("name");
+            let out = self.spfs(&["runtime", "info", name, "--json"]);
+            if out.status.success() {
+                let record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+                assert_eq!(record["bound"], mode == Mode::Bound, "{record}");
+            }
+        }
     }
 
     /// `spfs run SPEC -- sh -c SCRIPT`, waiting for it.

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
+use std::time::Duration;
 
 use crate::harness::*;
 use crate::require_vfs;
@@ -46,9 +47,19 @@ fn commit_with_mode(w: &World, tag: &str, data: &[u8], mode: u32, extra_dir: &st
 }
 
 #[test]
-fn interleaved_reads_never_cross_views() {
+fn interleaved_reads_never_cross_views_router() {
     require_vfs!();
-    let w = World::new();
+    interleaved_reads_never_cross_views(Mode::Router);
+}
+
+#[test]
+fn interleaved_reads_never_cross_views_bound() {
+    require_vfs!();
+    interleaved_reads_never_cross_views(Mode::Bound);
+}
+
+fn interleaved_reads_never_cross_views(mode: Mode) {
+    let w = World::with_mode(mode);
     commit_with_mode(&w, "iso/a", b"alpha-content\n", 0o644, "only_a", b"deep-a");
     commit_with_mode(&w, "iso/b", b"B\n", 0o755, "only_b", b"deeper-b!");
     let script = w.dir.path().join("reader.py");
@@ -82,6 +93,8 @@ fn interleaved_reads_never_cross_views() {
         "deep-a",
     );
     let mut b = spawn("iso/b", "B\n", "755", "data,dir,only_b", "deeper-b!");
+    assert!(wait_for(Duration::from_secs(10), || w.list().len() == 2));
+    w.assert_modes(mode);
     let (mut a_in, mut b_in) = (a.stdin.take().unwrap(), b.stdin.take().unwrap());
     let mut a_out = BufReader::new(a.stdout.take().unwrap());
     let mut b_out = BufReader::new(b.stdout.take().unwrap());

@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod bound;
 mod faults;
 mod isolation;
 mod mtimes;

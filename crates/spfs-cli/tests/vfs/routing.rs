@@ -6,9 +6,19 @@ use crate::harness::*;
 use crate::require_vfs;
 
 #[test]
-fn recycled_root_pid_does_not_inherit_the_view() {
+fn recycled_root_pid_does_not_inherit_the_view_router() {
     require_vfs!();
-    let w = World::new();
+    recycled_root_pid_does_not_inherit_the_view(Mode::Router);
+}
+
+#[test]
+fn recycled_root_pid_does_not_inherit_the_view_bound() {
+    require_vfs!();
+    recycled_root_pid_does_not_inherit_the_view(Mode::Bound);
+}
+
+fn recycled_root_pid_does_not_inherit_the_view(mode: Mode) {
+    let w = World::with_mode(mode);
     w.commit("reuse/a", &[("data", b"view-a")]);
     let d = w.dir.path().join("reuse");
     std::fs::create_dir_all(&d).unwrap();
@@ -53,6 +63,12 @@ i=0; until [ -s {d}/keeper_saw ]; do i=$((i+1)); [ $i -lt 500 ] || break; sleep 
         "the runtime was still registered: {}",
         read("out_list")
     );
+    let shown = if mode == Mode::Bound {
+        " bound "
+    } else {
+        " router "
+    };
+    assert!(read("out_list").contains(shown), "{}", read("out_list"));
     assert_eq!(
         read("out_ls"),
         "",
@@ -71,9 +87,19 @@ i=0; until [ -s {d}/keeper_saw ]; do i=$((i+1)); [ $i -lt 500 ] || break; sleep 
 }
 
 #[test]
-fn daemonized_grandchild_keeps_its_view_until_it_exits() {
+fn daemonized_grandchild_keeps_its_view_until_it_exits_router() {
     require_vfs!();
-    let w = World::new();
+    daemonized_grandchild_keeps_its_view_until_it_exits(Mode::Router);
+}
+
+#[test]
+fn daemonized_grandchild_keeps_its_view_until_it_exits_bound() {
+    require_vfs!();
+    daemonized_grandchild_keeps_its_view_until_it_exits(Mode::Bound);
+}
+
+fn daemonized_grandchild_keeps_its_view_until_it_exits(mode: Mode) {
+    let w = World::with_mode(mode);
     w.commit("grand/a", &[("data", b"grand-view")]);
     let (d, mnt) = (
         w.dir.path().display().to_string(),
@@ -90,6 +116,7 @@ fn daemonized_grandchild_keeps_its_view_until_it_exits() {
         1,
         "runtime registered while its daemon lives"
     );
+    w.assert_modes(mode);
     assert!(wait_for(Duration::from_secs(10), || std::path::Path::new(
         &format!("{d}/gc_done")
     )

@@ -12,6 +12,9 @@ command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
 command -v pgrep >/dev/null || need+=(procps)
 command -v useradd >/dev/null || need+=(passwd)
+# setcap gives the spfs-enter helper its file capability (scripts/install.sh,
+# and the tests of bound views for users).
+command -v setcap >/dev/null || need+=(libcap2-bin)
 if [ "${1:-}" = "--bench" ]; then
   command -v squashfuse >/dev/null || need+=(squashfuse)
   command -v mksquashfs >/dev/null || need+=(squashfs-tools)

@@ -12,6 +12,7 @@
 mod harness;
 mod users;
 
+mod bound;
 mod control;
 mod integrity;
 mod logs_locks;

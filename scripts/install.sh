@@ -3,7 +3,8 @@
 # PREFIX/bin (default /usr/local). spfs-enter gets the cap_sys_admin file
 # capability, so that `spfs run` can give every user's runtime a bound view
 # (a mount namespace whose mount point shows only that runtime's view; see
-# "Bound views" in the README). Run as root. Safe to run again.
+# "Bound views" in the README). Run as root, or as `scripts/setup.sh
+# --install`. Safe to run again.
 #
 # Usage: scripts/install.sh [--no-helper-capability]
 set -euo pipefail
@@ -13,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "scripts/install.sh must run as root (it installs into $PREFIX/bin and sets a file capability)" >&2
 	exit 1
 fi
-bash scripts/setup.sh
+command -v setcap >/dev/null || { echo "setcap is missing: run scripts/setup.sh first" >&2; exit 1; }
 echo "== building (release)"
 cargo build --release -q -p spfs-cli --bins
 install -d "$PREFIX/bin"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, testing and benchmarking spfs need on a fresh
 # Debian machine (run as root). Safe to run again: it installs only what is
-# missing.
+# missing. `--bench` adds the benchmark's tools; `--install` also installs
+# spfs itself, with the spfs-enter helper (scripts/install.sh).
 set -euo pipefail
 
 need=()
@@ -31,4 +32,9 @@ if [ ! -e /dev/fuse ]; then
   modprobe fuse 2>/dev/null || true
 fi
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: install it with rustup" >&2; exit 1; }
+# --install: also build and install spfs, spfs-vfs and the spfs-enter
+# helper with its file capability (scripts/install.sh).
+if [ "${1:-}" = "--install" ]; then
+  bash "$(dirname "$0")/install.sh"
+fi
 echo "setup complete"

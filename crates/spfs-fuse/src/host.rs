@@ -255,11 +255,12 @@ impl FuseHost {
         req: &Request,
         ino: INodeNo,
         offset: u64,
+        plus: bool,
         add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<(), Errno> {
         let rt = self.caller(req);
         self.vfs
-            .readdir(view_of(&rt), ino.0, offset, add)
+            .readdir(view_of(&rt), ino.0, offset, plus, add)
             .map_err(errno)
     }
 
@@ -496,7 +497,7 @@ impl Filesystem for FuseHost {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let res = self.list(req, ino, offset, |item| {
+        let res = self.list(req, ino, offset, false, |item| {
             reply.add(
                 INodeNo(item.attr.node),
                 item.next,
@@ -520,7 +521,7 @@ impl Filesystem for FuseHost {
     ) {
         // Names and attributes in one answer: a `find`-style walk needs no
         // separate lookup per entry.
-        let res = self.list(req, ino, offset, |item| {
+        let res = self.list(req, ino, offset, true, |item| {
             let attr = file_attr(&item.attr);
             reply.add(
                 INodeNo(item.attr.node),
@@ -552,12 +553,16 @@ impl Filesystem for FuseHost {
         );
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        // The kernel evicted the inode: what is kept for it goes, under the
+        // lock an open of it takes (a content node's id may name other
+        // content next; see spfs_vfs::content).
+        let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        self.vfs.forget(ino.0, nlookup);
         self.node_files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ino.0);
-        let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         if backing.get(&ino.0).is_some_and(|b| b.opens == 0) {
             backing.remove(&ino.0);
         }

@@ -279,6 +279,14 @@ impl FsRepository {
             })
     }
 
+    /// Whether blob `digest` has a public copy (readable by every user).
+    pub fn has_public_payload(&self, digest: &Digest) -> bool {
+        beneath::stat(self.fd(), &Self::payload_rel(digest, None))
+            .ok()
+            .and_then(|st| PayloadCopy::of(None, &st))
+            == Some(PayloadCopy::Public)
+    }
+
     /// Whether a writer of `copy` of `digest` has nothing to write: a
     /// public copy serves every file; a private copy is the writer's own
     /// (under its private name, or under the digest's own name from before

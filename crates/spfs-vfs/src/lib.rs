@@ -13,6 +13,8 @@
 //! - [`registry`]: the registered runtimes and the views they use;
 //! - [`vfs`]: the filesystem operations (lookup, getattr, readdir, readlink,
 //!   open, read, statfs) with their cache lifetimes;
+//! - [`content`]: one node per distinct public file across views, so the
+//!   kernel keeps one copy of its pages;
 //! - [`handles`]: open files;
 //! - [`verify`]: payloads checked against their digests before they are
 //!   first served, corrupt ones refused and quarantined.
@@ -21,6 +23,7 @@
 //! runtime with the platform's own means and calls into [`vfs::Vfs`]; see
 //! `docs/platform-hosts.md`.
 
+pub mod content;
 pub mod handles;
 pub mod node;
 pub mod registry;

@@ -153,6 +153,7 @@ impl Registry {
                         let id = inner
                             .last_view
                             .checked_add(1)
+                            .filter(|id| *id < crate::content::CONTENT_VIEW)
                             .ok_or(RegistryError::OutOfViewIds)?;
                         inner.last_view = id;
                         let v = Arc::new(View {

@@ -23,6 +23,10 @@
 //! view, the top-level ones included. Through the shared root, a bound
 //! runtime's processes see nothing but the door.
 //!
+//! A regular file with a public payload is not named by its view but by its
+//! content ([`crate::content`]): one node, and so one copy of its pages in
+//! the kernel, for every view that holds the same file.
+//!
 //! A view is shared by every runtime of the same stack, whoever owns it,
 //! but what a view names is not everyone's to read: manifests are written
 //! by users and may name any digest. So the operations that serve a
@@ -37,6 +41,7 @@ use std::time::{Duration, SystemTime};
 use spfs_model::{Digest, Entry, EntryKind, Tree};
 use spfs_storage::{FsRepository, OpenedPayload, StorageError};
 
+use crate::content::{ContentKey, ContentNodes};
 use crate::handles::Handles;
 use crate::node::{self, ROOT};
 use crate::registry::Registry;
@@ -185,17 +190,25 @@ pub struct Vfs {
     /// The payloads verified against their digests in this service's
     /// lifetime.
     pub verifier: Verifier,
+    /// The nodes of public files, shared by every view.
+    pub content: ContentNodes,
+    /// Digests known to have a public copy (a copy, once public, stays).
+    public: std::sync::RwLock<std::collections::HashSet<Digest>>,
     started: SystemTime,
 }
 
+/// Digests remembered as public, at most (then forgotten and asked again).
+const PUBLIC_MAX: usize = 1 << 20;
+
 type Result<T, E = VfsError> = std::result::Result<T, E>;
 
-/// A resolved node: the shared root, a bound view's root, or an entry of a
-/// view.
+/// A resolved node: the shared root, a bound view's root, an entry of a
+/// view, or a public file's content node.
 enum Node<'a> {
     Root,
     ViewRoot(&'a View),
     Entry(&'a View, u32, &'a Entry),
+    Content(ContentKey),
 }
 
 impl Vfs {
@@ -205,6 +218,8 @@ impl Vfs {
             registry: std::sync::Arc::default(),
             handles: Handles::default(),
             verifier: Verifier::default(),
+            content: ContentNodes::default(),
+            public: Default::default(),
             started: SystemTime::now(),
         }
     }
@@ -213,11 +228,19 @@ impl Vfs {
         &self.repo
     }
 
-    fn resolve<'a>(view: Option<&'a View>, node: u64) -> Result<Node<'a>> {
+    fn resolve<'a>(&self, view: Option<&'a View>, node: u64) -> Result<Node<'a>> {
         if node == ROOT {
             return Ok(Node::Root);
         }
         let (vid, index) = node::split(node).ok_or(VfsError::NotFound)?;
+        if vid == crate::content::CONTENT_VIEW {
+            // Public bytes: whoever reached the node may have them.
+            return self
+                .content
+                .get(node)
+                .map(Node::Content)
+                .ok_or(VfsError::NotFound);
+        }
         let view = view.filter(|v| v.id == vid).ok_or(VfsError::NotFound)?;
         if index == node::VIEW_ROOT_INDEX {
             return match view.bound {
@@ -238,7 +261,7 @@ impl Vfs {
         match node {
             Node::Root | Node::ViewRoot(_) => Ok(0),
             Node::Entry(_, _, e) if e.kind == EntryKind::Dir => Ok(e.dir),
-            Node::Entry(..) => Err(VfsError::NotDir),
+            Node::Entry(..) | Node::Content(_) => Err(VfsError::NotDir),
         }
     }
 
@@ -276,6 +299,65 @@ impl Vfs {
             uid: 0,
             gid: 0,
         }
+    }
+
+    /// The attributes of a content node.
+    fn content_attr(node: u64, key: &ContentKey) -> Attr {
+        Attr {
+            node,
+            kind: NodeKind::File,
+            perm: key.perm,
+            size: key.size,
+            nlink: 1,
+            mtime: spfs_model::time::to_system_time(key.mtime),
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    /// The content key of a regular file whose payload is public.
+    fn public_content(&self, e: &Entry) -> Option<ContentKey> {
+        if e.kind != EntryKind::File {
+            return None;
+        }
+        let known = self
+            .public
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&e.object);
+        if !known {
+            if !self.repo.has_public_payload(&e.object) {
+                return None;
+            }
+            let mut public = self.public.write().unwrap_or_else(|p| p.into_inner());
+            if public.len() >= PUBLIC_MAX {
+                public.clear();
+            }
+            public.insert(e.object);
+        }
+        Some(ContentKey {
+            digest: e.object,
+            size: e.size,
+            perm: (e.mode & 0o7777) as u16,
+            mtime: e.mtime,
+        })
+    }
+
+    /// The attributes an entry is handed out with: its content node's for
+    /// a public file (`counted`: as a reference the kernel will forget),
+    /// else its own node's.
+    fn handed_attr(&self, view: &View, index: u32, e: &Entry, counted: bool) -> Attr {
+        match self.public_content(e) {
+            Some(key) => Self::content_attr(self.content.intern(key, counted), &key),
+            None => Self::entry_attr(view, index, e),
+        }
+    }
+
+    /// The kernel dropped `n` references to `node` (FUSE `FORGET`).
+    /// Returns whether the node is gone (a content node whose id may now
+    /// name other content: whatever a host keeps by node id must go).
+    pub fn forget(&self, node: u64, n: u64) -> bool {
+        self.content.forget(node, n)
     }
 
     fn entry_attr(view: &View, index: u32, e: &Entry) -> Attr {
@@ -318,7 +400,7 @@ impl Vfs {
                 .ok_or(VfsError::NotFound)?;
             return Ok((Self::view_root_attr(view), NO_TTL, LONG_TTL));
         }
-        let p = Self::resolve(view, parent)?;
+        let p = self.resolve(view, parent)?;
         let dir = Self::dir_of(&p)?;
         let view = view.ok_or(VfsError::NotFound)?;
         if matches!(p, Node::Root) && view.bound {
@@ -327,7 +409,7 @@ impl Vfs {
         let index = view.tree.find(dir, name).ok_or(VfsError::NotFound)?;
         let e = &view.tree.entries()[index as usize];
         let entry_ttl = if parent == ROOT { NO_TTL } else { LONG_TTL };
-        Ok((Self::entry_attr(view, index, e), entry_ttl, LONG_TTL))
+        Ok((self.handed_attr(view, index, e, true), entry_ttl, LONG_TTL))
     }
 
     /// How long the kernel may remember that a name is missing from
@@ -340,7 +422,7 @@ impl Vfs {
         if name == VIEW_DOOR {
             return NO_TTL;
         }
-        match Self::resolve(view, parent) {
+        match self.resolve(view, parent) {
             Ok(Node::ViewRoot(_)) => LONG_TTL,
             Ok(Node::Entry(_, _, e)) if e.kind == EntryKind::Dir => LONG_TTL,
             _ => NO_TTL,
@@ -349,10 +431,11 @@ impl Vfs {
 
     /// The attributes of a node and how long they may be cached.
     pub fn getattr(&self, view: Option<&View>, node: u64) -> Result<(Attr, Duration)> {
-        match Self::resolve(view, node)? {
+        match self.resolve(view, node)? {
             Node::Root => Ok((self.root_attr(), LONG_TTL)),
             Node::ViewRoot(v) => Ok((Self::view_root_attr(v), LONG_TTL)),
             Node::Entry(v, i, e) => Ok((Self::entry_attr(v, i, e), LONG_TTL)),
+            Node::Content(key) => Ok((Self::content_attr(node, &key), LONG_TTL)),
         }
     }
 
@@ -364,19 +447,22 @@ impl Vfs {
 
     /// Check that `node` is a directory the caller can list.
     pub fn opendir(&self, view: Option<&View>, node: u64) -> Result<()> {
-        Self::dir_of(&Self::resolve(view, node)?).map(|_| ())
+        Self::dir_of(&self.resolve(view, node)?).map(|_| ())
     }
 
     /// List a directory from `offset` on. `add` receives each entry (`.`
-    /// and `..` first) and returns true when the platform's buffer is full.
+    /// and `..` first) and returns true when the platform's buffer is full
+    /// (that entry was not taken). `plus`: the entries after `.` and `..`
+    /// are handed to the kernel as references (FUSE `READDIRPLUS`).
     pub fn readdir(
         &self,
         view: Option<&View>,
         node: u64,
         offset: u64,
+        plus: bool,
         mut add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<()> {
-        let n = Self::resolve(view, node)?;
+        let n = self.resolve(view, node)?;
         let dir = Self::dir_of(&n)?;
         let ttl = if node == ROOT { NO_TTL } else { LONG_TTL };
         let mut pos = offset;
@@ -396,7 +482,7 @@ impl Vfs {
             let parent = match &n {
                 Node::Entry(v, _, _) => Self::parent_node(v, dir),
                 Node::ViewRoot(v) => node::view_root(v.id),
-                Node::Root => ROOT,
+                Node::Root | Node::Content(_) => ROOT,
             };
             let (attr, _) = self.getattr(view, parent)?;
             if add(DirItem {
@@ -417,13 +503,16 @@ impl Vfs {
         let start = view.tree.children_start(dir);
         let kids = view.tree.children(dir);
         for (k, e) in kids.iter().enumerate().skip((pos - 2) as usize) {
-            let attr = Self::entry_attr(view, start + k as u32, e);
+            let attr = self.handed_attr(view, start + k as u32, e, plus);
             if add(DirItem {
                 name: &e.name,
                 attr,
                 next: k as u64 + 3,
                 ttl,
             }) {
+                if plus {
+                    self.forget(attr.node, 1);
+                }
                 break;
             }
         }
@@ -451,7 +540,7 @@ impl Vfs {
 
     /// The target of a symbolic link.
     pub fn readlink(&self, view: Option<&View>, node: u64) -> Result<Vec<u8>> {
-        match Self::resolve(view, node)? {
+        match self.resolve(view, node)? {
             Node::Entry(_, _, e) if e.kind == EntryKind::Symlink => {
                 if e.size > MAX_LINK_TARGET {
                     return Err(VfsError::Corrupt(e.object));
@@ -460,7 +549,8 @@ impl Vfs {
                 // is readable by all): the kernel caches a target for every
                 // process of the view, whoever they run as.
                 let mut target = Vec::with_capacity(e.size as usize);
-                std::io::Read::read_to_end(&mut self.payload(e, PUBLIC_ONLY)?.file, &mut target)?;
+                let mut link = self.payload(&e.object, e.size, PUBLIC_ONLY)?.file;
+                std::io::Read::read_to_end(&mut link, &mut target)?;
                 Ok(target)
             }
             _ => Err(VfsError::NotSymlink),
@@ -476,31 +566,32 @@ impl Vfs {
         node: u64,
         write: bool,
     ) -> Result<OpenedPayload> {
-        match Self::resolve(view, node)? {
+        match self.resolve(view, node)? {
             Node::Root | Node::ViewRoot(_) => Err(VfsError::IsDir),
             Node::Entry(_, _, e) => match e.kind {
                 EntryKind::Dir => Err(VfsError::IsDir),
                 _ if write => Err(VfsError::ReadOnly),
-                _ => self.payload(e, owner),
+                _ => self.payload(&e.object, e.size, owner),
             },
+            Node::Content(_) if write => Err(VfsError::ReadOnly),
+            Node::Content(key) => self.payload(&key.digest, key.size, owner),
         }
     }
 
     /// Open the payload of an entry as `owner` may be served it (see
     /// [`spfs_storage::payload`]), verified against its digest the first
     /// time this service serves that file (see [`crate::verify`]).
-    fn payload(&self, e: &Entry, owner: u32) -> Result<OpenedPayload> {
+    fn payload(&self, digest: &Digest, size: u64, owner: u32) -> Result<OpenedPayload> {
         let opened = self
             .repo
-            .open_payload_as(&e.object, owner)
+            .open_payload_as(digest, owner)
             .map_err(|err| match err {
                 StorageError::UnknownObject(d) => VfsError::MissingPayload(d.to_string()),
                 StorageError::PayloadNotReadable(d) => VfsError::PermissionDenied(d),
                 StorageError::Io { source, .. } => VfsError::Io(source),
                 other => VfsError::Io(std::io::Error::other(other.to_string())),
             })?;
-        self.verifier
-            .check(&self.repo, &e.object, e.size, &opened)?;
+        self.verifier.check(&self.repo, digest, size, &opened)?;
         Ok(opened)
     }
 
@@ -584,7 +675,7 @@ mod tests {
             Err(VfsError::NotFound)
         ));
         let mut names = Vec::new();
-        vfs.readdir(None, ROOT, 0, |item| {
+        vfs.readdir(None, ROOT, 0, false, |item| {
             names.push(item.name.to_vec());
             false
         })
@@ -621,7 +712,7 @@ mod tests {
 
     fn names(vfs: &Vfs, view: Option<&View>, node: u64) -> Vec<String> {
         let mut names = Vec::new();
-        vfs.readdir(view, node, 0, |item| {
+        vfs.readdir(view, node, 0, false, |item| {
             names.push(String::from_utf8_lossy(item.name).into_owned());
             false
         })
@@ -663,7 +754,7 @@ mod tests {
         assert_eq!(vfs.miss_ttl(b, root_b.node, VIEW_DOOR), NO_TTL);
         assert_eq!(names(&vfs, b, root_b.node), [".", "..", "dir"]);
         let mut parent = None;
-        vfs.readdir(b, d.node, 0, |item| {
+        vfs.readdir(b, d.node, 0, false, |item| {
             if item.name == b".." {
                 parent = Some(item.attr.node);
             }
@@ -696,6 +787,79 @@ mod tests {
             vfs.open(b, 0, root_b.node, false),
             Err(VfsError::IsDir)
         ));
+    }
+
+    /// Two stacks holding the same public file share one node for it (and
+    /// so the kernel's pages); a different mode or time is another node;
+    /// a file without a public copy keeps its view's own node.
+    #[test]
+    fn public_files_are_one_node_in_every_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let public = |bytes: &[u8]| {
+            let readers = spfs_storage::Readers::Everyone;
+            vfs.repo()
+                .write_blob_from(&mut &bytes[..], readers)
+                .unwrap()
+                .0
+        };
+        let d = public(b"shared bytes");
+        assert!(vfs.repo().has_public_payload(&d));
+        let view = |name: &str, other: &[u8], mode: u32| {
+            // Private (written only for this user): a node per view.
+            let o = vfs.repo().write_blob(other).unwrap();
+            let mut b = TreeBuilder::new();
+            b.add(b"lib/shared", EntryKind::File, mode, 12, d).unwrap();
+            b.add(b"lib/own", EntryKind::File, 0o100644, other.len() as u64, o)
+                .unwrap();
+            crate::registry::register_tree(&vfs.registry, name, 0, vec![o], b.build().unwrap())
+        };
+        let (a, b, c) = (
+            view("a", b"a", 0o100644),
+            view("b", b"b", 0o100644),
+            view("c", b"c", 0o100755),
+        );
+        let file = |rt: &crate::Runtime, name: &[u8]| {
+            let v = Some(&*rt.view);
+            let (lib, _, _) = vfs.lookup(v, ROOT, b"lib").unwrap();
+            vfs.lookup(v, lib.node, name).unwrap().0
+        };
+        let (sa, sb, sc) = (
+            file(&a, b"shared"),
+            file(&b, b"shared"),
+            file(&c, b"shared"),
+        );
+        assert!(crate::content::is_content(sa.node));
+        assert_eq!(sa.node, sb.node, "one node for one file in two views");
+        assert_ne!(sa.node, sc.node, "another mode is another node");
+        assert_eq!(sc.perm, 0o755);
+        let (oa, ob) = (file(&a, b"own"), file(&b, b"own"));
+        assert!(!crate::content::is_content(oa.node) && oa.node != ob.node);
+        // Listing (READDIRPLUS) hands out the same node.
+        let (lib, _, _) = vfs.lookup(Some(&b.view), ROOT, b"lib").unwrap();
+        let mut listed = None;
+        vfs.readdir(Some(&b.view), lib.node, 0, true, |item| {
+            if item.name == b"shared" {
+                listed = Some(item.attr.node);
+            }
+            false
+        })
+        .unwrap();
+        assert_eq!(listed, Some(sa.node));
+        // Readable by anyone who reached it, with its own attributes.
+        let mut f = vfs.open(None, 1234, sa.node, false).unwrap().file;
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+        assert_eq!(s, "shared bytes");
+        assert_eq!(vfs.getattr(None, sa.node).unwrap().0.size, 12);
+        assert!(matches!(
+            vfs.open(None, 0, sa.node, true),
+            Err(VfsError::ReadOnly)
+        ));
+        // Forgotten once every reference handed out is dropped: two
+        // lookups and one listing.
+        vfs.forget(sa.node, 3);
+        assert!(vfs.getattr(None, sa.node).is_err());
     }
 
     /// Put `bytes` in `repo` as `uid`'s private copy (0400, `uid`'s).

@@ -82,6 +82,7 @@ fn load(path: &str) {
             name: "mem".into(),
             root_pid: 1,
             owner_uid: 0,
+            bound: false,
         },
         vec![],
         move || Ok::<_, std::io::Error>((tree, SystemTime::now())),

@@ -21,6 +21,17 @@ pub fn mounted_type(path: &Path) -> io::Result<Option<String>> {
     Ok(found)
 }
 
+/// Set the kernel's readahead for the filesystem mounted at `path` (its
+/// backing device info, `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`).
+pub fn set_readahead_kb(path: &Path, kb: u32) -> io::Result<()> {
+    let dev = rustix::fs::stat(path)?.st_dev;
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    std::fs::write(
+        format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"),
+        kb.to_string(),
+    )
+}
+
 /// A mount as `/proc/self/mountinfo` describes it.
 pub struct MountEntry {
     pub fstype: String,

@@ -10,5 +10,6 @@ mod bound;
 mod faults;
 mod isolation;
 mod mtimes;
+mod pagecache;
 mod routing;
 mod runtimes;

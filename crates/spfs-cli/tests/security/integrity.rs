@@ -67,9 +67,7 @@ fn quarantined(w: &World) -> Vec<String> {
 /// service this starts should use them.
 fn run(w: &World, cache_opens: bool, tag: &str, script: &str) -> std::process::Output {
     let mut cmd = w.command(SPFS);
-    if cache_opens {
-        cmd.env("SPFS_VFS_CACHE_OPENS", "1");
-    }
+    cmd.env("SPFS_VFS_CACHE_OPENS", if cache_opens { "1" } else { "0" });
     cmd.args(["run", tag, "--", "sh", "-c", script])
         .output()
         .expect("spfs run")

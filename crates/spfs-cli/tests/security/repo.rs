@@ -475,12 +475,7 @@ fn users_run_their_layers_from_the_shared_repository_without_root() {
 
 /// Start the world's service with `SPFS_VFS_CACHE_OPENS=1` or without.
 fn start_service(w: &World, cache_opens: bool) {
-    let env: &[(&str, &str)] = if cache_opens {
-        &[("SPFS_VFS_CACHE_OPENS", "1")]
-    } else {
-        &[]
-    };
-    w.start_service_with(env);
+    w.start_service_with(&[("SPFS_VFS_CACHE_OPENS", if cache_opens { "1" } else { "0" })]);
 }
 
 /// Write, as `user`, a manifest (made with the project's own encoding)

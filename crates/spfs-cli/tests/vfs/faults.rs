@@ -132,6 +132,7 @@ fn reads_work_without_passthrough() {
     let out = w
         .command(SPFS)
         .env("SPFS_VFS_PASSTHROUGH", "false")
+        .env("SPFS_VFS_CACHE_OPENS", "false")
         .args(["run", "nopt/a", "--", "sh", "-c"])
         .arg(format!(
             "cat {0}/small; cmp {0}/big {1}",

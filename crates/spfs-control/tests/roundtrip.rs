@@ -64,6 +64,7 @@ impl ControlHandler for TestHandler {
                 age_seconds: 3,
                 requests: 7,
                 owner_uid: 1000,
+                bound: true,
             }],
         })
     }
@@ -189,6 +190,7 @@ async fn unix_round_trip() {
     assert_eq!(list.runtimes.len(), 1);
     assert_eq!(list.runtimes[0].layers, ["a", "b"]);
     assert_eq!(list.runtimes[0].owner_uid, 1000);
+    assert!(list.runtimes[0].bound);
 
     let status = client.status().await.unwrap();
     assert_eq!(status.mountpoint, "/spfs");

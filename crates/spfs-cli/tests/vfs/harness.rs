@@ -39,6 +39,29 @@ macro_rules! require_vfs {
     };
 }
 
+/// Run test body `$name(mode: Mode)` in both modes, as the tests
+/// `$name::router` and `$name::bound`.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($name:ident) => {
+        mod $name {
+            use $crate::harness::Mode;
+
+            #[test]
+            fn router() {
+                $crate::require_vfs!();
+                super::$name(Mode::Router);
+            }
+
+            #[test]
+            fn bound() {
+                $crate::require_vfs!();
+                super::$name(Mode::Bound);
+            }
+        }
+    };
+}
+
 pub struct World {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,

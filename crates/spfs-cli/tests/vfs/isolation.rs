@@ -46,17 +46,7 @@ fn commit_with_mode(w: &World, tag: &str, data: &[u8], mode: u32, extra_dir: &st
     );
 }
 
-#[test]
-fn interleaved_reads_never_cross_views_router() {
-    require_vfs!();
-    interleaved_reads_never_cross_views(Mode::Router);
-}
-
-#[test]
-fn interleaved_reads_never_cross_views_bound() {
-    require_vfs!();
-    interleaved_reads_never_cross_views(Mode::Bound);
-}
+crate::in_both_modes!(interleaved_reads_never_cross_views);
 
 fn interleaved_reads_never_cross_views(mode: Mode) {
     let w = World::with_mode(mode);

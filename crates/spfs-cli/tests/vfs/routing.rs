@@ -5,17 +5,7 @@ use std::time::Duration;
 use crate::harness::*;
 use crate::require_vfs;
 
-#[test]
-fn recycled_root_pid_does_not_inherit_the_view_router() {
-    require_vfs!();
-    recycled_root_pid_does_not_inherit_the_view(Mode::Router);
-}
-
-#[test]
-fn recycled_root_pid_does_not_inherit_the_view_bound() {
-    require_vfs!();
-    recycled_root_pid_does_not_inherit_the_view(Mode::Bound);
-}
+crate::in_both_modes!(recycled_root_pid_does_not_inherit_the_view);
 
 fn recycled_root_pid_does_not_inherit_the_view(mode: Mode) {
     let w = World::with_mode(mode);
@@ -86,17 +76,7 @@ i=0; until [ -s {d}/keeper_saw ]; do i=$((i+1)); [ $i -lt 500 ] || break; sleep 
     );
 }
 
-#[test]
-fn daemonized_grandchild_keeps_its_view_until_it_exits_router() {
-    require_vfs!();
-    daemonized_grandchild_keeps_its_view_until_it_exits(Mode::Router);
-}
-
-#[test]
-fn daemonized_grandchild_keeps_its_view_until_it_exits_bound() {
-    require_vfs!();
-    daemonized_grandchild_keeps_its_view_until_it_exits(Mode::Bound);
-}
+crate::in_both_modes!(daemonized_grandchild_keeps_its_view_until_it_exits);
 
 fn daemonized_grandchild_keeps_its_view_until_it_exits(mode: Mode) {
     let w = World::with_mode(mode);

@@ -16,14 +16,16 @@
 //! file capability, which does nothing but this and then executes the
 //! command with no capability left. Because the helper acts for users, it
 //! binds only the door of a root-mounted spfs filesystem over that
-//! filesystem's own mount point, read-only, `nosuid` and `nodev`, in a
-//! namespace that receives the host's mount events but sends none back.
+//! filesystem's own mount point, named by an absolute path without
+//! symlinks, read-only, `nosuid` and `nodev` (set on the detached copy by
+//! descriptor), in a namespace that receives the host's mount events but
+//! sends none back.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, CWD, Mode, OFlags, StatxFlags};
-use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags};
+use rustix::mount::{MountPropagationFlags, MoveMountFlags, OpenTreeFlags};
 
 pub use spfs_vfs::vfs::VIEW_DOOR;
 
@@ -79,8 +81,22 @@ pub fn enter_bound_view(mountpoint: &Path) -> Result<(), BindError> {
         MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
     )
     .map_err(sys("make the new mount namespace receive-only"))?;
-    let target = open_dir(CWD, mountpoint, OFlags::empty())
-        .map_err(|e| sys(format!("open {}", mountpoint.display()))(e))?;
+    // No symlink anywhere in the path: what is checked below is what the
+    // mount lands on, and nothing the caller controls redirects it.
+    if !mountpoint.is_absolute() {
+        return Err(BindError::NotSpfsMount(mountpoint.into()));
+    }
+    let target = rustix::fs::openat2(
+        CWD,
+        mountpoint,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::NO_SYMLINKS,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => BindError::NotSpfsMount(mountpoint.into()),
+        e => sys(format!("open {}", mountpoint.display()))(e),
+    })?;
     let mnt_id =
         spfs_mount_root(&target).ok_or_else(|| BindError::NotSpfsMount(mountpoint.into()))?;
     // The door's dentry is shared by every caller and answered per caller:
@@ -96,12 +112,6 @@ pub fn enter_bound_view(mountpoint: &Path) -> Result<(), BindError> {
             e => return Err(e),
         }
     }
-    rustix::mount::mount_remount(
-        mountpoint,
-        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
-        "",
-    )
-    .map_err(|e| sys(format!("make {} read-only", mountpoint.display()))(e))?;
     // A working directory under the mount point still names the shared
     // root's node: walk to the same path in the view (best effort).
     if let Ok(cwd) = std::env::current_dir()
@@ -140,6 +150,16 @@ fn bind_door(target: &OwnedFd, mnt_id: u64, mountpoint: &Path) -> Result<(), Bin
             | OpenTreeFlags::AT_EMPTY_PATH,
     )
     .map_err(sys("copy the view's mount"))?;
+    // Read-only, nosuid, nodev, set on the detached copy itself: no path
+    // is looked up again while this process holds the capability.
+    set_mount_attrs(
+        &tree,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+    .map_err(|e| BindError::Sys {
+        what: "make the view's mount read-only".into(),
+        source: e,
+    })?;
     rustix::mount::move_mount(
         &tree,
         "",
@@ -148,6 +168,47 @@ fn bind_door(target: &OwnedFd, mnt_id: u64, mountpoint: &Path) -> Result<(), Bin
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
     .map_err(|e| sys(format!("mount the view over {}", mountpoint.display()))(e))
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Set `attrs` on the mount `fd` (from `open_tree`) by descriptor.
+fn set_mount_attrs(fd: &OwnedFd, attrs: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid descriptor, an empty C string, and a pointer to a
+    // live `mount_attr` of the size passed; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn door_name() -> &'static std::ffi::OsStr {

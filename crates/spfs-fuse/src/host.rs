@@ -562,11 +562,10 @@ impl Filesystem for FuseHost {
         // lock an open of it takes (a content node's id may name other
         // content next; see spfs_vfs::content).
         let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut node_files = self.node_files.lock().unwrap_or_else(|p| p.into_inner());
         self.vfs.forget(ino.0, nlookup);
-        self.node_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&ino.0);
+        node_files.remove(&ino.0);
+        drop(node_files);
         if backing.get(&ino.0).is_some_and(|b| b.opens == 0) {
             backing.remove(&ino.0);
         }

@@ -281,10 +281,13 @@ impl FsRepository {
 
     /// Whether blob `digest` has a public copy (readable by every user).
     pub fn has_public_payload(&self, digest: &Digest) -> bool {
-        beneath::stat(self.fd(), &Self::payload_rel(digest, None))
-            .ok()
-            .and_then(|st| PayloadCopy::of(None, &st))
-            == Some(PayloadCopy::Public)
+        self.public_payload_id(digest).is_some()
+    }
+
+    /// The device and inode of blob `digest`'s public copy, if it has one.
+    pub fn public_payload_id(&self, digest: &Digest) -> Option<(u64, u64)> {
+        let st = beneath::stat(self.fd(), &Self::payload_rel(digest, None)).ok()?;
+        (PayloadCopy::of(None, &st) == Some(PayloadCopy::Public)).then_some((st.st_dev, st.st_ino))
     }
 
     /// Whether a writer of `copy` of `digest` has nothing to write: a

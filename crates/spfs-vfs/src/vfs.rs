@@ -192,13 +192,8 @@ pub struct Vfs {
     pub verifier: Verifier,
     /// The nodes of public files, shared by every view.
     pub content: ContentNodes,
-    /// Digests known to have a public copy (a copy, once public, stays).
-    public: std::sync::RwLock<std::collections::HashSet<Digest>>,
     started: SystemTime,
 }
-
-/// Digests remembered as public, at most (then forgotten and asked again).
-const PUBLIC_MAX: usize = 1 << 20;
 
 type Result<T, E = VfsError> = std::result::Result<T, E>;
 
@@ -219,7 +214,6 @@ impl Vfs {
             handles: Handles::default(),
             verifier: Verifier::default(),
             content: ContentNodes::default(),
-            public: Default::default(),
             started: SystemTime::now(),
         }
     }
@@ -315,25 +309,24 @@ impl Vfs {
         }
     }
 
-    /// The content key of a regular file whose payload is public.
+    /// The content key of a regular file whose payload has a public copy
+    /// this service has verified. Anyone may put a file under a digest's
+    /// public name while it is free (a digest is no secret), so only a copy
+    /// whose bytes were checked against the digest makes a node that every
+    /// view shares; and a content node is served from that public copy
+    /// alone (see [`Vfs::open`]), never from a reader's private copy.
     fn public_content(&self, e: &Entry) -> Option<ContentKey> {
         if e.kind != EntryKind::File {
             return None;
         }
-        let known = self
-            .public
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&e.object);
-        if !known {
-            if !self.repo.has_public_payload(&e.object) {
-                return None;
-            }
-            let mut public = self.public.write().unwrap_or_else(|p| p.into_inner());
-            if public.len() >= PUBLIC_MAX {
-                public.clear();
-            }
-            public.insert(e.object);
+        let (dev, ino) = self.repo.public_payload_id(&e.object)?;
+        let file = crate::verify::VerifiedFile {
+            digest: e.object,
+            dev,
+            ino,
+        };
+        if !self.verifier.is_verified(&file) {
+            return None;
         }
         Some(ContentKey {
             digest: e.object,
@@ -574,7 +567,9 @@ impl Vfs {
                 _ => self.payload(&e.object, e.size, owner),
             },
             Node::Content(_) if write => Err(VfsError::ReadOnly),
-            Node::Content(key) => self.payload(&key.digest, key.size, owner),
+            // Pages of a content node reach every view that holds the file:
+            // they come from the public copy only.
+            Node::Content(key) => self.payload(&key.digest, key.size, PUBLIC_ONLY),
         }
     }
 
@@ -805,6 +800,17 @@ mod tests {
         };
         let d = public(b"shared bytes");
         assert!(vfs.repo().has_public_payload(&d));
+        // Not yet verified: a node of the view's own; once this service
+        // has served (and so verified) the public copy, a content node.
+        let first = {
+            let o = public(b"first");
+            let mut b = TreeBuilder::new();
+            b.add(b"shared", EntryKind::File, 0o100644, 12, d).unwrap();
+            crate::registry::register_tree(&vfs.registry, "first", 0, vec![o], b.build().unwrap())
+        };
+        let (f, _, _) = vfs.lookup(Some(&first.view), ROOT, b"shared").unwrap();
+        assert!(!crate::content::is_content(f.node), "unverified");
+        vfs.open(Some(&first.view), 0, f.node, false).unwrap();
         let view = |name: &str, other: &[u8], mode: u32| {
             // Private (written only for this user): a node per view.
             let o = vfs.repo().write_blob(other).unwrap();
@@ -860,6 +866,51 @@ mod tests {
         // lookups and one listing.
         vfs.forget(sa.node, 3);
         assert!(vfs.getattr(None, sa.node).is_err());
+    }
+
+    /// Someone puts other bytes under the public name of a digest that
+    /// only alice has (privately): no content node is ever made of it, so
+    /// alice's bytes never reach a node another view shares, and alice
+    /// keeps reading her own copy.
+    #[test]
+    fn a_squatted_public_name_makes_no_shared_node() {
+        let probe = tempfile::tempfile().unwrap();
+        if std::os::unix::fs::MetadataExt::uid(&probe.metadata().unwrap()) != 0 {
+            eprintln!("skipping: giving files to other users needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let (alice, bob) = (64_211, 64_212);
+        let d = private_copy(vfs.repo(), alice, b"alice's secret");
+        let text = d.to_string();
+        let public_path = dir
+            .path()
+            .join("payloads")
+            .join(&text[..2])
+            .join(&text[2..]);
+        std::fs::write(&public_path, b"bob's garbage!").unwrap();
+        std::fs::set_permissions(
+            &public_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o444),
+        )
+        .unwrap();
+        assert!(vfs.repo().has_public_payload(&d));
+        let mut b = TreeBuilder::new();
+        b.add(b"secret", EntryKind::File, 0o100644, 14, d).unwrap();
+        let tree = b.build().unwrap();
+        let a = crate::registry::register_tree(&vfs.registry, "a", alice, vec![d], tree.clone());
+        let bv = crate::registry::register_tree(&vfs.registry, "b", bob, vec![d], tree);
+        for _ in 0..2 {
+            let (fa, _, _) = vfs.lookup(Some(&a.view), ROOT, b"secret").unwrap();
+            let (fb, _, _) = vfs.lookup(Some(&bv.view), ROOT, b"secret").unwrap();
+            assert!(!crate::content::is_content(fa.node) && !crate::content::is_content(fb.node));
+            assert_ne!(fa.node, fb.node);
+            let opened = vfs.open(Some(&a.view), alice, fa.node, false).unwrap();
+            assert_eq!(opened.copy, spfs_storage::PayloadCopy::Private(alice));
+            // Bob gets the squatted bytes refused (and quarantined), never alice's.
+            assert!(vfs.open(Some(&bv.view), bob, fb.node, false).is_err());
+        }
     }
 
     /// Put `bytes` in `repo` as `uid`'s private copy (0400, `uid`'s).

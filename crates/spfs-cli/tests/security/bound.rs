@@ -100,6 +100,17 @@ fn a_user_binds_only_their_own_view_through_the_helper() {
         "{}",
         stderr(&out)
     );
+    // Named through a symlink, the mount point is refused: what is checked
+    // must be what the mount lands on.
+    let link = w.dir.path().join("helper/mnt-link");
+    std::os::unix::fs::symlink(&w.mnt, &link).unwrap();
+    let out = by_hand(link.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not the mount point of an spfs VFS service"),
+        "{}",
+        stderr(&out)
+    );
     let out = by_hand(&format!("{mnt}/file"));
     assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
     // Nor for a routed runtime of the user's.

@@ -517,6 +517,12 @@ impl FsRepository {
 
     /// Read and decode an object.
     pub fn read_object(&self, digest: &Digest) -> Result<Object> {
+        let bytes = self.read_object_raw(digest)?;
+        Object::decode(&bytes).map_err(|source| decode_error(*digest, source))
+    }
+
+    /// The encoded bytes of an object, checked against its digest.
+    pub fn read_object_raw(&self, digest: &Digest) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         self.open_object(digest)?
             .read_to_end(&mut bytes)
@@ -530,7 +536,7 @@ impl FsRepository {
                 source: spfs_model::DecodeError::Invalid(format!("content hashes to {actual}")),
             });
         }
-        Object::decode(&bytes).map_err(|source| decode_error(*digest, source))
+        Ok(bytes)
     }
 
     /// The kind of a stored object from its header alone (not decoding
@@ -978,7 +984,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 
 /// Why object `digest` did not decode: a format newer than this build
 /// reads is not corruption.
-fn decode_error(digest: Digest, source: spfs_model::DecodeError) -> StorageError {
+pub(crate) fn decode_error(digest: Digest, source: spfs_model::DecodeError) -> StorageError {
     match source {
         spfs_model::DecodeError::UnsupportedVersion(v)
             if v > spfs_model::encoding::FORMAT_VERSION =>

@@ -12,6 +12,10 @@
 //! - [`quarantine`]: moving payloads that do not match their digest out of
 //!   the way, so that they read as missing and can be fetched again;
 //! - [`runtimes`]: the records of running environments;
+//! - [`repository`]: the [`Repository`] interface every repository, local
+//!   or remote, offers;
+//! - [`transfer`]: copying object graphs between repositories, children
+//!   first, checked, resumable;
 //! - [`shared`]: repositories that many users of a host write into without
 //!   root (`spfs init repo --shared`).
 
@@ -22,12 +26,15 @@ mod error;
 pub mod fs;
 pub mod payload;
 pub mod quarantine;
+pub mod repository;
 pub mod resolve;
 pub mod runtimes;
 pub mod shared;
 pub mod tags;
+pub mod transfer;
 
 pub use error::{Result, StorageError};
 pub use fs::{FsRepository, Readers};
 pub use payload::{OpenedPayload, PayloadCopy};
+pub use repository::{PayloadReader, Repository};
 pub use shared::Sharing;

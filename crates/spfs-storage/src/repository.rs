@@ -1,0 +1,132 @@
+//! The repository interface: what every place that stores spfs data can do.
+//!
+//! [`Repository`] is the one interface that graph transfers
+//! ([`crate::transfer`]), and later the VFS's read-through, use. The local
+//! repository ([`FsRepository`]) implements it, and so does every remote
+//! kind (another directory is an [`FsRepository`] too; the gRPC and S3
+//! backends live in `spfs-remote`). The interface moves bytes, not decoded
+//! objects, and every writer checks what it receives against its digest:
+//! nothing that does not hash to its name is ever stored.
+
+use std::io::Read;
+
+use spfs_model::{Digest, Object};
+
+use crate::fs::{FsRepository, Readers};
+use crate::tags::TagVersion;
+use crate::{PayloadCopy, Result, StorageError};
+
+/// A payload being read from a repository.
+pub struct PayloadReader {
+    pub reader: Box<dyn Read + Send>,
+    /// Its size, when the repository knows it up front.
+    pub size: Option<u64>,
+    /// Whether the copy read is readable by every user (a private copy is
+    /// written as private again: see [`crate::payload`]).
+    pub public: bool,
+}
+
+/// What every repository, local or remote, offers.
+pub trait Repository: Send + Sync {
+    /// Where it is, for messages (never holds a secret).
+    fn address(&self) -> String;
+    fn has_object(&self, digest: &Digest) -> Result<bool>;
+    /// The encoded bytes of an object, checked against its digest.
+    fn read_object_bytes(&self, digest: &Digest) -> Result<Vec<u8>>;
+    /// Store an encoded object under `digest`; bytes that do not hash to
+    /// `digest` or do not decode are refused ([`StorageError::Corrupt`]).
+    fn write_object_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()>;
+    fn has_payload(&self, digest: &Digest) -> Result<bool>;
+    fn open_payload(&self, digest: &Digest) -> Result<PayloadReader>;
+    /// Store a payload read from `reader` under `digest`, checked while it
+    /// is written; bytes that hash to anything else are refused and leave
+    /// nothing behind. Returns the size stored.
+    fn write_payload(&self, digest: &Digest, reader: &mut dyn Read, public: bool) -> Result<u64>;
+    /// The history of a tag, oldest first.
+    fn tag_history(&self, name: &str) -> Result<Vec<TagVersion>>;
+    /// Add a version to a tag (never losing a concurrent writer's).
+    fn push_tag(&self, name: &str, target: &Digest) -> Result<()>;
+    /// A reference (tag, `tag~N`, digest) as this repository resolves it.
+    fn resolve_ref(&self, text: &str) -> Result<Digest>;
+}
+
+/// Decode `bytes` as the object `digest` names, checking both.
+pub fn check_object(digest: &Digest, bytes: &[u8]) -> Result<Object> {
+    let actual = Digest::of(bytes);
+    if actual != *digest {
+        return Err(StorageError::Corrupt {
+            digest: *digest,
+            source: spfs_model::DecodeError::Invalid(format!("content hashes to {actual}")),
+        });
+    }
+    Object::decode(bytes).map_err(|source| crate::fs::decode_error(*digest, source))
+}
+
+impl Repository for FsRepository {
+    fn address(&self) -> String {
+        format!("file:{}", self.root().display())
+    }
+
+    fn has_object(&self, digest: &Digest) -> Result<bool> {
+        Ok(FsRepository::has_object(self, digest))
+    }
+
+    fn read_object_bytes(&self, digest: &Digest) -> Result<Vec<u8>> {
+        self.read_object_raw(digest)
+    }
+
+    fn write_object_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        let object = check_object(digest, bytes)?;
+        // Re-encoding a decoded object gives the same bytes (the encoding
+        // is canonical), so this stores exactly what was checked.
+        self.write_object(&object).map(|_| ())
+    }
+
+    fn has_payload(&self, digest: &Digest) -> Result<bool> {
+        Ok(FsRepository::has_payload(self, digest))
+    }
+
+    fn open_payload(&self, digest: &Digest) -> Result<PayloadReader> {
+        let opened = self.open_payload_as(digest, rustix::process::geteuid().as_raw())?;
+        let size = opened.file.metadata().ok().map(|m| m.len());
+        Ok(PayloadReader {
+            public: opened.copy == PayloadCopy::Public,
+            reader: Box::new(opened.file),
+            size,
+        })
+    }
+
+    fn write_payload(&self, digest: &Digest, reader: &mut dyn Read, public: bool) -> Result<u64> {
+        let readers = if public {
+            Readers::Everyone
+        } else {
+            Readers::Owner
+        };
+        let staged = self.stage_payload(reader, None, readers)?;
+        if staged.digest != *digest {
+            let actual = staged.digest;
+            self.discard_staged(vec![staged]);
+            return Err(StorageError::Corrupt {
+                digest: *digest,
+                source: spfs_model::DecodeError::Invalid(format!(
+                    "payload content hashes to {actual}"
+                )),
+            });
+        }
+        let size = staged.size;
+        self.commit_staged(vec![staged])?;
+        Ok(size)
+    }
+
+    fn tag_history(&self, name: &str) -> Result<Vec<TagVersion>> {
+        FsRepository::tag_history(self, name)
+    }
+
+    fn push_tag(&self, name: &str, target: &Digest) -> Result<()> {
+        FsRepository::push_tag(self, name, target)
+    }
+
+    fn resolve_ref(&self, text: &str) -> Result<Digest> {
+        FsRepository::resolve_ref(self, text)
+    }
+}

@@ -67,6 +67,15 @@ pub enum Command {
     /// Inspect and remove runtime records.
     #[command(subcommand)]
     Runtime(cmd::run::RuntimeCommand),
+    /// List the configured remote repositories.
+    #[command(subcommand)]
+    Remote(cmd::remote::RemoteCommand),
+    /// Copy references (and their tags) to a remote, children first.
+    Push(cmd::remote::PushArgs),
+    /// Copy references (and their tags) from a remote, children first.
+    Pull(cmd::remote::PullArgs),
+    /// Copy references (and their tags) from one repository to another.
+    Sync(cmd::remote::SyncArgs),
     /// Any other name runs the program `spfs-NAME` with the remaining arguments.
     #[command(external_subcommand)]
     External(Vec<OsString>),

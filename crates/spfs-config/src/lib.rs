@@ -89,12 +89,23 @@ pub enum BindViews {
 /// The smallest `vfs.log_max_bytes`: a few lines must fit.
 pub const LOG_MAX_BYTES_MIN: u32 = 4096;
 
+/// A named remote repository (`[remote.NAME]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// `file:/path` (or a plain absolute path), `grpc://host:port`, or
+    /// `s3://bucket/prefix`.
+    pub address: String,
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub storage: StorageConfig,
     pub vfs: VfsConfig,
+    /// Remote repositories by name; `origin` is the default one.
+    pub remote: std::collections::BTreeMap<String, RemoteConfig>,
 }
 
 fn home() -> Option<PathBuf> {

@@ -174,7 +174,8 @@ fn copy_payload(src: &dyn Repository, dst: &dyn Repository, d: &Digest) -> Resul
         return Ok(None);
     }
     let mut from = src.open_payload(d)?;
-    dst.write_payload(d, &mut from.reader, from.public).map(Some)
+    dst.write_payload(d, &mut from.reader, from.public)
+        .map(Some)
 }
 
 #[cfg(test)]
@@ -195,7 +196,9 @@ mod tests {
             std::fs::write(tree.join("sub/own"), extra.repeat(1000)).unwrap();
             std::os::unix::fs::symlink("shared", tree.join("link")).unwrap();
             let opts = crate::commit::Options::default();
-            layers.push(crate::commit::commit_dir(&repo, &tree, BTreeMap::new(), &opts, &()).unwrap());
+            layers.push(
+                crate::commit::commit_dir(&repo, &tree, BTreeMap::new(), &opts, &()).unwrap(),
+            );
         }
         let platform = repo
             .write_object(&Object::Platform(Platform {
@@ -231,7 +234,10 @@ mod tests {
         // As if a first run died after the first layer.
         copy_graph(&src, &dst, &layers[..1], 1, &()).unwrap();
         let rest = copy_graph(&src, &dst, &[platform], 1, &()).unwrap();
-        assert_eq!(rest.objects_copied, 3, "platform, second layer and manifest");
+        assert_eq!(
+            rest.objects_copied, 3,
+            "platform, second layer and manifest"
+        );
         assert_eq!(rest.payloads_copied, 1, "only the second layer's own file");
         assert_eq!(rest.objects_present, 1);
     }

@@ -6,6 +6,7 @@ pub mod commit;
 pub mod config;
 pub mod init;
 pub mod inspect;
+pub mod remote;
 pub mod run;
 pub mod tags;
 
@@ -38,6 +39,10 @@ pub fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Run(a) => run::run(a),
         Command::Shell(a) => run::shell(a),
         Command::Runtime(c) => run::runtime_cmd(c),
+        Command::Remote(c) => remote::remote_cmd(c),
+        Command::Push(a) => remote::push(a),
+        Command::Pull(a) => remote::pull(a),
+        Command::Sync(a) => remote::sync(a),
         Command::External(args) => external(args),
     }
 }

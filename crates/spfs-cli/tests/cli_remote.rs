@@ -1,0 +1,232 @@
+//! Command-line tests of remotes: `spfs remote ls`, `push`, `pull` and
+//! `sync` between real repositories on this host (directory remotes).
+//!
+//! Each test has a temporary directory holding a "studio" repository
+//! (`origin`), a second remote (`backup`) and any number of hosts, each
+//! with its own local repository; all share one config file naming the
+//! remotes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use spfs_model::Digest;
+use spfs_storage::FsRepository;
+
+const SPFS: &str = env!("CARGO_BIN_EXE_spfs");
+
+struct Studio {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Studio {
+    fn new() -> Studio {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("spfs.toml");
+        for remote in ["origin", "backup"] {
+            FsRepository::create(dir.path().join(remote)).unwrap();
+        }
+        std::fs::write(
+            &config,
+            format!(
+                "[remote.origin]\naddress = \"file://{0}/origin\"\n\
+                 [remote.backup]\naddress = \"{0}/backup\"\n\
+                 [remote.gone]\naddress = \"file:{0}/nothing\"\n\
+                 [remote.bad]\naddress = \"ftp://example\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        Studio { dir, config }
+    }
+
+    fn remote(&self, name: &str) -> FsRepository {
+        FsRepository::open(self.dir.path().join(name)).unwrap()
+    }
+
+    /// `spfs ARGS` on host `host` (its repository is `<dir>/host-<host>`).
+    fn spfs(&self, host: &str, args: &[&str]) -> Output {
+        let mut c = Command::new(SPFS);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SPFS_") {
+                c.env_remove(k);
+            }
+        }
+        c.args(args)
+            .env("HOME", self.dir.path())
+            .env("SPFS_CONFIG", &self.config)
+            .env(
+                "SPFS_STORAGE_ROOT",
+                self.dir.path().join(format!("host-{host}")),
+            )
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, host: &str, args: &[&str]) -> String {
+        let out = self.spfs(host, args);
+        assert!(
+            out.status.success(),
+            "spfs {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fails(&self, host: &str, args: &[&str]) -> String {
+        let out = self.spfs(host, args);
+        assert!(!out.status.success(), "spfs {args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        err
+    }
+
+    /// Commit files on `host` as `tag`; the layer's digest.
+    fn commit(&self, host: &str, tag: &str, files: &[(&str, &str)]) -> String {
+        let src = self
+            .dir
+            .path()
+            .join(format!("src-{}", tag.replace('/', "-")));
+        for (rel, content) in files {
+            let p = src.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        let out = self.ok(
+            host,
+            &["commit", "--path", src.to_str().unwrap(), "-t", tag],
+        );
+        out.lines().last().unwrap().trim().to_string()
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn remotes_are_listed_and_bad_ones_named() {
+    let s = Studio::new();
+    let list = json(&s.ok("a", &["remote", "ls", "--json"]));
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}={}",
+                r["name"].as_str().unwrap(),
+                r["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "backup=directory",
+            "bad=invalid",
+            "gone=directory",
+            "origin=directory"
+        ]
+    );
+    s.commit("a", "t/x", &[("f", "x")]);
+    for (remote, says) in [
+        ("nope", "unknown remote 'nope'"),
+        ("bad", "remote 'bad'"),
+        ("gone", "remote 'gone'"),
+    ] {
+        let err = s.fails("a", &["push", "t/x", "--to", remote]);
+        assert!(err.contains(says), "{err}");
+    }
+    let err = s.fails("a", &["push", "no/such-tag"]);
+    assert!(err.contains("no/such-tag"), "{err}");
+}
+
+#[test]
+fn push_then_pull_on_another_host_and_sync_between_remotes() {
+    let s = Studio::new();
+    let layer = s.commit(
+        "a",
+        "tools/base",
+        &[
+            ("bin/tool", "#!/bin/sh\necho hi\n"),
+            ("lib/data", &"d".repeat(100_000)),
+        ],
+    );
+    let out = json(&s.ok("a", &["push", "tools/base", "--json"]));
+    assert_eq!(out["stats"]["objects_copied"], 2, "{out}");
+    assert_eq!(out["stats"]["payloads_copied"], 2, "{out}");
+    assert_eq!(out["tagged"][0]["tag"], "tools/base");
+    let origin = s.remote("origin");
+    assert_eq!(origin.resolve_ref("tools/base").unwrap().to_string(), layer);
+    // Pushing again moves nothing and adds no tag version.
+    let again = json(&s.ok("a", &["push", "tools/base", "--json"]));
+    assert_eq!(again["stats"]["objects_copied"], 0);
+    assert_eq!(again["tagged"].as_array().unwrap().len(), 0);
+    assert_eq!(origin.tag_history("tools/base").unwrap().len(), 1);
+    // Another host pulls it and reads its files.
+    s.ok("b", &["pull", "tools/base", "--from", "origin"]);
+    let ls = s.ok("b", &["ls", "tools/base", "lib"]);
+    assert!(ls.contains("data"), "{ls}");
+    let bytes = s.ok("b", &["read", "tools/base", "bin/tool"]);
+    assert_eq!(bytes, "#!/bin/sh\necho hi\n");
+    s.ok("b", &["check", "tools/base"]);
+    // Remote to remote.
+    s.ok(
+        "b",
+        &["sync", "tools/base", "--from", "origin", "--to", "backup"],
+    );
+    let backup = s.remote("backup");
+    let d = Digest::parse(&layer).unwrap();
+    assert_eq!(backup.resolve_ref("tools/base").unwrap(), d);
+    assert!(
+        spfs_storage::check::check(&backup, &[d])
+            .unwrap()
+            .is_clean()
+    );
+}
+
+#[test]
+fn a_corrupt_remote_payload_is_named_and_not_stored() {
+    let s = Studio::new();
+    s.commit("a", "c/x", &[("f", &"content ".repeat(1000))]);
+    s.ok("a", &["push", "c/x"]);
+    let d = Digest::of("content ".repeat(1000).as_bytes());
+    let path = s.remote("origin").payload_path(&d);
+    make_writable(&path);
+    std::fs::write(&path, "CONTENT ".repeat(1000)).unwrap();
+    let err = s.fails("b", &["pull", "c/x"]);
+    assert!(
+        err.contains(&d.to_string()) && err.contains("run again"),
+        "{err}"
+    );
+    let host_b = FsRepository::open(s.dir.path().join("host-b")).unwrap();
+    assert!(!host_b.has_payload(&d));
+    assert!(
+        host_b.resolve_ref("c/x").is_err(),
+        "tagged without its data"
+    );
+}
+
+fn make_writable(path: &Path) {
+    let mut perms = std::fs::metadata(path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(path, perms).unwrap();
+}
+
+#[test]
+fn concurrent_pushes_of_one_tag_lose_no_version() {
+    let s = Studio::new();
+    let hosts: Vec<_> = (0..6).map(|i| format!("h{i}")).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        s.commit(h, "shared/tag", &[("who", &format!("host {i}"))]);
+    }
+    std::thread::scope(|scope| {
+        for h in &hosts {
+            let s = &s;
+            scope.spawn(move || s.ok(h, &["push", "shared/tag"]));
+        }
+    });
+    let history = s.remote("origin").tag_history("shared/tag").unwrap();
+    assert_eq!(history.len(), hosts.len(), "{history:?}");
+}

@@ -1,0 +1,119 @@
+//! Remote repositories: named in the configuration, opened behind the one
+//! [`spfs_storage::Repository`] interface.
+//!
+//! - [`address`]: what a remote's address says (`file:`, `grpc://`,
+//!   `s3://`), checked before anything is contacted;
+//! - [`open_remote`]: a configured remote, by name, ready to use.
+//!
+//! A directory remote (a path or `file:` URL, e.g. on NFS) is a local
+//! repository format reached through the filesystem, so it is an
+//! [`spfs_storage::FsRepository`] at that path.
+
+pub mod address;
+
+use spfs_config::Config;
+use spfs_storage::{FsRepository, Repository};
+
+pub use address::{Address, AddressError};
+
+/// Why a remote could not be used. Every message names the remote.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("unknown remote '{name}' (configured: {configured})")]
+    Unknown { name: String, configured: String },
+    #[error("remote '{name}': {source}")]
+    BadAddress { name: String, source: AddressError },
+    #[error("remote '{name}' ({address}) cannot be reached: {reason}")]
+    Unreachable {
+        name: String,
+        address: String,
+        reason: String,
+    },
+    #[error("remote '{name}': {kind} remotes are not supported by this build yet")]
+    Unsupported { name: String, kind: &'static str },
+}
+
+/// The configured remote `name`.
+pub fn open_remote(config: &Config, name: &str) -> Result<Box<dyn Repository>, RemoteError> {
+    let remote = config
+        .remote
+        .get(name)
+        .ok_or_else(|| RemoteError::Unknown {
+            name: name.to_string(),
+            configured: if config.remote.is_empty() {
+                "none; add [remote.NAME] address = \"...\" to the config".into()
+            } else {
+                config.remote.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })?;
+    let address = Address::parse(&remote.address).map_err(|source| RemoteError::BadAddress {
+        name: name.to_string(),
+        source,
+    })?;
+    match address {
+        Address::Dir(path) => FsRepository::open(&path)
+            .map(|r| Box::new(r) as Box<dyn Repository>)
+            .map_err(|e| RemoteError::Unreachable {
+                name: name.to_string(),
+                address: remote.address.clone(),
+                reason: e.to_string(),
+            }),
+        Address::Grpc { .. } => Err(RemoteError::Unsupported {
+            name: name.to_string(),
+            kind: "gRPC",
+        }),
+        Address::S3 { .. } => Err(RemoteError::Unsupported {
+            name: name.to_string(),
+            kind: "S3",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        let mut c = Config::default();
+        for (name, address) in pairs {
+            c.remote.insert(
+                name.to_string(),
+                spfs_config::RemoteConfig {
+                    address: address.to_string(),
+                },
+            );
+        }
+        c
+    }
+
+    #[test]
+    fn errors_name_the_remote() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nothing-here");
+        let c = config(&[
+            ("origin", "file:/x"),
+            ("bad", "ftp://host"),
+            ("gone", missing.to_str().unwrap()),
+        ]);
+        let err = open_remote(&c, "nope").err().unwrap().to_string();
+        assert!(err.contains("'nope'") && err.contains("origin"), "{err}");
+        let err = open_remote(&c, "bad").err().unwrap().to_string();
+        assert!(err.contains("'bad'") && err.contains("ftp"), "{err}");
+        let err = open_remote(&c, "gone").err().unwrap().to_string();
+        assert!(
+            err.contains("'gone'") && err.contains("nothing-here"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn a_directory_remote_is_a_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        FsRepository::create(dir.path()).unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let c = config(&[("origin", &url)]);
+        let remote = open_remote(&c, "origin").unwrap();
+        assert_eq!(remote.address(), format!("file:{}", dir.path().display()));
+    }
+}

@@ -187,6 +187,44 @@ fn push_then_pull_on_another_host_and_sync_between_remotes() {
 }
 
 #[test]
+fn commit_straight_into_a_remote() {
+    let s = Studio::new();
+    let src = s.dir.path().join("direct");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "direct").unwrap();
+    let err = s.fails(
+        "a",
+        &[
+            "commit",
+            "--path",
+            src.to_str().unwrap(),
+            "--remote",
+            "nope",
+        ],
+    );
+    assert!(err.contains("'nope'"), "{err}");
+    let out = s.ok(
+        "a",
+        &[
+            "commit",
+            "--path",
+            src.to_str().unwrap(),
+            "-t",
+            "d/x",
+            "--remote",
+            "origin",
+        ],
+    );
+    let digest = Digest::parse(out.trim()).unwrap();
+    assert_eq!(s.remote("origin").resolve_ref("d/x").unwrap(), digest);
+    assert!(
+        spfs_storage::check::check(&s.remote("origin"), &[digest])
+            .unwrap()
+            .is_clean()
+    );
+}
+
+#[test]
 fn a_corrupt_remote_payload_is_named_and_not_stored() {
     let s = Studio::new();
     s.commit("a", "c/x", &[("f", &"content ".repeat(1000))]);

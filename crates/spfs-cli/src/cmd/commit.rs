@@ -58,6 +58,10 @@ pub struct CommitArgs {
     /// with `--ref`).
     #[arg(long, value_name = "EPOCH", allow_negative_numbers = true)]
     pub mtime_clamp: Option<i64>,
+    /// Also store the result, and its tags, in this remote (as `spfs push`
+    /// would; checked before anything is committed).
+    #[arg(long, value_name = "NAME")]
+    pub remote: Option<String>,
 }
 
 /// Arguments of `spfs write`.
@@ -157,6 +161,10 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
     check_tag_names(&args.tags)?;
     let annotations = parse_annotations(&args.annotations)?;
     let config = super::config()?;
+    let remote = match &args.remote {
+        Some(name) => Some((name.as_str(), super::remote::open(&config, name)?)),
+        None => None,
+    };
     let digest = if let Some(dir) = &args.path {
         let options = spfs_storage::commit::Options {
             mtime_clamp: mtime_clamp(args.mtime_clamp)?,
@@ -193,6 +201,11 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
         push_tags(&repo, &args.tags, &digest)?;
         digest
     };
+    if let Some((name, dst)) = remote {
+        let local = super::open_repo(&config)?;
+        let tags = args.tags.iter().map(|t| (t.clone(), digest)).collect();
+        super::remote::send(&local, &*dst, ("local", name), &[digest], tags, 8)?;
+    }
     super::inspect::emit(|out| writeln!(out, "{digest}"))?;
     Ok(0)
 }

@@ -123,7 +123,7 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<i32> {
 }
 
 /// The repository called `name`: `local`, or a configured remote.
-fn open(config: &spfs_config::Config, name: &str) -> anyhow::Result<Box<dyn Repository>> {
+pub fn open(config: &spfs_config::Config, name: &str) -> anyhow::Result<Box<dyn Repository>> {
     if name == "local" {
         return Ok(Box::new(super::open_or_create_repo(config)?));
     }
@@ -150,11 +150,27 @@ fn transfer(from: &str, to: &str, refs: &[String], opts: &TransferArgs) -> anyho
         }
         roots.push(digest);
     }
+    let (stats, tagged) = send(&*src, &*dst, (from, to), &roots, tags, opts.jobs as usize)?;
+    report(from, to, &stats, &tagged, opts.json)?;
+    Ok(0)
+}
+
+/// Copy the graphs of `roots` from `src` to `dst` (named `names`), then
+/// point each of `tags` at its target there unless it already does.
+/// Returns what was copied and the tags that got a new version.
+pub fn send(
+    src: &dyn Repository,
+    dst: &dyn Repository,
+    (from, to): (&str, &str),
+    roots: &[Digest],
+    tags: Vec<(String, Digest)>,
+    jobs: usize,
+) -> anyhow::Result<(TransferStats, Vec<(String, Digest)>)> {
     let bar = Bar(progress_bar(
         0,
-        "{spinner} {pos}/{len} objects and payloads {wide_bar} {bytes} {bytes_per_sec}",
+        "{spinner} {pos}/{len} objects and payloads {wide_bar} {msg}",
     ));
-    let result = copy_graph(&*src, &*dst, &roots, opts.jobs as usize, &bar);
+    let result = copy_graph(src, dst, roots, jobs, &bar);
     bar.0.finish_and_clear();
     let stats =
         result.with_context(|| format!("cannot copy from {from} to {to}; run again to resume"))?;
@@ -171,8 +187,7 @@ fn transfer(from: &str, to: &str, refs: &[String], opts: &TransferArgs) -> anyho
             tagged.push((name, digest));
         }
     }
-    report(from, to, &stats, &tagged, opts.json)?;
-    Ok(0)
+    Ok((stats, tagged))
 }
 
 fn report(

@@ -76,6 +76,8 @@ pub enum Command {
     Pull(cmd::remote::PullArgs),
     /// Copy references (and their tags) from one repository to another.
     Sync(cmd::remote::SyncArgs),
+    /// Serve the local repository to other hosts over gRPC.
+    Server(cmd::remote::ServerArgs),
     /// Any other name runs the program `spfs-NAME` with the remaining arguments.
     #[command(external_subcommand)]
     External(Vec<OsString>),

@@ -40,6 +40,52 @@ impl Studio {
         Studio { dir, config }
     }
 
+    /// Add `[remote.NAME]` with these `key = value` lines.
+    fn add_remote(&self, name: &str, lines: &[String]) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!("[remote.{name}]\n{}\n", lines.join("\n")));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Start `spfs server` over repository `<dir>/NAME` (made if needed)
+    /// and add it as remote NAME.
+    fn serve(&self, name: &str, extra: &[&str], token: Option<&str>) -> Server {
+        let root = self.dir.path().join(name);
+        if !root.exists() {
+            FsRepository::create(&root).unwrap();
+        }
+        let mut c = Command::new(SPFS);
+        c.args(["server", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("HOME", self.dir.path())
+            .env("SPFS_CONFIG", &self.config)
+            .env("SPFS_STORAGE_ROOT", &root)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        let mut lines = vec![];
+        if let Some(token) = token {
+            let file = self.dir.path().join(format!("{name}.token"));
+            std::fs::write(&file, format!("{token}\n")).unwrap();
+            c.arg("--token-file").arg(&file);
+            lines.push(format!("token_file = \"{}\"", file.display()));
+        }
+        let mut child = c.spawn().unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        let address = first
+            .split_whitespace()
+            .find(|w| w.starts_with("grpc://"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        lines.insert(0, format!("address = \"{address}\""));
+        self.add_remote(name, &lines);
+        Server(child)
+    }
+
     fn remote(&self, name: &str) -> FsRepository {
         FsRepository::open(self.dir.path().join(name)).unwrap()
     }
@@ -97,6 +143,16 @@ impl Studio {
             &["commit", "--path", src.to_str().unwrap(), "-t", tag],
         );
         out.lines().last().unwrap().trim().to_string()
+    }
+}
+
+/// A running `spfs server`, stopped on drop.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -267,4 +323,102 @@ fn concurrent_pushes_of_one_tag_lose_no_version() {
     });
     let history = s.remote("origin").tag_history("shared/tag").unwrap();
     assert_eq!(history.len(), hosts.len(), "{history:?}");
+}
+
+#[test]
+fn a_grpc_server_takes_pushes_and_serves_pulls() {
+    let s = Studio::new();
+    let _server = s.serve("central", &[], Some("s3cret-token"));
+    let big = "0123456789abcdef".repeat(200_000); // 3.2 MB: several chunks
+    let layer = s.commit("a", "g/tool", &[("big", &big), ("small", "s")]);
+    let out = json(&s.ok("a", &["push", "g/tool", "--to", "central", "--json"]));
+    assert_eq!(out["stats"]["payloads_copied"], 2, "{out}");
+    assert_eq!(
+        s.remote("central")
+            .resolve_ref("g/tool")
+            .unwrap()
+            .to_string(),
+        layer
+    );
+    s.ok("b", &["pull", "g/tool", "--from", "central"]);
+    assert_eq!(s.ok("b", &["read", "g/tool", "big"]), big);
+    s.ok("b", &["check", "g/tool"]);
+    // Server to directory remote.
+    s.ok(
+        "b",
+        &["sync", "g/tool", "--from", "central", "--to", "backup"],
+    );
+    assert_eq!(
+        s.remote("backup")
+            .resolve_ref("g/tool")
+            .unwrap()
+            .to_string(),
+        layer
+    );
+    // Concurrent pushes of one tag through the server lose no version.
+    let hosts: Vec<_> = (0..4).map(|i| format!("p{i}")).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        s.commit(h, "g/shared", &[("who", &format!("{i}"))]);
+    }
+    std::thread::scope(|scope| {
+        for h in &hosts {
+            let s = &s;
+            scope.spawn(move || s.ok(h, &["push", "g/shared", "--to", "central"]));
+        }
+    });
+    assert_eq!(
+        s.remote("central").tag_history("g/shared").unwrap().len(),
+        hosts.len()
+    );
+}
+
+#[test]
+fn a_grpc_server_refuses_without_its_token_when_read_only_and_when_corrupt() {
+    let s = Studio::new();
+    let _server = s.serve("central", &[], Some("right"));
+    s.commit("a", "t/x", &[("f", &"payload ".repeat(1000))]);
+    s.ok("a", &["push", "t/x", "--to", "central"]);
+    // A wrong token.
+    let wrong = s.dir.path().join("wrong.token");
+    std::fs::write(&wrong, "wrong").unwrap();
+    let address = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("grpc://"))
+        .unwrap()
+        .to_string();
+    s.add_remote(
+        "impostor",
+        &[
+            address.clone(),
+            format!("token_file = \"{}\"", wrong.display()),
+        ],
+    );
+    let err = s.fails("b", &["pull", "t/x", "--from", "impostor"]);
+    assert!(err.contains("token"), "{err}");
+    // Read-only.
+    let _ro = s.serve("mirror", &["--read-only"], None);
+    let err = s.fails("a", &["push", "t/x", "--to", "mirror"]);
+    assert!(err.contains("read-only"), "{err}");
+    // A corrupt payload on the server is named and not stored.
+    let d = Digest::of("payload ".repeat(1000).as_bytes());
+    let path = s.remote("central").payload_path(&d);
+    make_writable(&path);
+    std::fs::write(&path, "PAYLOAD ".repeat(1000)).unwrap();
+    let err = s.fails("b", &["pull", "t/x", "--from", "central"]);
+    assert!(err.contains(&d.to_string()), "{err}");
+    let host_b = FsRepository::open(s.dir.path().join("host-b")).unwrap();
+    assert!(!host_b.has_payload(&d));
+    // Nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    s.add_remote("down", &[format!("address = \"grpc://127.0.0.1:{port}\"")]);
+    let err = s.fails("b", &["pull", "t/x", "--from", "down"]);
+    assert!(
+        err.contains("remote 'down'") && err.contains("cannot be reached"),
+        "{err}"
+    );
 }

@@ -96,6 +96,9 @@ pub struct RemoteConfig {
     /// `file:/path` (or a plain absolute path), `grpc://host:port`, or
     /// `s3://bucket/prefix`.
     pub address: String,
+    /// gRPC: a file holding the bearer token the server wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// The whole configuration.

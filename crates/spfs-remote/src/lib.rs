@@ -3,6 +3,7 @@
 //!
 //! - [`address`]: what a remote's address says (`file:`, `grpc://`,
 //!   `s3://`), checked before anything is contacted;
+//! - [`grpc`]: `spfs server` and its client;
 //! - [`open_remote`]: a configured remote, by name, ready to use.
 //!
 //! A directory remote (a path or `file:` URL, e.g. on NFS) is a local
@@ -10,6 +11,7 @@
 //! [`spfs_storage::FsRepository`] at that path.
 
 pub mod address;
+pub mod grpc;
 
 use spfs_config::Config;
 use spfs_storage::{FsRepository, Repository};
@@ -58,15 +60,38 @@ pub fn open_remote(config: &Config, name: &str) -> Result<Box<dyn Repository>, R
                 address: remote.address.clone(),
                 reason: e.to_string(),
             }),
-        Address::Grpc { .. } => Err(RemoteError::Unsupported {
-            name: name.to_string(),
-            kind: "gRPC",
-        }),
+        Address::Grpc { host, port } => {
+            let token = match &remote.token_file {
+                Some(path) => Some(read_token(path).map_err(|e| RemoteError::Unreachable {
+                    name: name.to_string(),
+                    address: remote.address.clone(),
+                    reason: format!("cannot read its token file {}: {e}", path.display()),
+                })?),
+                None => None,
+            };
+            grpc::client::GrpcRepository::connect(&host, port, token)
+                .map(|r| Box::new(r) as Box<dyn Repository>)
+                .map_err(|e| RemoteError::Unreachable {
+                    name: name.to_string(),
+                    address: remote.address.clone(),
+                    reason: e.to_string(),
+                })
+        }
         Address::S3 { .. } => Err(RemoteError::Unsupported {
             name: name.to_string(),
             kind: "S3",
         }),
     }
+}
+
+/// A token from a file (surrounding whitespace ignored).
+pub fn read_token(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(std::io::Error::other("the file is empty"));
+    }
+    Ok(token.to_string())
 }
 
 #[cfg(test)]
@@ -80,6 +105,7 @@ mod tests {
                 name.to_string(),
                 spfs_config::RemoteConfig {
                     address: address.to_string(),
+                    ..Default::default()
                 },
             );
         }

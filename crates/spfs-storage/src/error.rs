@@ -75,6 +75,9 @@ pub enum StorageError {
         "tag '{name}' belongs to {owner}: in a shared repository only a tag's creator (or root) may change it, and only the creator of a tag folder may add tags to it"
     )]
     TagNotYours { name: String, owner: String },
+    /// A remote repository refused or failed a request.
+    #[error("{address}: {message}")]
+    Remote { address: String, message: String },
 }
 
 impl StorageError {

@@ -43,6 +43,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Push(a) => remote::push(a),
         Command::Pull(a) => remote::pull(a),
         Command::Sync(a) => remote::sync(a),
+        Command::Server(a) => remote::server(a),
         Command::External(args) => external(args),
     }
 }

@@ -236,3 +236,66 @@ impl Progress for Bar {
         }
     }
 }
+
+/// Arguments of `spfs server`.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// The address to listen on (port 0: any free port; the one chosen is
+    /// printed).
+    #[arg(long, default_value = "127.0.0.1:7737")]
+    pub listen: std::net::SocketAddr,
+    /// Refuse every write (objects, payloads, tags).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Require this bearer token (read from the file) on every request.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// `spfs server`: serve the local repository over gRPC until SIGINT or
+/// SIGTERM.
+pub fn server(args: ServerArgs) -> anyhow::Result<i32> {
+    let config = super::config()?;
+    let repo = super::open_repo(&config)?;
+    let token = match &args.token_file {
+        Some(path) => Some(
+            spfs_remote::read_token(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = spfs_remote::grpc::server::local_addr(&listener)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        println!(
+            "serving {} on grpc://{addr}{}",
+            Repository::address(&repo),
+            if args.read_only { " (read-only)" } else { "" }
+        );
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        let options = spfs_remote::grpc::server::ServerOptions {
+            read_only: args.read_only,
+            token,
+        };
+        spfs_remote::grpc::server::serve(repo, listener, options, shutdown)
+            .await
+            .context("the server failed")?;
+        anyhow::Ok(0)
+    })
+}

@@ -32,6 +32,11 @@ if [ ! -e /dev/fuse ]; then
   modprobe fuse 2>/dev/null || true
 fi
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: install it with rustup" >&2; exit 1; }
+# A real S3 server for the S3 remote's tests (s3s-fs: S3 over a directory).
+if ! command -v s3s-fs >/dev/null; then
+  echo "installing s3s-fs (S3 test server) with cargo"
+  cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+fi
 # --install: also build and install spfs, spfs-vfs and the spfs-enter
 # helper with its file capability (scripts/install.sh).
 if [ "${1:-}" = "--install" ]; then

@@ -16,4 +16,4 @@ remove_test_users() {
 }
 remove_test_users
 trap remove_test_users EXIT
-SPFS_REQUIRE_VFS_TESTS=1 cargo test --workspace 2>&1
+SPFS_REQUIRE_VFS_TESTS=1 SPFS_REQUIRE_S3_TESTS=1 cargo test --workspace 2>&1

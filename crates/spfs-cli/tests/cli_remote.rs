@@ -146,6 +146,69 @@ impl Studio {
     }
 }
 
+/// A running `s3s-fs` (a real S3 server over a directory), stopped on drop.
+struct S3Server {
+    child: std::process::Child,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const S3_KEY: &str = "AKIASPFSTEST";
+const S3_SECRET: &str = "very-secret-key-41";
+
+impl Studio {
+    /// Start an S3 server with bucket `bucket` and add remote NAME for
+    /// `s3://bucket/prefix` on it; `None` when no S3 server is installed
+    /// (and not required).
+    fn s3(&self, name: &str, bucket: &str, prefix: &str) -> Option<S3Server> {
+        if Command::new("s3s-fs").arg("--version").output().is_err() {
+            if std::env::var("SPFS_REQUIRE_S3_TESTS").as_deref() == Ok("1") {
+                panic!("s3s-fs is required (scripts/setup.sh installs it)");
+            }
+            eprintln!("skipping: s3s-fs is not installed (scripts/setup.sh installs it)");
+            return None;
+        }
+        let data = self.dir.path().join(format!("s3-{name}"));
+        std::fs::create_dir_all(data.join(bucket)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "s3s-fs did not start");
+        self.add_remote(
+            name,
+            &[
+                format!("address = \"s3://{bucket}/{prefix}\""),
+                format!("endpoint = \"http://127.0.0.1:{port}\""),
+                "region = \"us-east-1\"".into(),
+                format!("access_key_id = \"{S3_KEY}\""),
+                format!("secret_access_key = \"{S3_SECRET}\""),
+            ],
+        );
+        Some(S3Server { child, data, port })
+    }
+}
+
 /// A running `spfs server`, stopped on drop.
 struct Server(std::process::Child);
 
@@ -419,6 +482,98 @@ fn a_grpc_server_refuses_without_its_token_when_read_only_and_when_corrupt() {
     let err = s.fails("b", &["pull", "t/x", "--from", "down"]);
     assert!(
         err.contains("remote 'down'") && err.contains("cannot be reached"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_s3_remote_takes_pushes_serves_pulls_and_keeps_every_tag_version() {
+    let s = Studio::new();
+    let Some(server) = s.s3("store", "layers", "studio/main") else {
+        return;
+    };
+    // 12 MiB: uploaded in parts.
+    let big: String = (0..(12u32 << 20) / 8)
+        .map(|i| format!("{:08x}", i))
+        .collect();
+    let layer = s.commit("a", "s3/tool", &[("big", &big), ("small", "s")]);
+    let out = json(&s.ok("a", &["push", "s3/tool", "--to", "store", "--json"]));
+    assert_eq!(out["stats"]["payloads_copied"], 2, "{out}");
+    let again = json(&s.ok("a", &["push", "s3/tool", "--to", "store", "--json"]));
+    assert_eq!(again["stats"]["objects_copied"], 0, "{again}");
+    s.ok("b", &["pull", "s3/tool", "--from", "store"]);
+    assert_eq!(s.ok("b", &["read", "s3/tool", "big"]), big);
+    s.ok("b", &["check", "s3/tool"]);
+    s.ok(
+        "b",
+        &["sync", "s3/tool", "--from", "store", "--to", "backup"],
+    );
+    assert_eq!(
+        s.remote("backup")
+            .resolve_ref("s3/tool")
+            .unwrap()
+            .to_string(),
+        layer
+    );
+    // Many writers of one tag lose no version.
+    let hosts: Vec<_> = (0..6).map(|i| format!("w{i}")).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        s.commit(h, "s3/shared", &[("who", &format!("{i}"))]);
+    }
+    std::thread::scope(|scope| {
+        for h in &hosts {
+            let s = &s;
+            scope.spawn(move || s.ok(h, &["push", "s3/shared", "--to", "store"]));
+        }
+    });
+    let log = s.ok("b", &["pull", "s3/shared", "--from", "store", "--json"]);
+    assert!(json(&log)["tagged"].as_array().is_some());
+    let versions = std::fs::read_dir(server.data.join("layers/studio/main/tags/s3/shared"))
+        .unwrap()
+        .count();
+    assert_eq!(versions, hosts.len());
+    // Secrets are never shown.
+    for args in [&["config"][..], &["remote", "ls"][..]] {
+        let out = s.ok("a", args);
+        assert!(!out.contains(S3_SECRET) && !out.contains(S3_KEY), "{out}");
+    }
+}
+
+#[test]
+fn a_corrupt_or_unreachable_s3_remote_is_named() {
+    let s = Studio::new();
+    let Some(server) = s.s3("store", "layers", "") else {
+        return;
+    };
+    s.commit("a", "s3/c", &[("f", &"bytes ".repeat(1000))]);
+    s.ok("a", &["push", "s3/c", "--to", "store"]);
+    let d = Digest::of("bytes ".repeat(1000).as_bytes());
+    std::fs::write(
+        server.data.join(format!("layers/payloads/{d}")),
+        "BYTES ".repeat(1000),
+    )
+    .unwrap();
+    let err = s.fails("b", &["pull", "s3/c", "--from", "store"]);
+    assert!(err.contains(&d.to_string()), "{err}");
+    assert!(!err.contains(S3_SECRET), "{err}");
+    // Wrong credentials.
+    s.add_remote(
+        "wrongkey",
+        &[
+            "address = \"s3://layers\"".into(),
+            format!("endpoint = \"http://127.0.0.1:{}\"", server.port),
+            "region = \"us-east-1\"".into(),
+            format!("access_key_id = \"{S3_KEY}\""),
+            "secret_access_key = \"not-the-secret\"".into(),
+        ],
+    );
+    let err = s.fails("b", &["pull", "s3/c", "--from", "wrongkey"]);
+    assert!(err.contains("remote 'wrongkey'"), "{err}");
+    assert!(!err.contains("not-the-secret"), "{err}");
+    drop(server);
+    let err = s.fails("b", &["pull", "s3/c", "--from", "store"]);
+    assert!(
+        err.contains("remote 'store'") && err.contains("cannot be reached"),
         "{err}"
     );
 }

@@ -99,6 +99,20 @@ pub struct RemoteConfig {
     /// gRPC: a file holding the bearer token the server wants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// S3: the endpoint URL (e.g. `http://127.0.0.1:9000` for MinIO or
+    /// Ceph RGW); AWS's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3: the region (`AWS_REGION` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// S3: the access key id (`AWS_ACCESS_KEY_ID` when unset). Never shown.
+    #[serde(default, skip_serializing)]
+    pub access_key_id: Option<String>,
+    /// S3: the secret access key (`AWS_SECRET_ACCESS_KEY` when unset).
+    /// Never shown.
+    #[serde(default, skip_serializing)]
+    pub secret_access_key: Option<String>,
 }
 
 /// The whole configuration.

@@ -4,6 +4,7 @@
 //! - [`address`]: what a remote's address says (`file:`, `grpc://`,
 //!   `s3://`), checked before anything is contacted;
 //! - [`grpc`]: `spfs server` and its client;
+//! - [`s3`]: an S3-compatible object store;
 //! - [`open_remote`]: a configured remote, by name, ready to use.
 //!
 //! A directory remote (a path or `file:` URL, e.g. on NFS) is a local
@@ -11,7 +12,9 @@
 //! [`spfs_storage::FsRepository`] at that path.
 
 pub mod address;
+mod chunks;
 pub mod grpc;
+pub mod s3;
 
 use spfs_config::Config;
 use spfs_storage::{FsRepository, Repository};
@@ -77,10 +80,23 @@ pub fn open_remote(config: &Config, name: &str) -> Result<Box<dyn Repository>, R
                     reason: e.to_string(),
                 })
         }
-        Address::S3 { .. } => Err(RemoteError::Unsupported {
-            name: name.to_string(),
-            kind: "S3",
-        }),
+        Address::S3 { bucket, prefix } => {
+            let options = s3::S3Options {
+                bucket: &bucket,
+                prefix: &prefix,
+                endpoint: remote.endpoint.as_deref(),
+                region: remote.region.as_deref(),
+                access_key_id: remote.access_key_id.as_deref(),
+                secret_access_key: remote.secret_access_key.as_deref(),
+            };
+            s3::S3Repository::open(&options)
+                .map(|r| Box::new(r) as Box<dyn Repository>)
+                .map_err(|e| RemoteError::Unreachable {
+                    name: name.to_string(),
+                    address: remote.address.clone(),
+                    reason: e.to_string(),
+                })
+        }
     }
 }
 

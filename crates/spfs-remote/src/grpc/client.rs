@@ -19,7 +19,7 @@ use tonic::{Code, Request, Status};
 use super::CHUNK;
 use super::proto;
 use super::proto::repo_client::RepoClient;
-use super::server::ChannelReader;
+use crate::chunks::ChannelReader;
 
 /// How long one call may take (a whole payload read gets this per chunk).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);

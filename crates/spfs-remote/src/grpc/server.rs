@@ -8,10 +8,11 @@
 //! Payloads are served from public copies and the server user's own
 //! private ones, never from another user's private copy.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::SyncSender;
+
+use crate::chunks::ChannelReader;
 
 use spfs_storage::{FsRepository, Repository, StorageError};
 use tokio_stream::StreamExt;
@@ -342,42 +343,6 @@ async fn send_blocking(
     tokio::task::spawn_blocking(move || tx.send(item).is_ok())
         .await
         .unwrap_or(false)
-}
-
-/// Chunks from a channel as a reader (an error chunk is an I/O error).
-pub(super) struct ChannelReader {
-    rx: Receiver<Result<Vec<u8>, String>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl ChannelReader {
-    pub(super) fn new(rx: Receiver<Result<Vec<u8>, String>>) -> Self {
-        ChannelReader {
-            rx,
-            buf: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.buf.len() {
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    self.buf = chunk;
-                    self.pos = 0;
-                }
-                Ok(Err(message)) => return Err(std::io::Error::other(message)),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,41 @@
+//! Chunks arriving on a channel, read as one byte stream: how payloads
+//! streamed by gRPC or S3 reach the synchronous [`std::io::Read`] side.
+
+use std::io::Read;
+use std::sync::mpsc::Receiver;
+
+/// Chunks from a channel as a reader (an error chunk is an I/O error).
+pub(crate) struct ChannelReader {
+    rx: Receiver<Result<Vec<u8>, String>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    pub(crate) fn new(rx: Receiver<Result<Vec<u8>, String>>) -> Self {
+        ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(message)) => return Err(std::io::Error::other(message)),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -28,7 +28,7 @@
 //! What this does not cover: a payload changed on disk *after* it was
 //! verified is served as it is until the service restarts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +74,8 @@ impl VerifiedFile {
 /// Which payload files this service has verified, and the ones being
 /// verified.
 pub struct Verifier {
-    verified: Vec<RwLock<HashSet<VerifiedFile>>>,
+    /// By digest: the (device, inode) of each copy verified.
+    verified: Vec<RwLock<HashMap<Digest, Vec<(u64, u64)>>>>,
     /// Files some thread is hashing right now.
     in_flight: Mutex<HashSet<VerifiedFile>>,
     /// Signalled whenever a digest leaves `in_flight`.
@@ -95,7 +96,7 @@ impl Default for Verifier {
 }
 
 impl Verifier {
-    fn shard(&self, digest: &Digest) -> &RwLock<HashSet<VerifiedFile>> {
+    fn shard(&self, digest: &Digest) -> &RwLock<HashMap<Digest, Vec<(u64, u64)>>> {
         &self.verified[digest.0[0] as usize % SHARDS]
     }
 
@@ -104,7 +105,8 @@ impl Verifier {
         self.shard(&file.digest)
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(file)
+            .get(&file.digest)
+            .is_some_and(|copies| copies.contains(&(file.dev, file.ino)))
     }
 
     /// Whether any file of `digest` was verified by this service.
@@ -112,8 +114,7 @@ impl Verifier {
         self.shard(digest)
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|f| f.digest == *digest)
+            .contains_key(digest)
     }
 
     fn remember(&self, file: VerifiedFile) {
@@ -124,7 +125,10 @@ impl Verifier {
         if set.len() >= PER_SHARD {
             set.clear();
         }
-        set.insert(file);
+        let copies = set.entry(file.digest).or_default();
+        if !copies.contains(&(file.dev, file.ino)) {
+            copies.push((file.dev, file.ino));
+        }
     }
 
     /// How many payloads this service has hashed so far.

@@ -316,7 +316,8 @@ impl Vfs {
     /// view shares; and a content node is served from that public copy
     /// alone (see [`Vfs::open`]), never from a reader's private copy.
     fn public_content(&self, e: &Entry) -> Option<ContentKey> {
-        if e.kind != EntryKind::File {
+        // Cheap first (memory only): most entries listed were never served.
+        if e.kind != EntryKind::File || !self.verifier.any_verified(&e.object) {
             return None;
         }
         let (dev, ino) = self.repo.public_payload_id(&e.object)?;

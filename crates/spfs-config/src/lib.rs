@@ -73,6 +73,13 @@ pub struct VfsConfig {
     /// The `spfs-enter` helper; empty means the one beside the running
     /// `spfs` executable.
     pub enter_helper: PathBuf,
+    /// The remotes read through, in order, when a spec or a payload is not
+    /// in the local repository (names of `[remote.NAME]`; an unconfigured
+    /// `origin` is skipped).
+    pub remotes: Vec<String>,
+    /// How long a reader waits for a payload from a remote before EIO, in
+    /// seconds (the fetch goes on, and a later read finds it).
+    pub remote_timeout: u32,
 }
 
 /// When `spfs run` binds its runtime's view (see [`VfsConfig::bind_views`]).
@@ -154,6 +161,8 @@ impl Default for VfsConfig {
             log_max_bytes: 8 << 20,
             bind_views: BindViews::Auto,
             enter_helper: PathBuf::new(),
+            remotes: vec!["origin".into()],
+            remote_timeout: 30,
         }
     }
 }
@@ -182,6 +191,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("vfs", "log_max_bytes", Kind::Int),
     ("vfs", "bind_views", Kind::Choice(&["auto", "never"])),
     ("vfs", "enter_helper", Kind::Text),
+    ("vfs", "remote_timeout", Kind::Int),
 ];
 
 /// The environment variable that overrides `section.key`.

@@ -277,7 +277,7 @@ impl ControlHandler for Handler {
                 outer.name
             )));
         }
-        let digests = s.repo().resolve_spec(&spec).map_err(storage_status)?;
+        let digests = s.vfs.resolve_spec(&spec).map_err(storage_status)?;
         let layers = s.repo().flatten(&digests).map_err(storage_status)?;
         if let Some(delay) = s.test_register_delay {
             std::thread::sleep(delay);

@@ -246,7 +246,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         "cannot prepare mount point {}",
         mountpoint.display()
     )))?;
-    let vfs = Arc::new(Vfs::new(repo));
+    let vfs = Arc::new(Vfs::new(repo).with_read_through(spfs_remote::read_through(config)));
     let router = Arc::new(Router::new(vfs.registry.clone()));
     let host = FuseHost::new(
         vfs.clone(),

@@ -100,6 +100,30 @@ pub fn open_remote(config: &Config, name: &str) -> Result<Box<dyn Repository>, R
     }
 }
 
+/// The remotes `config.vfs.remotes` names, opened for reading through (an
+/// unconfigured `origin`, the default, is left out; another name that is
+/// not configured, or a remote that cannot be opened, stays in the list as
+/// unreachable, so that errors name it).
+pub fn read_through(config: &Config) -> std::sync::Arc<spfs_storage::readthrough::ReadThrough> {
+    let remotes = config
+        .vfs
+        .remotes
+        .iter()
+        .filter(|name| *name != "origin" || config.remote.contains_key("origin"))
+        .map(|name| {
+            let (config, n) = (config.clone(), name.clone());
+            spfs_storage::readthrough::Remote::new(
+                name.clone(),
+                Box::new(move || open_remote(&config, &n).map_err(|e| e.to_string())),
+            )
+        })
+        .collect();
+    spfs_storage::readthrough::ReadThrough::new(
+        remotes,
+        std::time::Duration::from_secs(config.vfs.remote_timeout.max(1) as u64),
+    )
+}
+
 /// A token from a file (surrounding whitespace ignored).
 pub fn read_token(path: &std::path::Path) -> std::io::Result<String> {
     let text = std::fs::read_to_string(path)?;

@@ -75,6 +75,8 @@ pub enum StorageError {
         "tag '{name}' belongs to {owner}: in a shared repository only a tag's creator (or root) may change it, and only the creator of a tag folder may add tags to it"
     )]
     TagNotYours { name: String, owner: String },
+    #[error("'{reference}' was found in no repository searched: {searched}")]
+    NotFoundAnywhere { reference: String, searched: String },
     /// A remote repository refused or failed a request.
     #[error("{address}: {message}")]
     Remote { address: String, message: String },

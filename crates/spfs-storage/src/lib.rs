@@ -12,6 +12,8 @@
 //! - [`quarantine`]: moving payloads that do not match their digest out of
 //!   the way, so that they read as missing and can be fetched again;
 //! - [`runtimes`]: the records of running environments;
+//! - [`readthrough`]: using remotes as if their contents were local
+//!   (objects when a view is made, payloads when first read);
 //! - [`repository`]: the [`Repository`] interface every repository, local
 //!   or remote, offers;
 //! - [`transfer`]: copying object graphs between repositories, children
@@ -26,6 +28,7 @@ mod error;
 pub mod fs;
 pub mod payload;
 pub mod quarantine;
+pub mod readthrough;
 pub mod repository;
 pub mod resolve;
 pub mod runtimes;

@@ -44,6 +44,21 @@ pub struct TransferStats {
     pub bytes_copied: u64,
 }
 
+/// What a transfer copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Objects and payloads; an object the destination has is taken as
+    /// complete (with everything it reaches) and skipped.
+    Whole,
+    /// The same, but objects the destination has are read there and
+    /// descended into, so that payloads it lacks are fetched: for a
+    /// destination that may hold objects without their payloads (the
+    /// local repository, where the VFS reads through remotes).
+    Repair,
+    /// Objects only (the VFS's read-through: payloads come when read).
+    ObjectsOnly,
+}
+
 /// Copy everything reachable from `roots` from `src` to `dst`.
 pub fn copy_graph(
     src: &dyn Repository,
@@ -52,9 +67,22 @@ pub fn copy_graph(
     jobs: usize,
     progress: &dyn Progress,
 ) -> Result<TransferStats> {
+    copy_graph_scoped(src, dst, roots, Scope::Whole, jobs, progress)
+}
+
+/// Copy what `scope` says of everything reachable from `roots`.
+pub fn copy_graph_scoped(
+    src: &dyn Repository,
+    dst: &dyn Repository,
+    roots: &[Digest],
+    scope: Scope,
+    jobs: usize,
+    progress: &dyn Progress,
+) -> Result<TransferStats> {
     let mut t = Transfer {
         src,
         dst,
+        scope,
         jobs: jobs.max(1),
         progress,
         seen: HashSet::new(),
@@ -69,6 +97,7 @@ pub fn copy_graph(
 struct Transfer<'a> {
     src: &'a dyn Repository,
     dst: &'a dyn Repository,
+    scope: Scope,
     jobs: usize,
     progress: &'a dyn Progress,
     seen: HashSet<Digest>,
@@ -82,12 +111,17 @@ impl Transfer<'_> {
             return Ok(());
         }
         self.progress.need(1);
-        if self.dst.has_object(digest)? {
+        let present = self.dst.has_object(digest)?;
+        if present && self.scope != Scope::Repair {
             self.stats.objects_present += 1;
             self.progress.done(0);
             return Ok(());
         }
-        let bytes = self.src.read_object_bytes(digest)?;
+        // Repairing reads what the destination has (cheap: it is local).
+        let bytes = match present {
+            true => self.dst.read_object_bytes(digest)?,
+            false => self.src.read_object_bytes(digest)?,
+        };
         match check_object(digest, &bytes)? {
             Object::Platform(p) => {
                 for d in &p.stack {
@@ -105,8 +139,15 @@ impl Transfer<'_> {
                     .collect();
                 blobs.sort_unstable();
                 blobs.dedup();
-                self.payloads(&blobs)?;
+                if self.scope != Scope::ObjectsOnly {
+                    self.payloads(&blobs)?;
+                }
             }
+        }
+        if present {
+            self.stats.objects_present += 1;
+            self.progress.done(0);
+            return Ok(());
         }
         self.dst.write_object_bytes(digest, &bytes)?;
         self.stats.objects_copied += 1;
@@ -240,6 +281,23 @@ mod tests {
         );
         assert_eq!(rest.payloads_copied, 1, "only the second layer's own file");
         assert_eq!(rest.objects_present, 1);
+    }
+
+    #[test]
+    fn objects_first_then_a_repair_fetches_the_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, platform, _) = source(dir.path());
+        let dst = FsRepository::create(dir.path().join("dst")).unwrap();
+        let objects =
+            copy_graph_scoped(&src, &dst, &[platform], Scope::ObjectsOnly, 2, &()).unwrap();
+        assert_eq!((objects.objects_copied, objects.payloads_copied), (5, 0));
+        // A plain copy trusts the present root and fetches nothing...
+        let plain = copy_graph(&src, &dst, &[platform], 2, &()).unwrap();
+        assert_eq!(plain.payloads_copied, 0);
+        // ...a repair reads what is there and fetches what is missing.
+        let repair = copy_graph_scoped(&src, &dst, &[platform], Scope::Repair, 2, &()).unwrap();
+        assert_eq!((repair.objects_copied, repair.payloads_copied), (0, 4));
+        assert!(crate::check::check(&dst, &[platform]).unwrap().is_clean());
     }
 
     #[test]

@@ -39,6 +39,7 @@
 use std::time::{Duration, SystemTime};
 
 use spfs_model::{Digest, Entry, EntryKind, Tree};
+use spfs_storage::readthrough::ReadThrough;
 use spfs_storage::{FsRepository, OpenedPayload, StorageError};
 
 use crate::content::{ContentKey, ContentNodes};
@@ -192,6 +193,8 @@ pub struct Vfs {
     pub verifier: Verifier,
     /// The nodes of public files, shared by every view.
     pub content: ContentNodes,
+    /// The remotes read through for specs and payloads not stored locally.
+    read_through: Option<std::sync::Arc<ReadThrough>>,
     started: SystemTime,
 }
 
@@ -214,12 +217,28 @@ impl Vfs {
             handles: Handles::default(),
             verifier: Verifier::default(),
             content: ContentNodes::default(),
+            read_through: None,
             started: SystemTime::now(),
         }
     }
 
     pub fn repo(&self) -> &FsRepository {
         &self.repo
+    }
+
+    /// Read specs and payloads missing locally through these remotes.
+    pub fn with_read_through(mut self, remotes: std::sync::Arc<ReadThrough>) -> Self {
+        self.read_through = (!remotes.is_empty()).then_some(remotes);
+        self
+    }
+
+    /// The digests `spec` names: from the local repository, else (objects
+    /// copied in) from the first remote read through that has them.
+    pub fn resolve_spec(&self, spec: &spfs_model::EnvSpec) -> Result<Vec<Digest>, StorageError> {
+        match &self.read_through {
+            Some(rt) => rt.resolve_spec(&self.repo, spec),
+            None => self.repo.resolve_spec(spec),
+        }
     }
 
     fn resolve<'a>(&self, view: Option<&'a View>, node: u64) -> Result<Node<'a>> {
@@ -578,10 +597,17 @@ impl Vfs {
     /// [`spfs_storage::payload`]), verified against its digest the first
     /// time this service serves that file (see [`crate::verify`]).
     fn payload(&self, digest: &Digest, size: u64, owner: u32) -> Result<OpenedPayload> {
-        let opened = self
-            .repo
-            .open_payload_as(digest, owner)
-            .map_err(|err| match err {
+        let mut opened = self.repo.open_payload_as(digest, owner);
+        // Not stored here: fetched from a remote (once, however many ask),
+        // then opened like any local payload.
+        if let (Err(StorageError::UnknownObject(_)), Some(rt)) = (&opened, &self.read_through) {
+            if let Err(e) = rt.fetch_payload(&self.repo, digest) {
+                tracing::warn!("payload {digest} could not be read through: {e}");
+                return Err(VfsError::MissingPayload(format!("{digest} ({e})")));
+            }
+            opened = self.repo.open_payload_as(digest, owner);
+        }
+        let opened = opened.map_err(|err| match err {
                 StorageError::UnknownObject(d) => VfsError::MissingPayload(d.to_string()),
                 StorageError::PayloadNotReadable(d) => VfsError::PermissionDenied(d),
                 StorageError::Io { source, .. } => VfsError::Io(source),

@@ -204,7 +204,8 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
     if let Some((name, dst)) = remote {
         let local = super::open_repo(&config)?;
         let tags = args.tags.iter().map(|t| (t.clone(), digest)).collect();
-        super::remote::send(&local, &*dst, ("local", name), &[digest], tags, 8)?;
+        let whole = spfs_storage::transfer::Scope::Whole;
+        super::remote::send(&local, &*dst, ("local", name), &[digest], tags, whole, 8)?;
     }
     super::inspect::emit(|out| writeln!(out, "{digest}"))?;
     Ok(0)

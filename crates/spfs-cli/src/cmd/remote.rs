@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use spfs_model::{Digest, SpecItem};
 use spfs_remote::Address;
 use spfs_storage::Repository;
-use spfs_storage::transfer::{Progress, TransferStats, copy_graph};
+use spfs_storage::transfer::{Progress, Scope, TransferStats, copy_graph_scoped};
 
 use crate::output::{print_json, progress_bar};
 
@@ -150,7 +150,22 @@ fn transfer(from: &str, to: &str, refs: &[String], opts: &TransferArgs) -> anyho
         }
         roots.push(digest);
     }
-    let (stats, tagged) = send(&*src, &*dst, (from, to), &roots, tags, opts.jobs as usize)?;
+    // Into the local repository, objects present may lack payloads (read
+    // through by the VFS): look inside them.
+    let scope = if to == "local" {
+        Scope::Repair
+    } else {
+        Scope::Whole
+    };
+    let (stats, tagged) = send(
+        &*src,
+        &*dst,
+        (from, to),
+        &roots,
+        tags,
+        scope,
+        opts.jobs as usize,
+    )?;
     report(from, to, &stats, &tagged, opts.json)?;
     Ok(0)
 }
@@ -164,13 +179,14 @@ pub fn send(
     (from, to): (&str, &str),
     roots: &[Digest],
     tags: Vec<(String, Digest)>,
+    scope: Scope,
     jobs: usize,
 ) -> anyhow::Result<(TransferStats, Vec<(String, Digest)>)> {
     let bar = Bar(progress_bar(
         0,
         "{spinner} {pos}/{len} objects and payloads {wide_bar} {msg}",
     ));
-    let result = copy_graph(src, dst, roots, jobs, &bar);
+    let result = copy_graph_scoped(src, dst, roots, scope, jobs, &bar);
     bar.0.finish_and_clear();
     let stats =
         result.with_context(|| format!("cannot copy from {from} to {to}; run again to resume"))?;

@@ -122,7 +122,9 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
     let config = super::config()?;
     let repo = super::open_repo(&config)?;
     let spec = EnvSpec::parse(spec_text)?;
-    let digests = repo.resolve_spec(&spec)?;
+    // References only on a remote read through (`vfs.remotes`): their
+    // objects are fetched now, their payloads when first read.
+    let digests = spfs_remote::read_through(&config).resolve_spec(&repo, &spec)?;
     let layers = repo.flatten(&digests)?;
     let Some(program) = command.first() else {
         anyhow::bail!("no command given");

@@ -1,0 +1,267 @@
+//! Read-through: using remotes as if their contents were local.
+//!
+//! [`ReadThrough`] holds the remotes a host reads through (config
+//! `vfs.remotes`), in order. Resolving a spec looks in the local
+//! repository first and, for a reference found only on a remote, copies
+//! that reference's objects (platforms, layers, manifests; no payloads)
+//! into the local repository, so a view can be built at once; a reference
+//! found nowhere is an error naming every repository searched. A payload
+//! is fetched when it is first needed ([`ReadThrough::fetch_payload`]):
+//! once however many readers ask at the same time, checked against its
+//! digest as it is stored, and never waited for longer than the timeout
+//! (the fetch goes on in the background, and a later read finds it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use spfs_model::{Digest, EnvSpec, SpecItem};
+
+use crate::repository::Repository;
+use crate::transfer::{Scope, copy_graph_scoped};
+use crate::{FsRepository, Result, StorageError};
+
+/// How a remote is opened (or why it cannot be).
+pub type Opener = Box<dyn Fn() -> std::result::Result<Box<dyn Repository>, String> + Send + Sync>;
+
+/// A remote to read through, opened the first time it is needed (a host
+/// whose specs are all local never contacts it).
+pub struct Remote {
+    pub name: String,
+    open: Opener,
+    repo: std::sync::OnceLock<std::result::Result<Box<dyn Repository>, String>>,
+}
+
+impl Remote {
+    pub fn new(name: impl Into<String>, open: Opener) -> Remote {
+        Remote {
+            name: name.into(),
+            open,
+            repo: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn repo(&self) -> &std::result::Result<Box<dyn Repository>, String> {
+        self.repo.get_or_init(|| (self.open)())
+    }
+}
+
+/// How a fetch ended, shared by every reader waiting for it.
+type Outcome = Arc<(Mutex<Option<std::result::Result<(), String>>>, Condvar)>;
+
+/// The remotes a host reads through.
+pub struct ReadThrough {
+    remotes: Vec<Remote>,
+    timeout: Duration,
+    in_flight: Mutex<HashMap<Digest, Outcome>>,
+}
+
+impl ReadThrough {
+    pub fn new(remotes: Vec<Remote>, timeout: Duration) -> Arc<Self> {
+        Arc::new(ReadThrough {
+            remotes,
+            timeout,
+            in_flight: Mutex::default(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remotes.is_empty()
+    }
+
+    /// The digests `spec` names, bottom first, from `local` or else from
+    /// the first remote that has each (its objects copied into `local`).
+    pub fn resolve_spec(&self, local: &FsRepository, spec: &EnvSpec) -> Result<Vec<Digest>> {
+        spec.items
+            .iter()
+            .map(|item| self.resolve_item(local, item))
+            .collect()
+    }
+
+    fn resolve_item(&self, local: &FsRepository, item: &SpecItem) -> Result<Digest> {
+        let local_err = match local.resolve_item(item) {
+            Ok(d) => {
+                // Objects a remote gave earlier may lack parts fetched
+                // since; the objects themselves are complete.
+                return Ok(d);
+            }
+            Err(e) if is_not_found(&e) => e,
+            Err(e) => return Err(e),
+        };
+        if self.remotes.is_empty() {
+            return Err(local_err);
+        }
+        let text = item.to_string();
+        let mut searched = vec![format!("local ({})", local.root().display())];
+        for remote in &self.remotes {
+            let repo = match remote.repo() {
+                Ok(r) => r,
+                Err(why) => {
+                    searched.push(format!("{} (unreachable: {why})", remote.name));
+                    continue;
+                }
+            };
+            match repo.resolve_ref(&text) {
+                Ok(d) => {
+                    copy_graph_scoped(&**repo, local, &[d], Scope::ObjectsOnly, 4, &())?;
+                    return Ok(d);
+                }
+                Err(e) if is_not_found(&e) => searched.push(remote.name.clone()),
+                Err(e) => searched.push(format!("{} ({e})", remote.name)),
+            }
+        }
+        Err(StorageError::NotFoundAnywhere {
+            reference: text,
+            searched: searched.join(", "),
+        })
+    }
+
+    /// Fetch payload `digest` into `local` from the first remote that has
+    /// it. Readers asking at the same time share one fetch; none waits
+    /// longer than the timeout.
+    pub fn fetch_payload(self: &Arc<Self>, local: &FsRepository, digest: &Digest) -> Result<()> {
+        let (outcome, start) = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(digest) {
+                Some(o) => (o.clone(), false),
+                None => {
+                    let o: Outcome = Arc::default();
+                    map.insert(*digest, o.clone());
+                    (o, true)
+                }
+            }
+        };
+        if start {
+            let (this, local, d, o) = (self.clone(), local.clone(), *digest, outcome.clone());
+            std::thread::spawn(move || {
+                let result = this.fetch_now(&local, &d).map_err(|e| e.to_string());
+                this.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&d);
+                let (lock, done) = &*o;
+                *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                done.notify_all();
+            });
+        }
+        let (lock, done) = &*outcome;
+        let deadline = Instant::now() + self.timeout;
+        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(result) = &*state {
+                return result.clone().map_err(|message| StorageError::Remote {
+                    address: "read-through".into(),
+                    message,
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StorageError::Remote {
+                    address: "read-through".into(),
+                    message: format!(
+                        "payload {digest} did not arrive within {} s",
+                        self.timeout.as_secs()
+                    ),
+                });
+            }
+            state = done
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn fetch_now(&self, local: &FsRepository, digest: &Digest) -> Result<()> {
+        let mut last = None;
+        for remote in &self.remotes {
+            let Ok(repo) = remote.repo() else { continue };
+            match repo.has_payload(digest) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            }
+            let mut from = repo.open_payload(digest)?;
+            match Repository::write_payload(local, digest, &mut from.reader, from.public) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(StorageError::UnknownObject(*digest)))
+    }
+}
+
+fn is_not_found(e: &StorageError) -> bool {
+    matches!(
+        e,
+        StorageError::UnknownObject(_)
+            | StorageError::UnknownTag(_)
+            | StorageError::UnknownReference(_)
+            | StorageError::UnknownTagVersion { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote_with_file(dir: &std::path::Path, bytes: &[u8]) -> (FsRepository, Digest) {
+        let repo = FsRepository::create(dir.join("remote")).unwrap();
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("f"), bytes).unwrap();
+        let layer =
+            crate::commit::commit_dir(&repo, &tree, Default::default(), &Default::default(), &())
+                .unwrap();
+        repo.push_tag("r/t", &layer).unwrap();
+        (repo, layer)
+    }
+
+    #[test]
+    fn a_reference_only_on_a_remote_resolves_and_its_payloads_come_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, layer) = remote_with_file(dir.path(), b"remote bytes");
+        let local = FsRepository::create(dir.path().join("local")).unwrap();
+        let rt = ReadThrough::new(
+            vec![
+                Remote::new("down", Box::new(|| Err("connection refused".into()))),
+                Remote::new(
+                    "origin",
+                    Box::new(move || {
+                        let r = FsRepository::open(remote.root()).map_err(|e| e.to_string())?;
+                        Ok(Box::new(r) as Box<dyn Repository>)
+                    }),
+                ),
+            ],
+            Duration::from_secs(5),
+        );
+        let spec = EnvSpec::parse("r/t").unwrap();
+        assert_eq!(rt.resolve_spec(&local, &spec).unwrap(), [layer]);
+        let d = Digest::of(b"remote bytes");
+        assert!(local.has_object(&layer) && !local.has_payload(&d));
+        // Many readers at once: one fetch.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| rt.fetch_payload(&local, &d).unwrap());
+            }
+        });
+        assert!(local.has_payload(&d));
+        // Found nowhere: every repository is named.
+        let err = rt
+            .resolve_spec(&local, &EnvSpec::parse("no/such").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no/such") && err.contains("local") && err.contains("origin"),
+            "{err}"
+        );
+        assert!(
+            err.contains("down (unreachable: connection refused)"),
+            "{err}"
+        );
+        let missing = Digest::of(b"nowhere");
+        assert!(rt.fetch_payload(&local, &missing).is_err());
+    }
+}

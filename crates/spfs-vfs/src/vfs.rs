@@ -608,11 +608,11 @@ impl Vfs {
             opened = self.repo.open_payload_as(digest, owner);
         }
         let opened = opened.map_err(|err| match err {
-                StorageError::UnknownObject(d) => VfsError::MissingPayload(d.to_string()),
-                StorageError::PayloadNotReadable(d) => VfsError::PermissionDenied(d),
-                StorageError::Io { source, .. } => VfsError::Io(source),
-                other => VfsError::Io(std::io::Error::other(other.to_string())),
-            })?;
+            StorageError::UnknownObject(d) => VfsError::MissingPayload(d.to_string()),
+            StorageError::PayloadNotReadable(d) => VfsError::PermissionDenied(d),
+            StorageError::Io { source, .. } => VfsError::Io(source),
+            other => VfsError::Io(std::io::Error::other(other.to_string())),
+        })?;
         self.verifier.check(&self.repo, digest, size, &opened)?;
         Ok(opened)
     }

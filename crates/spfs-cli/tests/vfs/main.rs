@@ -11,5 +11,6 @@ mod faults;
 mod isolation;
 mod mtimes;
 mod pagecache;
+mod readthrough;
 mod routing;
 mod runtimes;

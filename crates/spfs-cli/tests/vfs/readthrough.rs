@@ -1,0 +1,150 @@
+//! Read-through: runtimes whose stacks live only on a remote (`spfs
+//! server` here), their payloads fetched on first read; a remote that goes
+//! away gives errors, never hangs, and other views keep working.
+
+use std::io::BufRead;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::require_vfs;
+
+/// `spfs server` over the repository `root`, stopped on drop.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Serve `root` and make it the world's `origin`; the server.
+fn serve_as_origin(w: &World, root: &std::path::Path) -> Served {
+    let mut child = w
+        .command(SPFS)
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .env("SPFS_STORAGE_ROOT", root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .split_whitespace()
+        .find(|w| w.starts_with("grpc://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    std::fs::write(
+        w.dir.path().join("empty.toml"),
+        format!("[remote.origin]\naddress = \"{address}\"\n[vfs]\nremote_timeout = 5\n"),
+    )
+    .unwrap();
+    Served(child)
+}
+
+/// Commit `files` as `tag` into the repository `root`.
+fn commit_into(w: &World, root: &std::path::Path, tag: &str, files: &[(&str, &[u8])]) {
+    let src = w
+        .dir
+        .path()
+        .join(format!("rt-src-{}", tag.replace('/', "-")));
+    for (rel, bytes) in files {
+        let p = src.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let out = w
+        .command(SPFS)
+        .args(["commit", "--path", src.to_str().unwrap(), "-t", tag])
+        .env("SPFS_STORAGE_ROOT", root)
+        .output()
+        .unwrap();
+    ok(&out, "commit into the studio");
+}
+
+#[test]
+fn a_stack_only_on_a_remote_runs_and_reads_through() {
+    require_vfs!();
+    let w = World::new();
+    let studio = w.dir.path().join("studio");
+    let big: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 253) as u8).collect();
+    commit_into(
+        &w,
+        &studio,
+        "rt/a",
+        &[("small", b"from the studio"), ("big", &big)],
+    );
+    commit_into(&w, &studio, "rt/b", &[("later", b"fetched later")]);
+    let server = serve_as_origin(&w, &studio);
+    w.commit("local/only", &[("here", b"local")]);
+    let mnt = w.mnt.display().to_string();
+    // A random read of an uncached blob, and a small file.
+    let offset = 5 * 1024 * 1024 + 17;
+    let out = w.run_sh(
+        "rt/a",
+        &format!(
+            "cat {mnt}/small; echo; dd if={mnt}/big bs=1 skip={offset} count=8 2>/dev/null | od -An -tu1"
+        ),
+    );
+    ok(&out, "run a stack found only on the remote");
+    let want: Vec<String> = big[offset..offset + 8]
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    let text = stdout(&out);
+    assert!(text.starts_with("from the studio\n"), "{text}");
+    assert_eq!(
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        want
+    );
+    // Now local: objects and the payloads read.
+    let local = spfs_storage::FsRepository::open(&w.repo).unwrap();
+    assert!(local.has_payload(&spfs_model::Digest::of(&big)));
+    // Found nowhere: every repository searched is named.
+    let out = w.run_sh("no/such", "true");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("no/such") && err.contains("local") && err.contains("origin"),
+        "{err}"
+    );
+    // The remote goes away while a runtime of it runs: reading what was
+    // never fetched fails within the timeout, nothing hangs, and other
+    // views keep working.
+    let mut child = w.spawn_sh(
+        "rt/b",
+        &format!("sleep 1; cat {mnt}/later; echo rc=$?; ls {mnt}"),
+    );
+    assert!(wait_for(Duration::from_secs(10), || w.list().len() == 1));
+    drop(server);
+    let start = Instant::now();
+    let done = wait_for(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(done, "the reader hung after the remote went away");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("rc=1") && text.contains("later"),
+        "{text} / {}",
+        stderr(&out)
+    );
+    let out = w.run_sh("local/only", &format!("cat {mnt}/here"));
+    ok(&out, "a local view while the remote is gone");
+    assert_eq!(stdout(&out), "local");
+}

@@ -577,3 +577,71 @@ fn a_corrupt_or_unreachable_s3_remote_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_push_killed_midway_resumes_and_leaves_no_partial_object() {
+    let s = Studio::new();
+    let files: Vec<(String, String)> = (0..600)
+        .map(|i| (format!("d{}/f{i}", i % 30), format!("file {i} ").repeat(50)))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let layer = s.commit("a", "big/tree", &refs);
+    let origin_payloads = s.dir.path().join("origin/payloads");
+    let count = || walk_files(&origin_payloads);
+    let mut child = Command::new(SPFS)
+        .args(["push", "big/tree", "--jobs", "2"])
+        .env("HOME", s.dir.path())
+        .env("SPFS_CONFIG", &s.config)
+        .env("SPFS_STORAGE_ROOT", s.dir.path().join("host-a"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once some payloads, but not all, have arrived.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count() < 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let before = count();
+    assert!(before > 0, "nothing arrived before the kill");
+    let d = Digest::parse(&layer).unwrap();
+    let origin = s.remote("origin");
+    // Children first: the layer (the root) is not there without its data.
+    if before < files.len() {
+        assert!(!origin.has_object(&d), "the root arrived before its data");
+    }
+    let out = json(&s.ok("a", &["push", "big/tree", "--json"]));
+    let copied = out["stats"]["payloads_copied"].as_u64().unwrap();
+    let present = out["stats"]["payloads_present"].as_u64().unwrap();
+    assert_eq!(copied + present, files.len() as u64, "{out}");
+    assert!(
+        present >= before as u64 - 2,
+        "the rerun copied again what was there: {out}"
+    );
+    assert!(
+        spfs_storage::check::check(&origin, &[d])
+            .unwrap()
+            .is_clean()
+    );
+    assert_eq!(origin.resolve_ref("big/tree").unwrap(), d);
+}
+
+/// Regular files under `dir`, recursively (0 if it does not exist).
+fn walk_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}

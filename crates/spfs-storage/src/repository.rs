@@ -26,6 +26,12 @@ pub struct PayloadReader {
     pub public: bool,
 }
 
+/// A payload on its way into a repository.
+pub struct IncomingPayload {
+    pub digest: Digest,
+    pub from: PayloadReader,
+}
+
 /// What every repository, local or remote, offers.
 pub trait Repository: Send + Sync {
     /// Where it is, for messages (never holds a secret).
@@ -42,6 +48,23 @@ pub trait Repository: Send + Sync {
     /// is written; bytes that hash to anything else are refused and leave
     /// nothing behind. Returns the size stored.
     fn write_payload(&self, digest: &Digest, reader: &mut dyn Read, public: bool) -> Result<u64>;
+    /// Store the payloads `next` yields, each checked like
+    /// [`Repository::write_payload`], durable together by the time this
+    /// returns (a directory repository syncs once per batch, not once per
+    /// payload). On an error, none of the batch is stored. Returns the
+    /// digests and sizes stored.
+    fn write_payload_batch(
+        &self,
+        next: &mut dyn FnMut() -> Option<Result<IncomingPayload>>,
+    ) -> Result<Vec<(Digest, u64)>> {
+        let mut out = Vec::new();
+        while let Some(item) = next() {
+            let mut p = item?;
+            let size = self.write_payload(&p.digest, &mut p.from.reader, p.from.public)?;
+            out.push((p.digest, size));
+        }
+        Ok(out)
+    }
     /// The history of a tag, oldest first.
     fn tag_history(&self, name: &str) -> Result<Vec<TagVersion>>;
     /// Add a version to a tag (never losing a concurrent writer's).
@@ -116,6 +139,51 @@ impl Repository for FsRepository {
         let size = staged.size;
         self.commit_staged(vec![staged])?;
         Ok(size)
+    }
+
+    fn write_payload_batch(
+        &self,
+        next: &mut dyn FnMut() -> Option<Result<IncomingPayload>>,
+    ) -> Result<Vec<(Digest, u64)>> {
+        let mut staged = Vec::new();
+        let result = (|| {
+            while let Some(item) = next() {
+                let mut p = item?;
+                let readers = if p.from.public {
+                    Readers::Everyone
+                } else {
+                    Readers::Owner
+                };
+                // A source may claim a size; never read (into memory, for
+                // small ones) more than one byte past it: a longer payload
+                // then fails its digest.
+                let one = match p.from.size {
+                    Some(size) => {
+                        let mut limited = (&mut p.from.reader).take(size.saturating_add(1));
+                        self.stage_payload(&mut limited, Some(size), readers)?
+                    }
+                    None => self.stage_payload(&mut p.from.reader, None, readers)?,
+                };
+                let actual = one.digest;
+                staged.push(one);
+                if actual != p.digest {
+                    return Err(StorageError::Corrupt {
+                        digest: p.digest,
+                        source: spfs_model::DecodeError::Invalid(format!(
+                            "payload content hashes to {actual}"
+                        )),
+                    });
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.discard_staged(staged);
+            return Err(e);
+        }
+        let out = staged.iter().map(|p| (p.digest, p.size)).collect();
+        self.commit_staged(staged)?;
+        Ok(out)
     }
 
     fn tag_history(&self, name: &str) -> Result<Vec<TagVersion>> {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use spfs_model::{Digest, EntryKind, Object};
 
 use crate::Result;
-use crate::repository::{Repository, check_object};
+use crate::repository::{IncomingPayload, Repository, check_object};
 
 /// Told how a transfer advances (a progress bar, or nothing).
 pub trait Progress: Sync {
@@ -155,8 +155,9 @@ impl Transfer<'_> {
         Ok(())
     }
 
-    /// Copy the payloads the destination lacks, on `jobs` threads; the
-    /// first error stops the others.
+    /// Copy the payloads the destination lacks, on `jobs` threads, in
+    /// batches that the destination makes durable at once; the first error
+    /// stops the others.
     fn payloads(&mut self, blobs: &[Digest]) -> Result<()> {
         self.progress.need(blobs.len() as u64);
         let next = AtomicUsize::new(0);
@@ -169,18 +170,38 @@ impl Transfer<'_> {
                 scope.spawn(|| {
                     let mut mine = TransferStats::default();
                     while !failed.load(Ordering::Relaxed) {
-                        let Some(d) = blobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        let start = next.fetch_add(BATCH, Ordering::Relaxed);
+                        let Some(batch) = blobs.get(start..(start + BATCH).min(blobs.len())) else {
                             break;
                         };
-                        match copy_payload(src, dst, d) {
-                            Ok(None) => {
-                                mine.payloads_present += 1;
-                                progress.done(0);
+                        let mut todo = batch.iter();
+                        let mut present = 0;
+                        let mut incoming = || {
+                            for d in todo.by_ref() {
+                                match dst.has_payload(d) {
+                                    Ok(true) => {
+                                        present += 1;
+                                        progress.done(0);
+                                    }
+                                    Ok(false) => {
+                                        return Some(
+                                            src.open_payload(d)
+                                                .map(|from| IncomingPayload { digest: *d, from }),
+                                        );
+                                    }
+                                    Err(e) => return Some(Err(e)),
+                                }
                             }
-                            Ok(Some(n)) => {
-                                mine.payloads_copied += 1;
-                                mine.bytes_copied += n;
-                                progress.done(n);
+                            None
+                        };
+                        match dst.write_payload_batch(&mut incoming) {
+                            Ok(stored) => {
+                                mine.payloads_present += present;
+                                for (_, n) in stored {
+                                    mine.payloads_copied += 1;
+                                    mine.bytes_copied += n;
+                                    progress.done(n);
+                                }
                             }
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);
@@ -209,15 +230,8 @@ impl Transfer<'_> {
     }
 }
 
-/// Copy one payload unless the destination has it; the size copied.
-fn copy_payload(src: &dyn Repository, dst: &dyn Repository, d: &Digest) -> Result<Option<u64>> {
-    if dst.has_payload(d)? {
-        return Ok(None);
-    }
-    let mut from = src.open_payload(d)?;
-    dst.write_payload(d, &mut from.reader, from.public)
-        .map(Some)
-}
+/// Payloads a destination stores and makes durable at once, at most.
+const BATCH: usize = 256;
 
 #[cfg(test)]
 mod tests {

@@ -71,11 +71,14 @@ impl VerifiedFile {
     }
 }
 
+/// The copies verified of each digest: (device, inode) of each file.
+type VerifiedCopies = HashMap<Digest, Vec<(u64, u64)>>;
+
 /// Which payload files this service has verified, and the ones being
 /// verified.
 pub struct Verifier {
     /// By digest: the (device, inode) of each copy verified.
-    verified: Vec<RwLock<HashMap<Digest, Vec<(u64, u64)>>>>,
+    verified: Vec<RwLock<VerifiedCopies>>,
     /// Files some thread is hashing right now.
     in_flight: Mutex<HashSet<VerifiedFile>>,
     /// Signalled whenever a digest leaves `in_flight`.
@@ -96,7 +99,7 @@ impl Default for Verifier {
 }
 
 impl Verifier {
-    fn shard(&self, digest: &Digest) -> &RwLock<HashMap<Digest, Vec<(u64, u64)>>> {
+    fn shard(&self, digest: &Digest) -> &RwLock<VerifiedCopies> {
         &self.verified[digest.0[0] as usize % SHARDS]
     }
 

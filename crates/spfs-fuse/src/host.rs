@@ -233,7 +233,18 @@ impl FuseHost {
         let file = match cached {
             Some(f) => f,
             None => {
-                let opened = self.vfs.open(view, owner, node, false).map_err(errno)?;
+                let opened = match self.vfs.open_now(view, owner, node) {
+                    Ok(opened) => opened,
+                    // Coming from a remote: this read is served from a
+                    // ranged fetch while the whole payload arrives.
+                    Err(VfsError::Fetching(_)) => {
+                        return self
+                            .vfs
+                            .read_remote(view, owner, node, offset, size)
+                            .map_err(errno);
+                    }
+                    Err(e) => return Err(errno(e)),
+                };
                 let f = Arc::new(opened.file);
                 let mut files = self.node_files.lock().unwrap_or_else(|p| p.into_inner());
                 if files.len() >= IDLE_BACKING_MAX {

@@ -280,6 +280,22 @@ impl Repository for S3Repository {
         })
     }
 
+    fn read_payload_range(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Vec<u8>, bool)> {
+        let (mut r, _, public) = self.read_range(digest, offset, length.max(1))?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map_err(|e| StorageError::Remote {
+            address: self.address.clone(),
+            message: e.to_string(),
+        })?;
+        out.truncate(length as usize);
+        Ok((out, public))
+    }
+
     fn write_payload(&self, digest: &Digest, reader: &mut dyn Read, public: bool) -> Result<u64> {
         let path = self.path(&format!("payloads/{digest}"));
         let mut attributes = Attributes::new();

@@ -47,7 +47,7 @@ impl Remote {
 }
 
 /// How a fetch ended, shared by every reader waiting for it.
-type Outcome = Arc<(Mutex<Option<std::result::Result<(), String>>>, Condvar)>;
+pub type Outcome = Arc<(Mutex<Option<std::result::Result<(), String>>>, Condvar)>;
 
 /// The remotes a host reads through.
 pub struct ReadThrough {
@@ -120,6 +120,13 @@ impl ReadThrough {
     /// it. Readers asking at the same time share one fetch; none waits
     /// longer than the timeout.
     pub fn fetch_payload(self: &Arc<Self>, local: &FsRepository, digest: &Digest) -> Result<()> {
+        let outcome = self.start_fetch(local, digest);
+        self.wait(&outcome, digest)
+    }
+
+    /// Start fetching payload `digest` into `local` (unless a fetch of it
+    /// is under way) without waiting for it.
+    pub fn start_fetch(self: &Arc<Self>, local: &FsRepository, digest: &Digest) -> Outcome {
         let (outcome, start) = {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(digest) {
@@ -144,7 +151,11 @@ impl ReadThrough {
                 done.notify_all();
             });
         }
-        let (lock, done) = &*outcome;
+        outcome
+    }
+
+    fn wait(&self, outcome: &Outcome, digest: &Digest) -> Result<()> {
+        let (lock, done) = &**outcome;
         let deadline = Instant::now() + self.timeout;
         let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -169,6 +180,42 @@ impl ReadThrough {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// Bytes `offset..offset + length` of payload `digest` from the first
+    /// remote that has it, and whether that copy is public; within the
+    /// timeout.
+    pub fn read_range(
+        self: &Arc<Self>,
+        digest: &Digest,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Vec<u8>, bool)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (this, d) = (self.clone(), *digest);
+        std::thread::spawn(move || {
+            let mut last = StorageError::UnknownObject(d);
+            for remote in &this.remotes {
+                let Ok(repo) = remote.repo() else { continue };
+                match repo.read_payload_range(&d, offset, length) {
+                    Ok(found) => {
+                        let _ = tx.send(Ok(found));
+                        return;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            let _ = tx.send(Err(last));
+        });
+        rx.recv_timeout(self.timeout).unwrap_or_else(|_| {
+            Err(StorageError::Remote {
+                address: "read-through".into(),
+                message: format!(
+                    "bytes of payload {digest} did not arrive within {} s",
+                    self.timeout.as_secs()
+                ),
+            })
+        })
     }
 
     fn fetch_now(&self, local: &FsRepository, digest: &Digest) -> Result<()> {

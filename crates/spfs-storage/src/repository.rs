@@ -44,6 +44,25 @@ pub trait Repository: Send + Sync {
     fn write_object_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()>;
     fn has_payload(&self, digest: &Digest) -> Result<bool>;
     fn open_payload(&self, digest: &Digest) -> Result<PayloadReader>;
+    /// Bytes `offset..offset + length` of a payload (fewer at its end), and
+    /// whether its copy is public. Not checked against the digest: only a
+    /// whole payload can be.
+    fn read_payload_range(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Vec<u8>, bool)> {
+        let mut from = self.open_payload(digest)?;
+        let io = |e| StorageError::io("cannot read", "(payload range)")(e);
+        std::io::copy(&mut (&mut from.reader).take(offset), &mut std::io::sink()).map_err(io)?;
+        let mut out = Vec::new();
+        (&mut from.reader)
+            .take(length)
+            .read_to_end(&mut out)
+            .map_err(io)?;
+        Ok((out, from.public))
+    }
     /// Store a payload read from `reader` under `digest`, checked while it
     /// is written; bytes that hash to anything else are refused and leave
     /// nothing behind. Returns the size stored.

@@ -126,6 +126,9 @@ pub enum VfsError {
     PermissionDenied(Digest),
     #[error("payload {0} is not available locally")]
     MissingPayload(String),
+    /// Being fetched from a remote (see [`Vfs::open_now`]).
+    #[error("payload {0} is being fetched from a remote")]
+    Fetching(Digest),
     /// The payload's bytes do not hash to its digest (it was quarantined).
     #[error("payload {0} is corrupt: its bytes do not match its digest")]
     Corrupt(Digest),
@@ -144,7 +147,9 @@ impl VfsError {
             VfsError::ReadOnly => libc_consts::EROFS,
             VfsError::BadHandle => libc_consts::EBADF,
             VfsError::PermissionDenied(_) => libc_consts::EACCES,
-            VfsError::MissingPayload(_) | VfsError::Corrupt(_) => libc_consts::EIO,
+            VfsError::MissingPayload(_) | VfsError::Corrupt(_) | VfsError::Fetching(_) => {
+                libc_consts::EIO
+            }
             VfsError::Io(e) => e.raw_os_error().unwrap_or(libc_consts::EIO),
         }
     }
@@ -593,14 +598,76 @@ impl Vfs {
         }
     }
 
+    /// Like [`Vfs::open`] for reading, but a payload that must come from a
+    /// remote is not waited for: its fetch starts (once) and the answer is
+    /// [`VfsError::Fetching`], so that the caller can serve the bytes it
+    /// needs now with [`Vfs::read_remote`].
+    pub fn open_now(&self, view: Option<&View>, owner: u32, node: u64) -> Result<OpenedPayload> {
+        let (digest, size, reader) = self.file_of(view, owner, node)?;
+        self.payload_with(&digest, size, reader, false)
+    }
+
+    /// Bytes `offset..offset + size` of a file whose payload is being
+    /// fetched, read from the remote directly (not yet checked against its
+    /// digest: only the whole payload can be, which the fetch does). Only
+    /// a public copy is served to users other than root.
+    pub fn read_remote(
+        &self,
+        view: Option<&View>,
+        owner: u32,
+        node: u64,
+        offset: u64,
+        size: usize,
+    ) -> Result<Vec<u8>> {
+        let (digest, _, reader) = self.file_of(view, owner, node)?;
+        let rt = self
+            .read_through
+            .as_ref()
+            .ok_or_else(|| VfsError::MissingPayload(digest.to_string()))?;
+        let (bytes, public) = rt
+            .read_range(&digest, offset, size as u64)
+            .map_err(|e| VfsError::MissingPayload(format!("{digest} ({e})")))?;
+        if !public && reader != 0 {
+            return Err(VfsError::PermissionDenied(digest));
+        }
+        Ok(bytes)
+    }
+
+    /// The payload a file node reads (digest, size) and whose copies may
+    /// serve it (the reader).
+    fn file_of(&self, view: Option<&View>, owner: u32, node: u64) -> Result<(Digest, u64, u32)> {
+        match self.resolve(view, node)? {
+            Node::Root | Node::ViewRoot(_) => Err(VfsError::IsDir),
+            Node::Entry(_, _, e) if e.kind == EntryKind::Dir => Err(VfsError::IsDir),
+            Node::Entry(_, _, e) => Ok((e.object, e.size, owner)),
+            Node::Content(key) => Ok((key.digest, key.size, PUBLIC_ONLY)),
+        }
+    }
+
     /// Open the payload of an entry as `owner` may be served it (see
     /// [`spfs_storage::payload`]), verified against its digest the first
     /// time this service serves that file (see [`crate::verify`]).
     fn payload(&self, digest: &Digest, size: u64, owner: u32) -> Result<OpenedPayload> {
+        self.payload_with(digest, size, owner, true)
+    }
+
+    /// [`Vfs::payload`]; `wait`: for a fetch from a remote, else
+    /// [`VfsError::Fetching`].
+    fn payload_with(
+        &self,
+        digest: &Digest,
+        size: u64,
+        owner: u32,
+        wait: bool,
+    ) -> Result<OpenedPayload> {
         let mut opened = self.repo.open_payload_as(digest, owner);
         // Not stored here: fetched from a remote (once, however many ask),
         // then opened like any local payload.
         if let (Err(StorageError::UnknownObject(_)), Some(rt)) = (&opened, &self.read_through) {
+            if !wait {
+                rt.start_fetch(&self.repo, digest);
+                return Err(VfsError::Fetching(*digest));
+            }
             if let Err(e) = rt.fetch_payload(&self.repo, digest) {
                 tracing::warn!("payload {digest} could not be read through: {e}");
                 return Err(VfsError::MissingPayload(format!("{digest} ({e})")));

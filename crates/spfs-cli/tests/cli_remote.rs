@@ -439,6 +439,14 @@ fn a_grpc_server_takes_pushes_and_serves_pulls() {
 fn a_grpc_server_refuses_without_its_token_when_read_only_and_when_corrupt() {
     let s = Studio::new();
     let _server = s.serve("central", &[], Some("right"));
+    // Writable without a token: refused, with the way out named.
+    let out = s.spfs("a", &["server", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--token-file") && err.contains("--read-only"),
+        "{err}"
+    );
     s.commit("a", "t/x", &[("f", &"payload ".repeat(1000))]);
     s.ok("a", &["push", "t/x", "--to", "central"]);
     // A wrong token.
@@ -644,4 +652,85 @@ fn walk_files(dir: &Path) -> usize {
             _ => 0,
         })
         .sum()
+}
+
+/// A loopback relay to `upstream` that stops passing the server's bytes
+/// after `limit` of them (and keeps every connection open): a server that
+/// stalls mid-stream. Runs until the process ends.
+fn stalling_relay(upstream: String, limit: usize) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                let mut passed = 0;
+                while let Ok(n) = s_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let n = n.min(limit.saturating_sub(passed));
+                    if n > 0 && c_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    passed += n;
+                }
+                // Hold the connection open, silent.
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_server_that_stalls_mid_payload_gives_an_error_not_a_hang() {
+    let s = Studio::new();
+    let _server = s.serve("central", &[], Some("tok"));
+    let big = "stall me ".repeat(400_000); // 3.6 MB
+    s.commit("a", "st/x", &[("big", &big)]);
+    s.ok("a", &["push", "st/x", "--to", "central"]);
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let address = text.lines().find(|l| l.contains("grpc://")).unwrap();
+    let upstream = address
+        .split("grpc://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let port = stalling_relay(upstream, 1_500_000);
+    let token = s.dir.path().join("central.token");
+    s.add_remote(
+        "stall",
+        &[
+            format!("address = \"grpc://127.0.0.1:{port}\""),
+            format!("token_file = \"{}\"", token.display()),
+            "timeout = 2".into(),
+        ],
+    );
+    let start = std::time::Instant::now();
+    let err = s.fails("b", &["pull", "st/x", "--from", "stall"]);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        err.contains("no data") || err.contains("timed out") || err.contains("deadline"),
+        "{err}"
+    );
 }

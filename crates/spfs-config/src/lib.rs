@@ -103,6 +103,10 @@ pub struct RemoteConfig {
     /// `file:/path` (or a plain absolute path), `grpc://host:port`, or
     /// `s3://bucket/prefix`.
     pub address: String,
+    /// Seconds a request, or a pause in a payload stream, may last before
+    /// it is an error (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u32>,
     /// gRPC: a file holding the bearer token the server wants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,

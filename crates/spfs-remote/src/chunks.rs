@@ -9,14 +9,18 @@ pub(crate) struct ChannelReader {
     rx: Receiver<Result<Vec<u8>, String>>,
     buf: Vec<u8>,
     pos: usize,
+    /// The longest wait for the next chunk: a stream that stalls longer is
+    /// an error, never a hang.
+    idle: std::time::Duration,
 }
 
 impl ChannelReader {
-    pub(crate) fn new(rx: Receiver<Result<Vec<u8>, String>>) -> Self {
+    pub(crate) fn new(rx: Receiver<Result<Vec<u8>, String>>, idle: std::time::Duration) -> Self {
         ChannelReader {
             rx,
             buf: Vec::new(),
             pos: 0,
+            idle,
         }
     }
 }
@@ -24,13 +28,19 @@ impl ChannelReader {
 impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
-            match self.rx.recv() {
+            match self.rx.recv_timeout(self.idle) {
                 Ok(Ok(chunk)) => {
                     self.buf = chunk;
                     self.pos = 0;
                 }
                 Ok(Err(message)) => return Err(std::io::Error::other(message)),
-                Err(_) => return Ok(0),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no data for {} s", self.idle.as_secs()),
+                    ));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(0),
             }
         }
         let n = out.len().min(self.buf.len() - self.pos);

@@ -55,6 +55,7 @@ pub fn open_remote(config: &Config, name: &str) -> Result<Box<dyn Repository>, R
         name: name.to_string(),
         source,
     })?;
+    let timeout = std::time::Duration::from_secs(remote.timeout.unwrap_or(60).max(1) as u64);
     match address {
         Address::Dir(path) => FsRepository::open(&path)
             .map(|r| Box::new(r) as Box<dyn Repository>)
@@ -72,7 +73,7 @@ pub fn open_remote(config: &Config, name: &str) -> Result<Box<dyn Repository>, R
                 })?),
                 None => None,
             };
-            grpc::client::GrpcRepository::connect(&host, port, token)
+            grpc::client::GrpcRepository::connect(&host, port, token, timeout)
                 .map(|r| Box::new(r) as Box<dyn Repository>)
                 .map_err(|e| RemoteError::Unreachable {
                     name: name.to_string(),
@@ -88,6 +89,7 @@ pub fn open_remote(config: &Config, name: &str) -> Result<Box<dyn Repository>, R
                 region: remote.region.as_deref(),
                 access_key_id: remote.access_key_id.as_deref(),
                 secret_access_key: remote.secret_access_key.as_deref(),
+                timeout,
             };
             s3::S3Repository::open(&options)
                 .map(|r| Box::new(r) as Box<dyn Repository>)

@@ -41,8 +41,6 @@ use crate::chunks::ChannelReader;
 
 /// The metadata key that records whether a payload's copy was public.
 const PUBLIC_KEY: &str = "spfs-public";
-/// How long one request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where an S3 remote is and how to sign in (see [`spfs_config::RemoteConfig`]).
 pub struct S3Options<'a> {
@@ -52,6 +50,8 @@ pub struct S3Options<'a> {
     pub region: Option<&'a str>,
     pub access_key_id: Option<&'a str>,
     pub secret_access_key: Option<&'a str>,
+    /// How long a request, or a pause in a download, may last.
+    pub timeout: Duration,
 }
 
 /// A repository in an S3 bucket.
@@ -60,6 +60,7 @@ pub struct S3Repository {
     runtime: tokio::runtime::Runtime,
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    timeout: Duration,
 }
 
 impl S3Repository {
@@ -69,7 +70,7 @@ impl S3Repository {
             .with_bucket_name(options.bucket)
             .with_client_options(
                 object_store::ClientOptions::new()
-                    .with_timeout(REQUEST_TIMEOUT)
+                    .with_timeout(options.timeout)
                     .with_allow_http(plain_http),
             );
         if let Some(endpoint) = options.endpoint {
@@ -102,6 +103,7 @@ impl S3Repository {
             runtime,
             store: Arc::new(store),
             prefix,
+            timeout: options.timeout,
         };
         // Reachable, and the bucket exists: one cheap request.
         repo.runtime
@@ -186,9 +188,10 @@ impl S3Repository {
             .get(&Attribute::Metadata(PUBLIC_KEY.into()))
             .is_some_and(|v| v.as_ref() == "1");
         let mut stream = result.into_stream();
+        let idle = self.timeout;
         let (tx, rx) = sync_channel::<std::result::Result<Vec<u8>, String>>(4);
         self.runtime.spawn(async move {
-            while let Some(chunk) = stream.next().await {
+            while let Ok(Some(chunk)) = tokio::time::timeout(idle, stream.next()).await {
                 let item = chunk.map(|b| b.to_vec()).map_err(|e| one_line(&e));
                 let stop = item.is_err();
                 let tx = tx.clone();
@@ -200,7 +203,7 @@ impl S3Repository {
                 }
             }
         });
-        Ok((Box::new(ChannelReader::new(rx)), size, public))
+        Ok((Box::new(ChannelReader::new(rx, idle)), size, public))
     }
 }
 

@@ -40,7 +40,9 @@ fn ranged_reads_and_checked_writes() {
         .write_blob_from(&mut &bytes[..], Readers::Everyone)
         .unwrap();
     let (port, stop) = start(repo);
-    let remote = GrpcRepository::connect("127.0.0.1", port, None).unwrap();
+    let remote =
+        GrpcRepository::connect("127.0.0.1", port, None, std::time::Duration::from_secs(10))
+            .unwrap();
     // Any range, including one across chunks and one past the end.
     for (offset, len) in [
         (0u64, 10u64),

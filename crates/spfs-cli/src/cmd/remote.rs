@@ -260,7 +260,8 @@ pub struct ServerArgs {
     /// printed).
     #[arg(long, default_value = "127.0.0.1:7737")]
     pub listen: std::net::SocketAddr,
-    /// Refuse every write (objects, payloads, tags).
+    /// Refuse every write (objects, payloads, tags). Without it, a token
+    /// is required.
     #[arg(long)]
     pub read_only: bool,
     /// Require this bearer token (read from the file) on every request.
@@ -271,6 +272,12 @@ pub struct ServerArgs {
 /// `spfs server`: serve the local repository over gRPC until SIGINT or
 /// SIGTERM.
 pub fn server(args: ServerArgs) -> anyhow::Result<i32> {
+    if !args.read_only && args.token_file.is_none() {
+        anyhow::bail!(
+            "a writable server needs --token-file (anyone who reaches the port could write \
+             objects and move tags as this server's user); or serve with --read-only"
+        );
+    }
     let config = super::config()?;
     let repo = super::open_repo(&config)?;
     let token = match &args.token_file {

@@ -23,7 +23,7 @@ impl Drop for Served {
 fn serve_as_origin(w: &World, root: &std::path::Path) -> Served {
     let mut child = w
         .command(SPFS)
-        .args(["server", "--listen", "127.0.0.1:0"])
+        .args(["server", "--listen", "127.0.0.1:0", "--read-only"])
         .env("SPFS_STORAGE_ROOT", root)
         .stdout(Stdio::piped())
         .spawn()

@@ -3,7 +3,9 @@
 //! The interface is synchronous (transfers run on threads, the VFS on FUSE
 //! workers), so the client owns a small tokio runtime and blocks on it;
 //! it must not be called from inside another tokio runtime. Every call has
-//! a deadline, so a server that stalls gives an error, never a hang.
+//! a deadline, a payload stream an idle timeout per chunk, and the
+//! connection HTTP/2 and TCP keepalives, so a server that stalls or
+//! vanishes gives an error, never a hang.
 
 use std::io::Read;
 use std::sync::mpsc::sync_channel;
@@ -21,8 +23,6 @@ use super::proto;
 use super::proto::repo_client::RepoClient;
 use crate::chunks::ChannelReader;
 
-/// How long one call may take (a whole payload read gets this per chunk).
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -32,11 +32,18 @@ pub struct GrpcRepository {
     runtime: tokio::runtime::Runtime,
     client: RepoClient<Channel>,
     token: Option<String>,
+    /// How long a call, or a pause in a payload stream, may last.
+    timeout: Duration,
 }
 
 impl GrpcRepository {
     /// Connect (and fail at once if nothing answers).
-    pub fn connect(host: &str, port: u16, token: Option<String>) -> std::io::Result<Self> {
+    pub fn connect(
+        host: &str,
+        port: u16,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> std::io::Result<Self> {
         let address = format!("grpc://{host}:{port}");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -45,7 +52,12 @@ impl GrpcRepository {
         let endpoint = Endpoint::from_shared(format!("http://{host}:{port}"))
             .map_err(std::io::Error::other)?
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT);
+            .timeout(timeout)
+            // A peer that vanishes (a partition, not a reset) is noticed.
+            .tcp_keepalive(Some(Duration::from_secs(15)))
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
         let channel = runtime
             .block_on(endpoint.connect())
             .map_err(|e| std::io::Error::other(describe(&e)))?;
@@ -57,6 +69,7 @@ impl GrpcRepository {
             runtime,
             client,
             token,
+            timeout,
         })
     }
 
@@ -297,7 +310,11 @@ impl GrpcRepository {
             .into_inner();
         let first = self
             .runtime
-            .block_on(stream.next())
+            .block_on(async {
+                tokio::time::timeout(self.timeout, stream.next())
+                    .await
+                    .unwrap_or_else(|_| Some(Err(Status::deadline_exceeded("no data"))))
+            })
             .transpose()
             .map_err(|s| self.error(s, || StorageError::UnknownObject(*digest)))?
             .ok_or_else(|| StorageError::Remote {
@@ -307,8 +324,11 @@ impl GrpcRepository {
         let (size, public) = (first.size, first.public);
         let (tx, rx) = sync_channel::<std::result::Result<Vec<u8>, String>>(4);
         let _ = tx.send(Ok(first.data));
+        let idle = self.timeout;
         self.runtime.spawn(async move {
-            while let Some(chunk) = stream.next().await {
+            // The reader gives up after an idle timeout; this task ends
+            // when it does (its channel closes) or the stream stalls as long.
+            while let Ok(Some(chunk)) = tokio::time::timeout(idle, stream.next()).await {
                 let item = chunk.map(|c| c.data).map_err(|s| s.message().to_string());
                 let stop = item.is_err();
                 let tx = tx.clone();
@@ -320,7 +340,7 @@ impl GrpcRepository {
                 }
             }
         });
-        Ok((StreamReader(ChannelReader::new(rx)), size, public))
+        Ok((StreamReader(ChannelReader::new(rx, idle)), size, public))
     }
 }
 

@@ -76,6 +76,9 @@ pub async fn serve(
         .await
 }
 
+/// How long the server waits for the next chunk of an upload.
+const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The largest message: an object (manifests can be large) or a chunk.
 const MAX_MESSAGE: usize = 256 << 20;
 
@@ -247,7 +250,7 @@ impl Repo for Service {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, String>>(4);
         let repo = self.repo.clone();
         let writer = tokio::task::spawn_blocking(move || {
-            let mut reader = ChannelReader::new(rx);
+            let mut reader = ChannelReader::new(rx, CLIENT_IDLE);
             repo.write_payload(&d, &mut reader, public)
         });
         let feed = async {

@@ -80,6 +80,12 @@ pub struct VfsConfig {
     /// How long a reader waits for a payload from a remote before EIO, in
     /// seconds (the fetch goes on, and a later read finds it).
     pub remote_timeout: u32,
+    /// Answer a read of a payload still being fetched from a remote with a
+    /// ranged fetch of just what it asks (with kernel-kept opens), before
+    /// the whole payload is checked against its digest: the first bytes
+    /// come at once, but they are the remote's word. Off: a first read
+    /// waits for the whole, checked payload.
+    pub remote_ranged_reads: bool,
 }
 
 /// When `spfs run` binds its runtime's view (see [`VfsConfig::bind_views`]).
@@ -167,6 +173,7 @@ impl Default for VfsConfig {
             enter_helper: PathBuf::new(),
             remotes: vec!["origin".into()],
             remote_timeout: 30,
+            remote_ranged_reads: false,
         }
     }
 }
@@ -196,6 +203,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("vfs", "bind_views", Kind::Choice(&["auto", "never"])),
     ("vfs", "enter_helper", Kind::Text),
     ("vfs", "remote_timeout", Kind::Int),
+    ("vfs", "remote_ranged_reads", Kind::Bool),
 ];
 
 /// The environment variable that overrides `section.key`.

@@ -246,7 +246,10 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         "cannot prepare mount point {}",
         mountpoint.display()
     )))?;
-    let vfs = Arc::new(Vfs::new(repo).with_read_through(spfs_remote::read_through(config)));
+    let vfs = Arc::new(Vfs::new(repo).with_read_through(
+        spfs_remote::read_through(config),
+        config.vfs.remote_ranged_reads,
+    ));
     let router = Arc::new(Router::new(vfs.registry.clone()));
     let host = FuseHost::new(
         vfs.clone(),

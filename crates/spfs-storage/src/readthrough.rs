@@ -54,6 +54,9 @@ pub struct ReadThrough {
     remotes: Vec<Remote>,
     timeout: Duration,
     in_flight: Mutex<HashMap<Digest, Outcome>>,
+    /// Payloads whose bytes on the remotes failed their digest, and why:
+    /// ranged reads of them are refused.
+    failed: Mutex<HashMap<Digest, String>>,
 }
 
 impl ReadThrough {
@@ -62,6 +65,7 @@ impl ReadThrough {
             remotes,
             timeout,
             in_flight: Mutex::default(),
+            failed: Mutex::default(),
         })
     }
 
@@ -141,7 +145,14 @@ impl ReadThrough {
         if start {
             let (this, local, d, o) = (self.clone(), local.clone(), *digest, outcome.clone());
             std::thread::spawn(move || {
-                let result = this.fetch_now(&local, &d).map_err(|e| e.to_string());
+                let result = this.fetch_now(&local, &d);
+                if let Err(e @ StorageError::Corrupt { .. }) = &result {
+                    this.failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(d, e.to_string());
+                }
+                let result = result.map_err(|e| e.to_string());
                 this.in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -180,6 +191,15 @@ impl ReadThrough {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// Why payload `digest` is known to be corrupt on the remotes, if it is.
+    pub fn failed(&self, digest: &Digest) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
     }
 
     /// Bytes `offset..offset + length` of payload `digest` from the first

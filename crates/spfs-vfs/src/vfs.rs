@@ -200,6 +200,9 @@ pub struct Vfs {
     pub content: ContentNodes,
     /// The remotes read through for specs and payloads not stored locally.
     read_through: Option<std::sync::Arc<ReadThrough>>,
+    /// Whether a read of a payload still being fetched is answered from a
+    /// ranged fetch (see [`Vfs::open_now`]).
+    ranged_reads: bool,
     started: SystemTime,
 }
 
@@ -223,6 +226,7 @@ impl Vfs {
             verifier: Verifier::default(),
             content: ContentNodes::default(),
             read_through: None,
+            ranged_reads: false,
             started: SystemTime::now(),
         }
     }
@@ -231,9 +235,15 @@ impl Vfs {
         &self.repo
     }
 
-    /// Read specs and payloads missing locally through these remotes.
-    pub fn with_read_through(mut self, remotes: std::sync::Arc<ReadThrough>) -> Self {
+    /// Read specs and payloads missing locally through these remotes;
+    /// `ranged_reads`: see [`Vfs::open_now`].
+    pub fn with_read_through(
+        mut self,
+        remotes: std::sync::Arc<ReadThrough>,
+        ranged_reads: bool,
+    ) -> Self {
         self.read_through = (!remotes.is_empty()).then_some(remotes);
+        self.ranged_reads = ranged_reads;
         self
     }
 
@@ -604,7 +614,7 @@ impl Vfs {
     /// needs now with [`Vfs::read_remote`].
     pub fn open_now(&self, view: Option<&View>, owner: u32, node: u64) -> Result<OpenedPayload> {
         let (digest, size, reader) = self.file_of(view, owner, node)?;
-        self.payload_with(&digest, size, reader, false)
+        self.payload_with(&digest, size, reader, !self.ranged_reads)
     }
 
     /// Bytes `offset..offset + size` of a file whose payload is being
@@ -626,7 +636,18 @@ impl Vfs {
             .ok_or_else(|| VfsError::MissingPayload(digest.to_string()))?;
         let (bytes, public) = rt
             .read_range(&digest, offset, size as u64)
-            .map_err(|e| VfsError::MissingPayload(format!("{digest} ({e})")))?;
+            .and_then(|found| match rt.failed(&digest) {
+                // The whole payload failed its digest: its bytes are bad.
+                Some(why) => Err(StorageError::Remote {
+                    address: "read-through".into(),
+                    message: why,
+                }),
+                None => Ok(found),
+            })
+            .map_err(|e| {
+                tracing::warn!("payload {digest} could not be read through: {e}");
+                VfsError::MissingPayload(format!("{digest} ({e})"))
+            })?;
         if !public && reader != 0 {
             return Err(VfsError::PermissionDenied(digest));
         }

@@ -19,8 +19,9 @@ impl Drop for Served {
     }
 }
 
-/// Serve `root` and make it the world's `origin`; the server.
-fn serve_as_origin(w: &World, root: &std::path::Path) -> Served {
+/// Serve `root` and make it the world's `origin` (with `vfs` settings
+/// added); the server.
+fn serve_as_origin(w: &World, root: &std::path::Path, vfs: &str) -> Served {
     let mut child = w
         .command(SPFS)
         .args(["server", "--listen", "127.0.0.1:0", "--read-only"])
@@ -39,7 +40,7 @@ fn serve_as_origin(w: &World, root: &std::path::Path) -> Served {
         .to_string();
     std::fs::write(
         w.dir.path().join("empty.toml"),
-        format!("[remote.origin]\naddress = \"{address}\"\n[vfs]\nremote_timeout = 5\n"),
+        format!("[remote.origin]\naddress = \"{address}\"\n[vfs]\nremote_timeout = 5\n{vfs}\n"),
     )
     .unwrap();
     Served(child)
@@ -78,7 +79,8 @@ fn a_stack_only_on_a_remote_runs_and_reads_through() {
         &[("small", b"from the studio"), ("big", &big)],
     );
     commit_into(&w, &studio, "rt/b", &[("later", b"fetched later")]);
-    let server = serve_as_origin(&w, &studio);
+    // First reads answered from ranged fetches.
+    let server = serve_as_origin(&w, &studio, "remote_ranged_reads = true");
     w.commit("local/only", &[("here", b"local")]);
     let mnt = w.mnt.display().to_string();
     // A random read of an uncached blob, and a small file.
@@ -149,4 +151,31 @@ fn a_stack_only_on_a_remote_runs_and_reads_through() {
     let out = w.run_sh("local/only", &format!("cat {mnt}/here"));
     ok(&out, "a local view while the remote is gone");
     assert_eq!(stdout(&out), "local");
+}
+
+#[test]
+fn a_corrupt_payload_on_the_remote_is_never_served() {
+    require_vfs!();
+    let w = World::new();
+    let studio = w.dir.path().join("studio");
+    let good = "good bytes ".repeat(50_000);
+    commit_into(&w, &studio, "rt/c", &[("f", good.as_bytes())]);
+    let path = spfs_storage::FsRepository::open(&studio)
+        .unwrap()
+        .payload_path(&spfs_model::Digest::of(good.as_bytes()));
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&path, perms).unwrap();
+    std::fs::write(&path, "EVIL bytes ".repeat(50_000)).unwrap();
+    let _server = serve_as_origin(&w, &studio, "");
+    let mnt = w.mnt.display().to_string();
+    for _ in 0..2 {
+        let out = w.run_sh("rt/c", &format!("cat {mnt}/f > /dev/null; echo rc=$?"));
+        assert_eq!(stdout(&out), "rc=1\n", "{}", stderr(&out));
+    }
+    assert!(
+        w.log_text().contains("could not be read through"),
+        "{}",
+        w.log_text()
+    );
 }

@@ -589,7 +589,7 @@ fn a_corrupt_or_unreachable_s3_remote_is_named() {
 #[test]
 fn a_push_killed_midway_resumes_and_leaves_no_partial_object() {
     let s = Studio::new();
-    let files: Vec<(String, String)> = (0..600)
+    let files: Vec<(String, String)> = (0..1200)
         .map(|i| (format!("d{}/f{i}", i % 30), format!("file {i} ").repeat(50)))
         .collect();
     let refs: Vec<(&str, &str)> = files
@@ -610,7 +610,7 @@ fn a_push_killed_midway_resumes_and_leaves_no_partial_object() {
         .unwrap();
     // Kill it once some payloads, but not all, have arrived.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count() < 20 && std::time::Instant::now() < deadline {
+    while count() == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let _ = child.kill();
@@ -619,10 +619,9 @@ fn a_push_killed_midway_resumes_and_leaves_no_partial_object() {
     assert!(before > 0, "nothing arrived before the kill");
     let d = Digest::parse(&layer).unwrap();
     let origin = s.remote("origin");
+    assert!(before < files.len(), "the push ended before it was killed");
     // Children first: the layer (the root) is not there without its data.
-    if before < files.len() {
-        assert!(!origin.has_object(&d), "the root arrived before its data");
-    }
+    assert!(!origin.has_object(&d), "the root arrived before its data");
     let out = json(&s.ok("a", &["push", "big/tree", "--json"]));
     let copied = out["stats"]["payloads_copied"].as_u64().unwrap();
     let present = out["stats"]["payloads_present"].as_u64().unwrap();
@@ -637,6 +636,11 @@ fn a_push_killed_midway_resumes_and_leaves_no_partial_object() {
             .is_clean()
     );
     assert_eq!(origin.resolve_ref("big/tree").unwrap(), d);
+    assert_eq!(
+        walk_files(&s.dir.path().join("origin/tmp")),
+        0,
+        "the killed transfer's temporary files stayed"
+    );
 }
 
 /// Regular files under `dir`, recursively (0 if it does not exist).

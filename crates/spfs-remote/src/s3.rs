@@ -403,8 +403,19 @@ impl Repository for S3Repository {
                 self.store
                     .put_opts(&path, PutPayload::from(body.into_bytes()), options),
             )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        // Versions are ordered by their writers' clocks: one dated later
+        // than now (a writer whose clock runs ahead) would hide this one.
+        if self.tag_versions(name)?.last() != Some(&path) {
+            return Err(StorageError::Remote {
+                address: self.address.clone(),
+                message: format!(
+                    "tag {name}: this version was stored, but a version dated later hides it \
+                     (a writer's clock runs ahead?)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn resolve_ref(&self, text: &str) -> Result<Digest> {

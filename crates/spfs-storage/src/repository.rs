@@ -86,6 +86,10 @@ pub trait Repository: Send + Sync {
     }
     /// The history of a tag, oldest first.
     fn tag_history(&self, name: &str) -> Result<Vec<TagVersion>>;
+    /// Remove what writers that died left half-written; how many.
+    fn clean_stale(&self) -> Result<usize> {
+        Ok(0)
+    }
     /// Add a version to a tag (never losing a concurrent writer's).
     fn push_tag(&self, name: &str, target: &Digest) -> Result<()>;
     /// A reference (tag, `tag~N`, digest) as this repository resolves it.
@@ -207,6 +211,10 @@ impl Repository for FsRepository {
 
     fn tag_history(&self, name: &str) -> Result<Vec<TagVersion>> {
         FsRepository::tag_history(self, name)
+    }
+
+    fn clean_stale(&self) -> Result<usize> {
+        self.remove_stale_temp_files()
     }
 
     fn push_tag(&self, name: &str, target: &Digest) -> Result<()> {

@@ -182,6 +182,10 @@ pub fn send(
     scope: Scope,
     jobs: usize,
 ) -> anyhow::Result<(TransferStats, Vec<(String, Digest)>)> {
+    // What a transfer killed earlier left half-written goes (best effort).
+    if let Ok(n @ 1..) = dst.clean_stale() {
+        tracing::info!("removed {n} temporary file(s) left in {to} by dead transfers");
+    }
     let bar = Bar(progress_bar(
         0,
         "{spinner} {pos}/{len} objects and payloads {wide_bar} {msg}",

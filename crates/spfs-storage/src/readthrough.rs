@@ -75,14 +75,18 @@ impl ReadThrough {
 
     /// The digests `spec` names, bottom first, from `local` or else from
     /// the first remote that has each (its objects copied into `local`).
-    pub fn resolve_spec(&self, local: &FsRepository, spec: &EnvSpec) -> Result<Vec<Digest>> {
+    pub fn resolve_spec(
+        self: &Arc<Self>,
+        local: &FsRepository,
+        spec: &EnvSpec,
+    ) -> Result<Vec<Digest>> {
         spec.items
             .iter()
             .map(|item| self.resolve_item(local, item))
             .collect()
     }
 
-    fn resolve_item(&self, local: &FsRepository, item: &SpecItem) -> Result<Digest> {
+    fn resolve_item(self: &Arc<Self>, local: &FsRepository, item: &SpecItem) -> Result<Digest> {
         let local_err = match local.resolve_item(item) {
             Ok(d) => {
                 // Objects a remote gave earlier may lack parts fetched
@@ -97,7 +101,7 @@ impl ReadThrough {
         }
         let text = item.to_string();
         let mut searched = vec![format!("local ({})", local.root().display())];
-        for remote in &self.remotes {
+        for (index, remote) in self.remotes.iter().enumerate() {
             let repo = match remote.repo() {
                 Ok(r) => r,
                 Err(why) => {
@@ -105,7 +109,7 @@ impl ReadThrough {
                     continue;
                 }
             };
-            match repo.resolve_ref(&text) {
+            match self.resolve_within(index, &text) {
                 Ok(d) => {
                     copy_graph_scoped(&**repo, local, &[d], Scope::ObjectsOnly, 4, &())?;
                     return Ok(d);
@@ -117,6 +121,29 @@ impl ReadThrough {
         Err(StorageError::NotFoundAnywhere {
             reference: text,
             searched: searched.join(", "),
+        })
+    }
+
+    /// Resolve `text` on remote `index`, waiting at most the timeout (a
+    /// remote that stalls must not hold a registration for long).
+    fn resolve_within(self: &Arc<Self>, index: usize, text: &str) -> Result<Digest> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (this, text) = (self.clone(), text.to_string());
+        std::thread::spawn(move || {
+            let result = match this.remotes[index].repo() {
+                Ok(repo) => repo.resolve_ref(&text),
+                Err(why) => Err(StorageError::Remote {
+                    address: this.remotes[index].name.clone(),
+                    message: why.clone(),
+                }),
+            };
+            let _ = tx.send(result);
+        });
+        rx.recv_timeout(self.timeout).unwrap_or_else(|_| {
+            Err(StorageError::Remote {
+                address: self.remotes[index].name.clone(),
+                message: format!("no answer within {} s", self.timeout.as_secs()),
+            })
         })
     }
 

@@ -540,6 +540,17 @@ fn an_s3_remote_takes_pushes_serves_pulls_and_keeps_every_tag_version() {
         .unwrap()
         .count();
     assert_eq!(versions, hosts.len());
+    // A version from a writer whose clock runs far ahead hides later
+    // pushes: the push says so instead of reporting success.
+    let skew = server.data.join("layers/studio/main/tags/s3/tool");
+    std::fs::write(
+        skew.join("09999999999999999999-0000000000000000"),
+        format!("{layer} 9999999999 future\n"),
+    )
+    .unwrap();
+    s.commit("a", "s3/tool", &[("big", "changed")]);
+    let err = s.fails("a", &["push", "s3/tool", "--to", "store"]);
+    assert!(err.contains("clock runs ahead"), "{err}");
     // Secrets are never shown.
     for args in [&["config"][..], &["remote", "ls"][..]] {
         let out = s.ok("a", args);
@@ -737,4 +748,5 @@ fn a_server_that_stalls_mid_payload_gives_an_error_not_a_hang() {
         err.contains("no data") || err.contains("timed out") || err.contains("deadline"),
         "{err}"
     );
+    assert!(!err.contains("corrupt"), "a stall is not corruption: {err}");
 }

@@ -49,3 +49,38 @@ impl Read for ChannelReader {
         Ok(n)
     }
 }
+
+/// Read `stream` (after `first`) as a [`ChannelReader`], pumped by a task
+/// on `runtime`. A stream that stays silent for `idle` ends in an error,
+/// never in a short read that looks like the whole payload.
+pub(crate) fn spawn_reader<S>(
+    runtime: &tokio::runtime::Runtime,
+    first: Vec<u8>,
+    mut stream: S,
+    idle: std::time::Duration,
+) -> ChannelReader
+where
+    S: tokio_stream::Stream<Item = Result<Vec<u8>, String>> + Send + Unpin + 'static,
+{
+    use tokio_stream::StreamExt;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, String>>(4);
+    let _ = tx.send(Ok(first));
+    runtime.spawn(async move {
+        loop {
+            let item = match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => Err(format!("no data for {} s", idle.as_secs())),
+            };
+            let stop = item.is_err();
+            let tx = tx.clone();
+            let sent = tokio::task::spawn_blocking(move || tx.send(item).is_ok())
+                .await
+                .unwrap_or(false);
+            if !sent || stop {
+                break;
+            }
+        }
+    });
+    ChannelReader::new(rx, idle)
+}

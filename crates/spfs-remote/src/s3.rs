@@ -23,7 +23,6 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::mpsc::sync_channel;
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
@@ -37,7 +36,7 @@ use spfs_storage::{PayloadReader, Repository, Result, StorageError};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 
-use crate::chunks::ChannelReader;
+use crate::chunks::spawn_reader;
 
 /// The metadata key that records whether a payload's copy was public.
 const PUBLIC_KEY: &str = "spfs-public";
@@ -187,25 +186,17 @@ impl S3Repository {
             .attributes
             .get(&Attribute::Metadata(PUBLIC_KEY.into()))
             .is_some_and(|v| v.as_ref() == "1");
-        let mut stream = result.into_stream();
-        let idle = self.timeout;
-        let (tx, rx) = sync_channel::<std::result::Result<Vec<u8>, String>>(4);
-        self.runtime.spawn(async move {
-            while let Ok(Some(chunk)) = tokio::time::timeout(idle, stream.next()).await {
-                let item = chunk.map(|b| b.to_vec()).map_err(|e| one_line(&e));
-                let stop = item.is_err();
-                let tx = tx.clone();
-                let sent = tokio::task::spawn_blocking(move || tx.send(item).is_ok())
-                    .await
-                    .unwrap_or(false);
-                if !sent || stop {
-                    break;
-                }
-            }
-        });
-        Ok((Box::new(ChannelReader::new(rx, idle)), size, public))
+        let chunks = result
+            .into_stream()
+            .map(|b| b.map(|b| b.to_vec()).map_err(|e| one_line(&e)));
+        let reader = spawn_reader(&self.runtime, Vec::new(), chunks, self.timeout);
+        Ok((Box::new(reader), size, public))
     }
 }
+
+/// How far ahead of this host's clock another writer's may be before its
+/// tag versions count as from the future.
+const CLOCK_SLACK: Duration = Duration::from_secs(300);
 
 /// Whether `name` is a tag version's: `TIME-RANDOM` (20 and 16 digits).
 fn is_version_name(name: &str) -> bool {
@@ -404,14 +395,20 @@ impl Repository for S3Repository {
                     .put_opts(&path, PutPayload::from(body.into_bytes()), options),
             )
             .map_err(|e| self.err(e))?;
-        // Versions are ordered by their writers' clocks: one dated later
-        // than now (a writer whose clock runs ahead) would hide this one.
-        if self.tag_versions(name)?.last() != Some(&path) {
+        // Versions are ordered by their writers' clocks: one dated well
+        // after now (a writer whose clock runs ahead) hides this one and
+        // every later push; say so rather than report a push nobody sees.
+        let horizon = format!("{:020}", time.as_nanos() + CLOCK_SLACK.as_nanos());
+        if let Some(ahead) = self
+            .tag_versions(name)?
+            .into_iter()
+            .find(|v| v.filename().is_some_and(|f| f > horizon.as_str()))
+        {
             return Err(StorageError::Remote {
                 address: self.address.clone(),
                 message: format!(
-                    "tag {name}: this version was stored, but a version dated later hides it \
-                     (a writer's clock runs ahead?)"
+                    "tag {name}: this version was stored, but {ahead} is dated later and hides it \
+                     (a writer's clock runs ahead)"
                 ),
             });
         }

@@ -8,7 +8,6 @@
 //! vanishes gives an error, never a hang.
 
 use std::io::Read;
-use std::sync::mpsc::sync_channel;
 use std::time::Duration;
 
 use spfs_model::Digest;
@@ -21,7 +20,7 @@ use tonic::{Code, Request, Status};
 use super::CHUNK;
 use super::proto;
 use super::proto::repo_client::RepoClient;
-use crate::chunks::ChannelReader;
+use crate::chunks::{ChannelReader, spawn_reader};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -322,25 +321,9 @@ impl GrpcRepository {
                 message: format!("no data for payload {digest}"),
             })?;
         let (size, public) = (first.size, first.public);
-        let (tx, rx) = sync_channel::<std::result::Result<Vec<u8>, String>>(4);
-        let _ = tx.send(Ok(first.data));
-        let idle = self.timeout;
-        self.runtime.spawn(async move {
-            // The reader gives up after an idle timeout; this task ends
-            // when it does (its channel closes) or the stream stalls as long.
-            while let Ok(Some(chunk)) = tokio::time::timeout(idle, stream.next()).await {
-                let item = chunk.map(|c| c.data).map_err(|s| s.message().to_string());
-                let stop = item.is_err();
-                let tx = tx.clone();
-                let sent = tokio::task::spawn_blocking(move || tx.send(item).is_ok())
-                    .await
-                    .unwrap_or(false);
-                if !sent || stop {
-                    break;
-                }
-            }
-        });
-        Ok((StreamReader(ChannelReader::new(rx, idle)), size, public))
+        let chunks = stream.map(|c| c.map(|c| c.data).map_err(|s| s.message().to_string()));
+        let reader = spawn_reader(&self.runtime, first.data, chunks, self.timeout);
+        Ok((StreamReader(reader), size, public))
     }
 }
 

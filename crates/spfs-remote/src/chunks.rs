@@ -84,3 +84,21 @@ where
     });
     ChannelReader::new(rx, idle)
 }
+
+/// At most `length` bytes of `reader`, for a ranged read of a remote at
+/// `address`.
+pub(crate) fn read_at_most(
+    address: &str,
+    reader: impl Read,
+    length: u64,
+) -> spfs_storage::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    reader
+        .take(length)
+        .read_to_end(&mut out)
+        .map_err(|e| spfs_storage::StorageError::Remote {
+            address: address.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(out)
+}

@@ -280,14 +280,11 @@ impl Repository for S3Repository {
         offset: u64,
         length: u64,
     ) -> Result<(Vec<u8>, bool)> {
-        let (mut r, _, public) = self.read_range(digest, offset, length.max(1))?;
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).map_err(|e| StorageError::Remote {
-            address: self.address.clone(),
-            message: e.to_string(),
-        })?;
-        out.truncate(length as usize);
-        Ok((out, public))
+        let (r, _, public) = self.read_range(digest, offset, length.max(1))?;
+        Ok((
+            crate::chunks::read_at_most(&self.address, r, length)?,
+            public,
+        ))
     }
 
     fn write_payload(&self, digest: &Digest, reader: &mut dyn Read, public: bool) -> Result<u64> {

@@ -989,9 +989,7 @@ mod tests {
     /// keeps reading her own copy.
     #[test]
     fn a_squatted_public_name_makes_no_shared_node() {
-        let probe = tempfile::tempfile().unwrap();
-        if std::os::unix::fs::MetadataExt::uid(&probe.metadata().unwrap()) != 0 {
-            eprintln!("skipping: giving files to other users needs root");
+        if !can_give_files_away() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -1028,6 +1026,18 @@ mod tests {
         }
     }
 
+    /// Whether this process may give files to other users (root); tests
+    /// that need it print why they skip.
+    fn can_give_files_away() -> bool {
+        // The owner of what this process makes is its user.
+        let probe = tempfile::tempfile().unwrap();
+        let root = std::os::unix::fs::MetadataExt::uid(&probe.metadata().unwrap()) == 0;
+        if !root {
+            eprintln!("skipping: giving files to other users needs root");
+        }
+        root
+    }
+
     /// Put `bytes` in `repo` as `uid`'s private copy (0400, `uid`'s).
     fn private_copy(repo: &FsRepository, uid: u32, bytes: &[u8]) -> Digest {
         let d = Digest::of(bytes);
@@ -1045,10 +1055,7 @@ mod tests {
     /// to its owner's runtimes and root's, and to nobody else's.
     #[test]
     fn a_private_payload_is_served_only_to_its_owner() {
-        // The owner of what this process makes is its user.
-        let probe = tempfile::tempfile().unwrap();
-        if std::os::unix::fs::MetadataExt::uid(&probe.metadata().unwrap()) != 0 {
-            eprintln!("skipping: giving files to other users needs root");
+        if !can_give_files_away() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

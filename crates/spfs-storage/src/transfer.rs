@@ -165,13 +165,17 @@ impl Transfer<'_> {
         let first_error = Mutex::new(None);
         let totals = Mutex::new(TransferStats::default());
         let (src, dst, progress) = (self.src, self.dst, self.progress);
+        // Every worker gets work even for a few payloads (latency to a
+        // remote is paid in parallel), and batches stay bounded.
+        let batch_len = blobs.len().div_ceil(self.jobs).clamp(1, BATCH);
         std::thread::scope(|scope| {
             for _ in 0..self.jobs.min(blobs.len()) {
                 scope.spawn(|| {
                     let mut mine = TransferStats::default();
                     while !failed.load(Ordering::Relaxed) {
-                        let start = next.fetch_add(BATCH, Ordering::Relaxed);
-                        let Some(batch) = blobs.get(start..(start + BATCH).min(blobs.len())) else {
+                        let start = next.fetch_add(batch_len, Ordering::Relaxed);
+                        let Some(batch) = blobs.get(start..(start + batch_len).min(blobs.len()))
+                        else {
                             break;
                         };
                         let mut todo = batch.iter();

@@ -70,7 +70,13 @@ pub async fn serve(
             check,
         ))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small writes (a stream's trailers, window updates) go out at
+            // once: with Nagle on they wait ~40 ms for the client's ACK.
+            tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            }),
             shutdown,
         )
         .await

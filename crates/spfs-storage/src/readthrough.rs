@@ -265,20 +265,42 @@ impl ReadThrough {
         })
     }
 
-    fn fetch_now(&self, local: &FsRepository, digest: &Digest) -> Result<()> {
+    /// Fetch from the remotes that have the payload, asking all of them
+    /// at once: one that is slow to answer (or stalls) delays nothing while
+    /// another has it. The first to say it has it is fetched from first.
+    fn fetch_now(self: &Arc<Self>, local: &FsRepository, digest: &Digest) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for index in 0..self.remotes.len() {
+            let (this, tx, d) = (self.clone(), tx.clone(), *digest);
+            std::thread::spawn(move || {
+                let answer = match this.remotes[index].repo() {
+                    Ok(repo) => repo.has_payload(&d).map(|has| (index, has)),
+                    Err(why) => Err(StorageError::Remote {
+                        address: this.remotes[index].name.clone(),
+                        message: why.clone(),
+                    }),
+                };
+                let _ = tx.send(answer);
+            });
+        }
+        drop(tx);
         let mut last = None;
-        for remote in &self.remotes {
-            let Ok(repo) = remote.repo() else { continue };
-            match repo.has_payload(digest) {
-                Ok(true) => {}
-                Ok(false) => continue,
+        for answer in rx {
+            let index = match answer {
+                Ok((index, true)) => index,
+                Ok((_, false)) => continue,
                 Err(e) => {
                     last = Some(e);
                     continue;
                 }
-            }
-            let mut from = repo.open_payload(digest)?;
-            match Repository::write_payload(local, digest, &mut from.reader, from.public) {
+            };
+            let Ok(repo) = self.remotes[index].repo() else {
+                continue;
+            };
+            let fetched = repo.open_payload(digest).and_then(|mut from| {
+                Repository::write_payload(local, digest, &mut from.reader, from.public)
+            });
+            match fetched {
                 Ok(_) => return Ok(()),
                 Err(e) => last = Some(e),
             }
@@ -311,6 +333,87 @@ mod tests {
                 .unwrap();
         repo.push_tag("r/t", &layer).unwrap();
         (repo, layer)
+    }
+
+    /// A remote that answers nothing for a long time.
+    struct Stalled;
+
+    impl Repository for Stalled {
+        fn address(&self) -> String {
+            "stalled".into()
+        }
+        fn has_object(&self, _: &Digest) -> Result<bool> {
+            std::thread::sleep(Duration::from_secs(5));
+            Ok(false)
+        }
+        fn read_object_bytes(&self, d: &Digest) -> Result<Vec<u8>> {
+            Err(StorageError::UnknownObject(*d))
+        }
+        fn write_object_bytes(&self, _: &Digest, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn has_payload(&self, _: &Digest) -> Result<bool> {
+            std::thread::sleep(Duration::from_secs(5));
+            Ok(false)
+        }
+        fn open_payload(&self, d: &Digest) -> Result<crate::PayloadReader> {
+            Err(StorageError::UnknownObject(*d))
+        }
+        fn write_payload(&self, d: &Digest, _: &mut dyn std::io::Read, _: bool) -> Result<u64> {
+            Err(StorageError::UnknownObject(*d))
+        }
+        fn tag_history(&self, name: &str) -> Result<Vec<crate::tags::TagVersion>> {
+            Err(StorageError::UnknownTag(name.into()))
+        }
+        fn push_tag(&self, _: &str, _: &Digest) -> Result<()> {
+            Ok(())
+        }
+        fn resolve_ref(&self, text: &str) -> Result<Digest> {
+            std::thread::sleep(Duration::from_secs(5));
+            Err(StorageError::UnknownReference(text.into()))
+        }
+    }
+
+    #[test]
+    fn a_stalled_remote_delays_neither_resolving_nor_fetching() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, layer) = remote_with_file(dir.path(), b"healthy bytes");
+        let local = FsRepository::create(dir.path().join("local")).unwrap();
+        let root = remote.root().to_path_buf();
+        let rt = ReadThrough::new(
+            vec![
+                Remote::new(
+                    "stalled",
+                    Box::new(|| Ok(Box::new(Stalled) as Box<dyn Repository>)),
+                ),
+                Remote::new(
+                    "origin",
+                    Box::new(move || {
+                        let r = FsRepository::open(&root).map_err(|e| e.to_string())?;
+                        Ok(Box::new(r) as Box<dyn Repository>)
+                    }),
+                ),
+            ],
+            Duration::from_secs(1),
+        );
+        let start = Instant::now();
+        // Resolving waits at most the timeout for the stalled one.
+        let spec = EnvSpec::parse("r/t").unwrap();
+        assert_eq!(rt.resolve_spec(&local, &spec).unwrap(), [layer]);
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        // Fetching does not wait for it at all.
+        let start = Instant::now();
+        rt.fetch_payload(&local, &Digest::of(b"healthy bytes"))
+            .unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

@@ -88,6 +88,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 quick() { if [ -n "${BENCH_QUICK:-}" ]; then echo "$1"; else echo "$2"; fi; }
 BIG_MB=${BENCH_BIG_MB:-$(quick 64 1024)}
 SMALL_FILES=${BENCH_SMALL_FILES:-$(quick 2000 20000)}
@@ -108,8 +109,6 @@ fi
 RT_KINDS=()
 for k in "${KINDS[@]}"; do [ "$k" != dir ] && RT_KINDS+=("$k"); done
 [ ${#RT_KINDS[@]} -gt 0 ] || READTHROUGH=0
-NDIRS=200
-PER_DIR=$(((SMALL_FILES + NDIRS - 1) / NDIRS))
 BIG_BYTES=$((BIG_MB << 20))
 # The 4 KiB read of rt_ttfb: at 512 MiB, or the middle of a smaller file.
 TTFB_OFF=$(((BIG_MB >= 1024 ? 512 : BIG_MB / 2) << 20))
@@ -168,15 +167,6 @@ RES="$W/results.tsv" # every result, one line each, for the report at the end
 
 SVC_PID=""
 SERVER_PIDS=() # spfs server and s3s-fs processes of this script
-is_mounted() { awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; }
-# stop_pid PID [GRACE]: ask PID to end (TERM unless GRACE is "wait"), wait
-# up to 5 s, then kill it.
-stop_pid() {
-	[ "${2:-}" = wait ] || kill "$1" 2>/dev/null || true
-	for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
-	kill -9 "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-}
 cleanup() {
 	local rc=$?
 	set +e
@@ -187,16 +177,7 @@ cleanup() {
 	fi
 	for p in "${SERVER_PIDS[@]}"; do stop_pid "$p"; done
 	for _ in 1 2 3; do is_mounted "$MNT" && umount -l "$MNT" 2>/dev/null; done
-	if [ -n "$CGROOT" ] && [ -d "$CGROOT" ]; then
-		# Runtimes left behind: killed, then their cgroups removed, deepest
-		# first.
-		find "$CGROOT" -mindepth 1 -depth -type d -exec sh -c 'echo 1 >"$1/cgroup.kill"' _ {} \; 2>/dev/null
-		for _ in $(seq 100); do
-			find "$CGROOT" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null
-			rmdir "$CGROOT" 2>/dev/null && break
-			sleep 0.05
-		done
-	fi
+	remove_cgroups "$CGROOT"
 	# The service's per-mount-point lock file.
 	rm -f "/run/spfs/mounts/${MNT//\//%2F}.lock"
 	if [ $rc != 0 ] && [ -f "$W/vfs.log" ]; then
@@ -234,18 +215,7 @@ echo "== load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on 
 echo "== preparing data in $W ($(nproc) cores): ${BIG_MB} MiB file, $SMALL_FILES x 4 KiB files; curl $CURL_VERSION"
 mkdir -p "$W/src-big/big" "$W/src-small/small"
 openssl rand -out "$W/src-big/big/big.bin" "$BIG_BYTES"
-openssl rand -out "$W/rand.bin" $((SMALL_FILES * 4096))
-n=0
-for d in $(seq 0 $((NDIRS - 1))); do
-	[ $n -ge "$SMALL_FILES" ] && break
-	c=$((SMALL_FILES - n < PER_DIR ? SMALL_FILES - n : PER_DIR))
-	dir=$(printf '%s/src-small/small/d%03d' "$W" "$d")
-	mkdir -p "$dir"
-	dd if="$W/rand.bin" bs=4096 skip=$n count=$c status=none | split -b 4096 -a 3 -d - "$dir/f"
-	n=$((n + c))
-done
-rm -f "$W/rand.bin"
-[ "$(find "$W/src-small/small" -type f | wc -l)" = "$SMALL_FILES" ] || { echo "data generation failed" >&2; exit 1; }
+make_small_tree "$W/src-small/small" "$SMALL_FILES"
 (cd "$W/src-big" && find . -type f -printf '%P\n' | sort) >"$W/big.list"
 (cd "$W/src-small" && find . -type f -printf '%P\n' | sort) >"$W/small.list"
 BIG_DIGEST=$(python3 "$RAW" digest "$W/src-big/big/big.bin")

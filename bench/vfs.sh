@@ -82,6 +82,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 if [ "$(id -u)" != 0 ]; then
 	echo "bench/vfs.sh must run as root (FUSE passthrough, cgroups, drop_caches, mount namespaces)" >&2
 	exit 1
@@ -108,8 +109,6 @@ for p in "${PINS[@]}"; do case $p in pinned | unpinned) ;; *) echo "BENCH_PINNIN
 ALL_CASES="seqread_cold statwalk_cold openread_warm statwalk_warm statwalk_warm_abs pystart stat missing openclose py_stat py_missing py_openclose startup"
 for c in $SKIP; do [[ " $ALL_CASES " == *" $c "* ]] || { echo "BENCH_SKIP: unknown case $c ($ALL_CASES)" >&2; exit 2; }; done
 want() { [[ "$SKIP" != *" $1 "* ]]; }
-NDIRS=200
-PER_DIR=$(((SMALL_FILES + NDIRS - 1) / NDIRS))
 NPROC=$(nproc)
 ALLCPUS="0-$((NPROC - 1))"
 
@@ -155,38 +154,22 @@ RES="$W/results.tsv" # every result, one line each, for the report at the end
 SVC_PID=""
 SQ_PID=""
 TRACEFS_MOUNTED=""
-is_mounted() { awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; }
-# stop_pid PID: wait up to 5 s for PID to end, then kill it.
-stop_pid() {
-	for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
-	kill -9 "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-}
 cleanup() {
 	local rc=$?
 	set +e
 	trap - EXIT INT TERM
 	if [ -n "$SVC_PID" ]; then
 		timeout 15 "$SPFS_VFS" service --stop >/dev/null 2>&1
-		stop_pid "$SVC_PID"
+		stop_pid "$SVC_PID" wait
 	fi
 	if [ -n "$SQ_PID" ]; then
 		fusermount3 -u "$SQ" 2>/dev/null
-		stop_pid "$SQ_PID"
+		stop_pid "$SQ_PID" wait
 	fi
 	for m in "$MNT" "$SQ"; do
 		for _ in 1 2 3; do is_mounted "$m" && umount -l "$m" 2>/dev/null; done
 	done
-	if [ -d "$CGROOT" ]; then
-		# Runtimes left behind (bound ones hold their mount namespace):
-		# killed, then their cgroups removed, deepest first.
-		find "$CGROOT" -mindepth 1 -depth -type d -exec sh -c 'echo 1 >"$1/cgroup.kill"' _ {} \; 2>/dev/null
-		for _ in $(seq 100); do
-			find "$CGROOT" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null
-			rmdir "$CGROOT" 2>/dev/null && break
-			sleep 0.05
-		done
-	fi
+	remove_cgroups "$CGROOT"
 	[ -n "$TRACEFS_MOUNTED" ] && umount /sys/kernel/tracing 2>/dev/null
 	# The service's per-mount-point lock file.
 	rm -f "/run/spfs/mounts/${MNT//\//%2F}.lock"
@@ -209,18 +192,7 @@ echo "== load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on 
 echo "== preparing data in $W ($NPROC cores): ${BIG_MB} MiB file, $SMALL_FILES x 4 KiB files, $STDLIB"
 mkdir -p "$W/src-big/big" "$W/src-small/small" "$W/src-py/$PYLIB"
 openssl rand -out "$W/src-big/big/big.bin" $((BIG_MB << 20))
-openssl rand -out "$W/rand.bin" $((SMALL_FILES * 4096))
-n=0
-for d in $(seq 0 $((NDIRS - 1))); do
-	[ $n -ge "$SMALL_FILES" ] && break
-	c=$((SMALL_FILES - n < PER_DIR ? SMALL_FILES - n : PER_DIR))
-	dir=$(printf '%s/src-small/small/d%03d' "$W" "$d")
-	mkdir -p "$dir"
-	dd if="$W/rand.bin" bs=4096 skip=$n count=$c status=none | split -b 4096 -a 3 -d - "$dir/f"
-	n=$((n + c))
-done
-rm -f "$W/rand.bin"
-[ "$(find "$W/src-small/small" -type f | wc -l)" = "$SMALL_FILES" ] || { echo "data generation failed" >&2; exit 1; }
+make_small_tree "$W/src-small/small" "$SMALL_FILES"
 # The file list of openread's traced runs (no walk in the trace).
 (cd "$W/src-small/small" && find . -type f -printf '%P\n' | sort) >"$W/small.list"
 # The stdlib, entry by entry (to leave out BENCH_PY_EXCLUDE), times kept.

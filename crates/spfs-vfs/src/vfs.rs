@@ -594,18 +594,11 @@ impl Vfs {
         node: u64,
         write: bool,
     ) -> Result<OpenedPayload> {
-        match self.resolve(view, node)? {
-            Node::Root | Node::ViewRoot(_) => Err(VfsError::IsDir),
-            Node::Entry(_, _, e) => match e.kind {
-                EntryKind::Dir => Err(VfsError::IsDir),
-                _ if write => Err(VfsError::ReadOnly),
-                _ => self.payload(&e.object, e.size, owner),
-            },
-            Node::Content(_) if write => Err(VfsError::ReadOnly),
-            // Pages of a content node reach every view that holds the file:
-            // they come from the public copy only.
-            Node::Content(key) => self.payload(&key.digest, key.size, PUBLIC_ONLY),
+        let (digest, size, reader) = self.file_of(view, owner, node)?;
+        if write {
+            return Err(VfsError::ReadOnly);
         }
+        self.payload(&digest, size, reader)
     }
 
     /// Like [`Vfs::open`] for reading, but a payload that must come from a
@@ -655,7 +648,8 @@ impl Vfs {
     }
 
     /// The payload a file node reads (digest, size) and whose copies may
-    /// serve it (the reader).
+    /// serve it (the reader: `owner`, or for a content node, whose pages
+    /// reach every view that holds the file, public copies only).
     fn file_of(&self, view: Option<&View>, owner: u32, node: u64) -> Result<(Digest, u64, u32)> {
         match self.resolve(view, node)? {
             Node::Root | Node::ViewRoot(_) => Err(VfsError::IsDir),

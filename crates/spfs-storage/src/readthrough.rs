@@ -88,11 +88,9 @@ impl ReadThrough {
 
     fn resolve_item(self: &Arc<Self>, local: &FsRepository, item: &SpecItem) -> Result<Digest> {
         let local_err = match local.resolve_item(item) {
-            Ok(d) => {
-                // Objects a remote gave earlier may lack parts fetched
-                // since; the objects themselves are complete.
-                return Ok(d);
-            }
+            // Found here (objects read through earlier included: their
+            // payloads come when first read).
+            Ok(d) => return Ok(d),
             Err(e) if is_not_found(&e) => e,
             Err(e) => return Err(e),
         };

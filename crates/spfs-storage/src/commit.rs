@@ -74,15 +74,21 @@ impl Options {
     }
 }
 
-/// A file or symlink found by the walk.
-struct Job {
-    rel: Vec<u8>,
-    abs: PathBuf,
-    kind: EntryKind,
-    mode: u32,
-    size: u64,
-    mtime: i64,
+/// A file or symlink to store: found by the walk, or named by a caller of
+/// [`store_files`].
+#[derive(Clone, Debug)]
+pub struct StoreJob {
+    /// Its path in the tree being made.
+    pub rel: Vec<u8>,
+    /// Where it is read from.
+    pub abs: PathBuf,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: i64,
 }
+
+type Job = StoreJob;
 
 fn walk(
     root: &Path,
@@ -169,16 +175,14 @@ fn stage(repo: &FsRepository, job: &Job) -> Result<PendingPayload> {
     }
 }
 
-/// Store the directory `dir` and return its tree (manifest not yet written).
-pub fn store_dir(
+/// Store the bytes of `jobs` (files and symlinks), many at once, in
+/// batches that are each made durable once; returns each one's digest and
+/// size, in order. Progress is reported but not finished.
+pub fn store_files(
     repo: &FsRepository,
-    dir: &Path,
-    options: &Options,
+    jobs: &[StoreJob],
     progress: &dyn Progress,
-) -> Result<Tree> {
-    let mut builder = TreeBuilder::new();
-    let mut jobs = Vec::new();
-    walk(dir, options, &mut builder, &mut jobs)?;
+) -> Result<Vec<(Digest, u64)>> {
     progress.start(jobs.len() as u64, jobs.iter().map(|j| j.size).sum());
     // Staging waits on the disk as much as it computes (opening, reading
     // cold files, creating temporary files), so it runs on more threads
@@ -232,6 +236,20 @@ pub fn store_dir(
         repo.commit_staged(ok)?;
         start = end;
     }
+    Ok(stored)
+}
+
+/// Store the directory `dir` and return its tree (manifest not yet written).
+pub fn store_dir(
+    repo: &FsRepository,
+    dir: &Path,
+    options: &Options,
+    progress: &dyn Progress,
+) -> Result<Tree> {
+    let mut builder = TreeBuilder::new();
+    let mut jobs = Vec::new();
+    walk(dir, options, &mut builder, &mut jobs)?;
+    let stored = store_files(repo, &jobs, progress)?;
     for (job, (digest, size)) in jobs.iter().zip(stored) {
         builder
             .add_with_mtime(&job.rel, job.kind, job.mode, size, digest, job.mtime)

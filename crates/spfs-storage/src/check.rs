@@ -11,11 +11,12 @@ use std::fs::File;
 use std::io::Read;
 
 use rayon::prelude::*;
-use spfs_model::{Digest, Hasher, Object};
+use spfs_model::{Digest, Hasher};
 
 use crate::error::{Result, StorageError};
 use crate::fs::FsRepository;
 use crate::payload::Found;
+use crate::reach::{Reached, walk};
 
 /// What a check found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -98,34 +99,23 @@ fn check_blob(repo: &FsRepository, digest: &Digest, uid: u32) -> BlobCheck {
 /// Check everything reachable from `roots`.
 pub fn check(repo: &FsRepository, roots: &[Digest]) -> Result<CheckReport> {
     let mut report = CheckReport::default();
-    let mut seen: HashSet<Digest> = HashSet::new();
     let mut blobs: BTreeSet<Digest> = BTreeSet::new();
-    let mut queue: Vec<Digest> = roots.to_vec();
-    while let Some(d) = queue.pop() {
-        if !seen.insert(d) {
-            continue;
-        }
-        if !repo.has_object(&d) {
-            // A root may be a blob (a tag made by `spfs write -t`).
-            if repo.has_payload(&d) {
+    walk(
+        repo,
+        roots.iter().copied(),
+        &mut HashSet::new(),
+        |found| match found {
+            Reached::Object(..) => report.objects += 1,
+            Reached::Blob(d) => {
                 blobs.insert(d);
-            } else {
-                report.missing.push(d);
             }
-            continue;
-        }
-        report.objects += 1;
-        match repo.read_object(&d) {
-            Ok(Object::Platform(p)) => queue.extend(p.stack),
-            Ok(Object::Layer(l)) => queue.push(l.manifest),
-            Ok(Object::Manifest(t)) => blobs.extend(t.blobs().map(|e| e.object)),
-            Err(StorageError::Corrupt { source, .. }) => report.corrupt.push(CorruptItem {
-                digest: d,
-                problem: source.to_string(),
-            }),
-            Err(e) => return Err(e),
-        }
-    }
+            Reached::Missing(d) => report.missing.push(d),
+            Reached::Corrupt(digest, problem) => {
+                report.objects += 1;
+                report.corrupt.push(CorruptItem { digest, problem });
+            }
+        },
+    )?;
     report.blobs = blobs.len() as u64;
     let uid = rustix::process::geteuid().as_raw();
     let results: Vec<(Digest, BlobCheck)> = blobs

@@ -8,6 +8,8 @@
 //! - [`resolve`]: turning spec items, digests and tags into objects, layers
 //!   and merged trees;
 //! - [`commit`]: storing a directory tree as a layer, hashing in parallel;
+//! - [`reach`]: walking what a set of roots reaches (shared by check and
+//!   clean);
 //! - [`check`]: verifying everything reachable from a set of references;
 //! - [`quarantine`]: moving payloads that do not match their digest out of
 //!   the way, so that they read as missing and can be fetched again;
@@ -28,6 +30,7 @@ mod error;
 pub mod fs;
 pub mod payload;
 pub mod quarantine;
+pub mod reach;
 pub mod readthrough;
 pub mod repository;
 pub mod resolve;

@@ -246,6 +246,10 @@ pub fn store_dir(
     options: &Options,
     progress: &dyn Progress,
 ) -> Result<Tree> {
+    // Payloads found present are built on: no clean may remove them until
+    // the caller's root (a tag) exists; callers hold their own guard
+    // until then, this one covers the writes.
+    let _guard = repo.write_guard()?;
     let mut builder = TreeBuilder::new();
     let mut jobs = Vec::new();
     walk(dir, options, &mut builder, &mut jobs)?;
@@ -273,6 +277,7 @@ pub fn commit_dir(
     options: &Options,
     progress: &dyn Progress,
 ) -> Result<Digest> {
+    let _guard = repo.write_guard()?;
     let tree = store_dir(repo, dir, options, progress)?;
     let manifest = repo.write_object(&Object::Manifest(tree))?;
     repo.write_object(&Object::Layer(Layer {

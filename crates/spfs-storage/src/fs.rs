@@ -7,6 +7,7 @@
 //! ROOT/payloads/AB/CDEF….u1001  user 1001's private copy (0400)
 //! ROOT/tags/org/name.tag   tag history, one version a line, newest last
 //! ROOT/runtimes/NAME.json  records of running environments
+//! ROOT/locks/gc            the garbage-collection lock ([`crate::gc`])
 //! ROOT/tmp/                temporary files, renamed into place when complete
 //! ```
 //!
@@ -198,6 +199,12 @@ impl FsRepository {
                 .map_err(StorageError::io("cannot create", root.join(sub)))?;
         }
         let repo = Self::at(root)?;
+        // The garbage-collection lock's files ([`crate::gc`]): made here
+        // in a private repository; in a shared one only root may (users
+        // of one laid out before them are told to ask root for them).
+        if repo.sharing == Sharing::Private || rustix::process::geteuid().is_root() {
+            repo.make_lock_files()?;
+        }
         if !beneath::is_regular(repo.fd(), Path::new(VERSION)) {
             repo.write_atomic(
                 Path::new(VERSION),

@@ -11,6 +11,8 @@
 //! - [`reach`]: walking what a set of roots reaches (shared by check and
 //!   clean);
 //! - [`check`]: verifying everything reachable from a set of references;
+//! - [`gc`]: the repository-wide lock that writers share and clean takes
+//!   alone;
 //! - [`quarantine`]: moving payloads that do not match their digest out of
 //!   the way, so that they read as missing and can be fetched again;
 //! - [`runtimes`]: the records of running environments;
@@ -28,6 +30,7 @@ pub mod check;
 pub mod commit;
 mod error;
 pub mod fs;
+pub mod gc;
 pub mod payload;
 pub mod quarantine;
 pub mod reach;
@@ -41,6 +44,7 @@ pub mod transfer;
 
 pub use error::{Result, StorageError};
 pub use fs::{FsRepository, Readers};
+pub use gc::{GcGuard, GcLock};
 pub use payload::{OpenedPayload, PayloadCopy};
 pub use repository::{PayloadReader, Repository};
 pub use shared::Sharing;

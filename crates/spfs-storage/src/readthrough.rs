@@ -109,6 +109,10 @@ impl ReadThrough {
             };
             match self.resolve_within(index, &text) {
                 Ok(d) => {
+                    // The transfer holds the local repository's
+                    // garbage-collection lock while it copies; the caller
+                    // (a view being registered) holds it until its view
+                    // keeps what was copied.
                     copy_graph_scoped(&**repo, local, &[d], Scope::ObjectsOnly, 4, &())?;
                     return Ok(d);
                 }
@@ -295,8 +299,12 @@ impl ReadThrough {
             let Ok(repo) = self.remotes[index].repo() else {
                 continue;
             };
-            let fetched = repo.open_payload(digest).and_then(|mut from| {
-                Repository::write_payload(local, digest, &mut from.reader, from.public)
+            // Shared with clean like every write (the payload belongs to
+            // a view, which keeps it once registered).
+            let fetched = local.write_guard().and_then(|_guard| {
+                repo.open_payload(digest).and_then(|mut from| {
+                    Repository::write_payload(local, digest, &mut from.reader, from.public)
+                })
             });
             match fetched {
                 Ok(_) => return Ok(()),

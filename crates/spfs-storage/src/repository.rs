@@ -90,6 +90,12 @@ pub trait Repository: Send + Sync {
     fn clean_stale(&self) -> Result<usize> {
         Ok(0)
     }
+    /// Hold this repository's garbage-collection lock shared for one
+    /// write operation, where it has one (a local directory: see
+    /// [`crate::gc`]); `None` elsewhere.
+    fn gc_guard(&self) -> Result<Option<crate::GcGuard>> {
+        Ok(None)
+    }
     /// Add a version to a tag (never losing a concurrent writer's).
     fn push_tag(&self, name: &str, target: &Digest) -> Result<()>;
     /// A reference (tag, `tag~N`, digest) as this repository resolves it.
@@ -215,6 +221,10 @@ impl Repository for FsRepository {
 
     fn clean_stale(&self) -> Result<usize> {
         self.remove_stale_temp_files()
+    }
+
+    fn gc_guard(&self) -> Result<Option<crate::GcGuard>> {
+        self.write_guard().map(Some)
     }
 
     fn push_tag(&self, name: &str, target: &Digest) -> Result<()> {

@@ -5,6 +5,7 @@
 //! ROOT, objects/, payloads/       root:GROUP 0755   nobody else writes here
 //! objects/XX/, payloads/XX/       root, sticky      every shard made up front
 //! tags/, runtimes/, tmp/          root, sticky
+//! locks/                          root:GROUP 0755; its lock files root's, 0644
 //! ```
 //!
 //! A sticky directory is writable by all (mode 1777, or with a group
@@ -128,6 +129,9 @@ impl FsRepository {
         for area in SHARED_AREAS {
             own(Path::new(area), shared)?;
         }
+        // Every user opens the lock files to share the lock; nobody but
+        // root may replace them (made by `FsRepository::create`, below).
+        own(Path::new(crate::gc::LOCKS), 0o755)?;
         let repo = FsRepository::create(root)?;
         debug_assert_eq!(repo.sharing(), Sharing::Shared { group });
         Ok(repo)
@@ -240,6 +244,9 @@ mod tests {
         assert_eq!(mode("objects/77"), 0o1777);
         assert_eq!(mode("tmp"), 0o1777);
         assert_eq!(mode("tags"), 0o1777);
+        assert_eq!(mode("locks"), 0o755);
+        assert_eq!(mode("locks/gc"), 0o644);
+        assert_eq!(mode("locks/gc.queue"), 0o644);
         assert_eq!(
             fs::read_dir(repo.root().join("payloads")).unwrap().count(),
             1024

@@ -13,6 +13,10 @@
 //! ([`Repository::write_object_bytes`], [`Repository::write_payload`]); a
 //! corrupt object or payload at the source stops the transfer with an error
 //! naming its digest and is never stored. Payloads move on `jobs` threads.
+//!
+//! A transfer into a local directory holds its garbage-collection lock
+//! shared throughout ([`crate::gc`]), so `spfs clean` never removes what
+//! the transfer found present and skipped.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -79,6 +83,11 @@ pub fn copy_graph_scoped(
     jobs: usize,
     progress: &dyn Progress,
 ) -> Result<TransferStats> {
+    // From the first presence check to the last write: a clean of the
+    // destination must not remove what this transfer finds there and
+    // builds on (callers that tag the result hold it until the tag is
+    // written).
+    let _guard = dst.gc_guard()?;
     let mut t = Transfer {
         src,
         dst,

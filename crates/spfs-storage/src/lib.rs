@@ -11,6 +11,7 @@
 //! - [`reach`]: walking what a set of roots reaches (shared by check and
 //!   clean);
 //! - [`check`]: verifying everything reachable from a set of references;
+//! - [`clean`]: removing what no root reaches, safely while others write;
 //! - [`gc`]: the repository-wide lock that writers share and clean takes
 //!   alone;
 //! - [`quarantine`]: moving payloads that do not match their digest out of
@@ -27,6 +28,7 @@
 
 mod beneath;
 pub mod check;
+pub mod clean;
 pub mod commit;
 mod error;
 pub mod fs;

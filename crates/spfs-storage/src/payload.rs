@@ -307,6 +307,49 @@ impl FsRepository {
         }
     }
 
+    /// Every payload file: its digest and whose copy its name says it is
+    /// (`None`: the digest's own name), shard by shard (reached without
+    /// symlinks; names that are no payload's are passed over).
+    pub fn payload_files(&self) -> Result<Vec<(Digest, Option<u32>)>> {
+        let area = Path::new("payloads");
+        let shards = match beneath::list_dir(self.fd(), area) {
+            Ok(names) => names,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io_err("cannot list", area)(e)),
+        };
+        let mut out = Vec::new();
+        for shard in shards {
+            let Some(shard) = shard.to_str().filter(|s| s.len() == 2) else {
+                continue;
+            };
+            let rel = area.join(shard);
+            let names = match beneath::list_dir(self.fd(), &rel) {
+                Ok(names) => names,
+                // Not a directory (or removed meanwhile): no payloads.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::NotADirectory
+                            | std::io::ErrorKind::InvalidInput
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(self.io_err("cannot list", &rel)(e)),
+            };
+            for name in names {
+                let Some(name) = name.to_str() else { continue };
+                let (rest, named) = split_name(name);
+                if let Ok(d) = Digest::parse(&format!("{shard}{rest}")) {
+                    out.push((d, named));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// The size of blob `digest`, from any copy (sizes are no secret:
     /// manifests record them).
     pub fn payload_size(&self, digest: &Digest) -> Result<u64> {

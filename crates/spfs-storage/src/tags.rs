@@ -353,23 +353,65 @@ impl FsRepository {
                     history.remove(pos);
                 }
             }
-            if history.is_empty() {
-                rustix::fs::unlinkat(&tag.folder, &tag.name, AtFlags::empty())
-                    .map_err(|e| StorageError::io("cannot remove", &path)(e.into()))?;
-                let _ = rustix::fs::unlinkat(&tag.folder, tag.lock_name(), AtFlags::empty());
-                return self.sync_rel(tag.rel.parent().unwrap_or(Path::new("")));
+            self.store_history(tag, &history)
+        })
+    }
+
+    /// Replace the history of the locked tag `tag` with `history`; an
+    /// empty one removes the tag (and its lock file).
+    fn store_history(&self, tag: &TagFile, history: &[TagVersion]) -> Result<()> {
+        if history.is_empty() {
+            let path = self.root().join(&tag.rel);
+            rustix::fs::unlinkat(&tag.folder, &tag.name, AtFlags::empty())
+                .map_err(|e| StorageError::io("cannot remove", &path)(e.into()))?;
+            let _ = rustix::fs::unlinkat(&tag.folder, tag.lock_name(), AtFlags::empty());
+            return self.sync_rel(tag.rel.parent().unwrap_or(Path::new("")));
+        }
+        let text: String = history
+            .iter()
+            .map(|v| format!("{} {} {}\n", v.target, v.time, v.user))
+            .collect();
+        self.write_atomic(
+            &tag.rel,
+            text.as_bytes(),
+            Written::Record {
+                keep_owner: tag.keep_owner,
+            },
+        )
+    }
+
+    /// Keep the versions of tag `name` that `keep` says to keep (it is
+    /// given the history, oldest first, read while the tag's lock is held,
+    /// and returns one flag per version); a tag left with no version is
+    /// removed. Returns the versions removed, oldest first, each with how
+    /// far back it was (`name~N`).
+    pub fn retain_versions(
+        &self,
+        name: &str,
+        keep: impl FnOnce(&[TagVersion]) -> Vec<bool>,
+    ) -> Result<Vec<(u64, TagVersion)>> {
+        self.tag_history(name)?;
+        self.with_tag_lock(name, |tag| {
+            let text = self.read_tag_text(name, &tag.rel)?;
+            let history = parse_history(&self.root().join(&tag.rel), &text)?;
+            let flags = keep(&history);
+            let newest = history.len().saturating_sub(1);
+            let mut kept = Vec::new();
+            let mut removed = Vec::new();
+            for (i, (v, keep)) in history
+                .into_iter()
+                .zip(flags.into_iter().chain(std::iter::repeat(true)))
+                .enumerate()
+            {
+                match keep {
+                    true => kept.push(v),
+                    false => removed.push(((newest - i) as u64, v)),
+                }
             }
-            let text: String = history
-                .iter()
-                .map(|v| format!("{} {} {}\n", v.target, v.time, v.user))
-                .collect();
-            self.write_atomic(
-                &tag.rel,
-                text.as_bytes(),
-                Written::Record {
-                    keep_owner: tag.keep_owner,
-                },
-            )
+            if !removed.is_empty() {
+                self.store_history(tag, &kept)?;
+            }
+            Ok(removed)
         })
     }
 

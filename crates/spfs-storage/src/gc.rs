@@ -131,8 +131,11 @@ impl Drop for GcLock {
     }
 }
 
+/// How long a wait for the lock goes unmentioned.
+const QUIET_WAIT: Duration = Duration::from_secs(1);
+
 /// Try `op` on `fd` until it succeeds or `deadline` passes; `Ok(false)`
-/// on timeout. Calls `waiting` once, when the first try fails.
+/// on timeout. Calls `waiting` once, when it has waited [`QUIET_WAIT`].
 fn lock_until(
     fd: &OwnedFd,
     op: FlockOperation,
@@ -140,6 +143,7 @@ fn lock_until(
     mut waiting: impl FnMut(),
 ) -> std::io::Result<bool> {
     let mut pause = Duration::from_millis(1);
+    let start = Instant::now();
     let mut told = false;
     loop {
         match flock(fd, op) {
@@ -147,7 +151,7 @@ fn lock_until(
             Err(Errno::WOULDBLOCK | Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-        if !told {
+        if !told && start.elapsed() >= QUIET_WAIT {
             told = true;
             waiting();
         }
@@ -316,7 +320,7 @@ impl FsRepository {
     /// Take the garbage-collection lock exclusively (what `spfs clean`
     /// does before it deletes), waiting at most `timeout` for the write
     /// operations holding it to end; `waiting` is called once if it must
-    /// wait. Write guards this process takes meanwhile pass through.
+    /// wait a while. Write guards this process takes meanwhile pass through.
     pub fn gc_lock(&self, timeout: Duration, waiting: impl FnOnce()) -> Result<GcLock> {
         let held = entry(self.lock_key()?);
         let mut state = held.lock().unwrap_or_else(|p| p.into_inner());
@@ -359,7 +363,7 @@ impl FsRepository {
             )(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!(
-                    "write operations (commits, pulls, writes, views being registered) held it for more than {} s; nothing was removed",
+                    "write operations (commits, pulls, writes, views being registered) held it for more than {} s; no object or payload was removed",
                     timeout.as_secs()
                 ),
             )));
@@ -445,15 +449,15 @@ mod tests {
         let start = Instant::now();
         let mut waited = false;
         let err = repo
-            .gc_lock(Duration::from_millis(300), || waited = true)
+            .gc_lock(Duration::from_millis(1300), || waited = true)
             .unwrap_err()
             .to_string();
-        assert!(waited);
-        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert!(waited, "a wait of a second is mentioned");
+        assert!(start.elapsed() >= Duration::from_millis(1300));
         assert!(
             err.contains("timed out waiting for the garbage-collection lock")
                 && err.contains("locks/gc")
-                && err.contains("nothing was removed"),
+                && err.contains("no object or payload was removed"),
             "{err}"
         );
         // Released within the timeout: the clean gets it.

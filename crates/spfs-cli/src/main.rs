@@ -58,6 +58,9 @@ pub enum Command {
     Search(cmd::inspect::SearchArgs),
     /// Verify that everything reachable from references is present and intact.
     Check(cmd::check::CheckArgs),
+    /// Remove objects and payloads that nothing reaches (garbage collection).
+    #[command(long_about = cmd::clean::LONG_ABOUT)]
+    Clean(cmd::clean::CleanArgs),
     /// Print the effective configuration.
     Config(cmd::config::ConfigArgs),
     /// Run a command inside an environment.

@@ -19,6 +19,9 @@
 //! Tags are checked before anything is stored, and a failing commit leaves
 //! no new object or tag behind (payloads are staged in temporary files and
 //! renamed into place only once durable; objects and tags come last).
+//! Both hold the repository's garbage-collection lock shared until their
+//! tags are written, so a concurrent `spfs clean` never removes what they
+//! reuse (docs/clean.md); untagged results are garbage to the next clean.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -178,6 +181,9 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
         }
         let repo = super::open_or_create_repo(&config)?;
         clean_temp(&repo);
+        // Until the tags are written (see docs/clean.md): a concurrent
+        // clean must not remove what this commit finds stored and reuses.
+        let _guard = repo.write_guard()?;
         let bar = Bar(progress_bar(
             0,
             "{spinner} {msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}",
@@ -194,6 +200,8 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
             anyhow::bail!("nothing to commit: the spec '{text}' names no layers");
         }
         let repo = super::open_or_create_repo(&config)?;
+        // From resolving the stack until the tags name the platform.
+        let _guard = repo.write_guard()?;
         let stack = repo.resolve_spec(&spec)?;
         // Every item must be a layer, a platform or a manifest.
         repo.flatten(&stack)?;
@@ -230,6 +238,8 @@ pub fn write(args: WriteArgs) -> anyhow::Result<i32> {
     };
     let repo = super::open_or_create_repo(&config)?;
     clean_temp(&repo);
+    // Until the tags name the blob.
+    let _guard = repo.write_guard()?;
     let source = match &args.file {
         Some(path) => path.display().to_string(),
         None => "standard input".to_string(),

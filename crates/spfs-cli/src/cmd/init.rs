@@ -33,6 +33,10 @@ pub enum InitCommand {
     /// runtimes/, tmp/) is sticky like /tmp: anyone may add files, only a
     /// file's owner (or root) may remove or replace it. With --group only
     /// members of GROUP may write (root:GROUP, setgid, sticky, 3775).
+    /// locks/ and its files (the lock every writer shares and `spfs clean`
+    /// takes alone: docs/clean.md) are root's and readable by all; running
+    /// this again adds them to a shared repository made before they
+    /// existed.
     ///
     /// What users commit stays theirs: nobody else can delete, rename over
     /// or rewrite their payloads, objects, runtime records or tags. A

@@ -2,6 +2,7 @@
 //! the configuration and opening the repository.
 
 pub mod check;
+pub mod clean;
 pub mod commit;
 pub mod config;
 pub mod init;
@@ -35,6 +36,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Platforms(a) => inspect::platforms(a),
         Command::Search(a) => inspect::search(a),
         Command::Check(a) => check::run(a),
+        Command::Clean(a) => clean::run(a),
         Command::Config(a) => config::run(a),
         Command::Run(a) => run::run(a),
         Command::Shell(a) => run::shell(a),

@@ -186,6 +186,9 @@ pub fn send(
     if let Ok(n @ 1..) = dst.clean_stale() {
         tracing::info!("removed {n} temporary file(s) left in {to} by dead transfers");
     }
+    // A local destination's garbage-collection lock, shared from the
+    // transfer's first check until its tags are written (docs/clean.md).
+    let _guard = dst.gc_guard()?;
     let bar = Bar(progress_bar(
         0,
         "{spinner} {pos}/{len} objects and payloads {wide_bar} {msg}",

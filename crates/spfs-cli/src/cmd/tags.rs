@@ -84,6 +84,9 @@ pub fn tag(args: TagArgs) -> anyhow::Result<i32> {
     super::commit::check_tag_names(&args.tags)?;
     let config = super::config()?;
     let repo = super::open_repo(&config)?;
+    // The target may be reachable from nothing yet: a concurrent clean
+    // must not remove it between resolving it and tagging it.
+    let _guard = repo.write_guard()?;
     let target = repo.resolve_ref(&args.target)?;
     for tag in &args.tags {
         repo.push_tag(tag, &target)?;

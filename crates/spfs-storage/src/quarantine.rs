@@ -5,10 +5,13 @@
 //! ROOT/quarantine/DIGEST.UNIXTIME      a payload found corrupt at UNIXTIME
 //! ROOT/quarantine/DIGEST.UNIXTIME.N    the N-th one found in the same second
 //! ROOT/quarantine/DIGEST.uUID.UNIXTIME user UID's private copy
+//! ROOT/quarantine/DIGEST.object.UNIXTIME an object found corrupt
 //! ```
 //!
 //! Only the copy found corrupt moves ([`crate::payload`]): another copy of
-//! the same digest is verified on its own.
+//! the same digest is verified on its own. An object found corrupt moves
+//! the same way when a repair (`spfs check --pull`) has a verified copy
+//! to put in its place.
 //!
 //! A quarantined payload is no longer under `payloads/`: opening it fails
 //! at once as a missing payload, `spfs check` reports its digest missing,
@@ -62,6 +65,44 @@ impl FsRepository {
     /// stay, to be verified on their own.
     pub fn quarantine_opened_payload(&self, opened: &OpenedPayload) -> Result<Option<PathBuf>> {
         let rel = opened.rel();
+        let (shard, name) = beneath::split(rel)
+            .map_err(StorageError::io("cannot quarantine", self.root().join(rel)))?;
+        let shard_name = shard.file_name().unwrap_or_default().to_string_lossy();
+        let stored_name = format!("{shard_name}{}", name.to_string_lossy());
+        self.quarantine_file(rel, (opened.dev, opened.ino), &stored_name)
+    }
+
+    /// Move the file of object `digest` into quarantine if it is still
+    /// corrupt (its bytes do not hash to `digest`, or do not decode);
+    /// returns where it went, or `None` when it is intact or gone
+    /// (repaired or moved meanwhile).
+    pub fn quarantine_corrupt_object(&self, digest: &Digest) -> Result<Option<PathBuf>> {
+        let text = digest.to_string();
+        let rel = Path::new("objects").join(&text[..2]).join(&text[2..]);
+        let (mut file, st) = match beneath::open_regular_stat(self.fd(), &rel) {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io_err("cannot open", &rel)(e)),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes)
+            .map_err(self.io_err("cannot read", &rel))?;
+        if crate::repository::check_object(digest, &bytes).is_ok() {
+            return Ok(None);
+        }
+        let id = (st.st_dev, st.st_ino);
+        self.quarantine_file(&rel, id, &format!("{text}.object"))
+    }
+
+    /// Move the file `rel` (below the root) into quarantine as
+    /// `STORED_NAME.UNIXTIME`, only if its name still names the file `id`
+    /// (device, inode); `None` when it names another file or nothing.
+    fn quarantine_file(
+        &self,
+        rel: &Path,
+        (dev, ino): (u64, u64),
+        stored_name: &str,
+    ) -> Result<Option<PathBuf>> {
         let source = self.root().join(rel);
         let (shard, name) =
             beneath::split(rel).map_err(StorageError::io("cannot quarantine", &source))?;
@@ -74,11 +115,9 @@ impl FsRepository {
             Err(rustix::io::Errno::NOENT) => return Ok(None),
             Err(e) => return Err(StorageError::io("cannot read", &source)(e.into())),
         };
-        if (opened.dev, opened.ino) != (current.st_dev as u64, current.st_ino as u64) {
+        if (dev, ino) != (current.st_dev as u64, current.st_ino as u64) {
             return Ok(None);
         }
-        let shard_name = shard.file_name().unwrap_or_default().to_string_lossy();
-        let stored_name = format!("{shard_name}{}", name.to_string_lossy());
         // Root's and private: the corrupt bytes of other users' payloads.
         let (dir, _) = beneath::make_dirs(
             self.fd(),

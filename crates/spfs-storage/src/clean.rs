@@ -16,7 +16,8 @@
 //!    the lock is held: objects that name others before the objects they
 //!    name, each level made durable before the next, payloads last. So a
 //!    clean that dies midway leaves no stored object naming a missing one
-//!    (what a transfer relies on when it skips an object it finds).
+//!    (what a transfer relies on when it skips an object it finds); an
+//!    object that cannot be removed stops the deletion at its level.
 //!
 //! Every write operation holds the lock shared from before its first
 //! write or dedup check until the root making its objects reachable
@@ -405,7 +406,16 @@ impl Cleaner<'_> {
             }
             // Durable before what this level named goes.
             self.sync_dirs(dirs, &mut report);
+            if !report.failures.is_empty() {
+                // What a remaining object names must stay.
+                break;
+            }
         }
+        let payloads = if report.failures.is_empty() {
+            payloads
+        } else {
+            Vec::new()
+        };
         let mut dirs = BTreeSet::new();
         for p in payloads {
             let rel = FsRepository::payload_rel(&p.digest, p.user);

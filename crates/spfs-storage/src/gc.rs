@@ -203,8 +203,9 @@ impl FsRepository {
                 NewDirs::Exact { mode: 0o755, group },
                 Some(group.unwrap_or(0)),
             ),
+            // Laid out before the lock existed: root adds it.
             Sharing::Shared { .. } => {
-                return Err(StorageError::MissingDirectory(self.root().join(rel)));
+                return Err(StorageError::MissingDirectory(self.root().join(LOCKS)));
             }
         };
         let (parent, _) = beneath::split(rel).map_err(self.io_err("cannot create", rel))?;
@@ -333,8 +334,19 @@ impl FsRepository {
             ));
         }
         let deadline = Instant::now() + timeout;
-        let queue = self.open_lock_file(GC_QUEUE, true)?;
-        let lock = self.open_lock_file(GC_LOCK, true)?;
+        // For writing where this user may (NFS needs it for an exclusive
+        // lock); a local filesystem locks a read-only descriptor too (root
+        // may have made the files in a user's repository).
+        let open = |rel| match self.open_lock_file(rel, true) {
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                self.open_lock_file(rel, false)
+            }
+            other => other,
+        };
+        let queue = open(GC_QUEUE)?;
+        let lock = open(GC_LOCK)?;
         let mut waiting = Some(waiting);
         let mut tell = || {
             if let Some(w) = waiting.take() {
@@ -474,6 +486,46 @@ mod tests {
         assert!(!free_for(&probe, FlockOperation::NonBlockingLockShared));
         drop(lock);
         assert!(free_for(&probe, FlockOperation::NonBlockingLockShared));
+    }
+
+    /// In a shared repository every user shares the lock through root's
+    /// files; one laid out before them names what root must add.
+    #[test]
+    fn users_of_a_shared_repository_share_roots_lock() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: switching users needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let repo = FsRepository::create_shared(dir.path().join("repo"), None).unwrap();
+        let as_user = |repo: FsRepository| {
+            std::thread::spawn(move || {
+                // This thread only: another unprivileged user.
+                let (uid, gid) = (
+                    rustix::fs::Uid::from_raw(64_011),
+                    rustix::fs::Gid::from_raw(64_011),
+                );
+                rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
+                rustix::thread::set_thread_res_uid(uid, uid, uid).unwrap();
+                repo.write_guard().map(drop).map_err(|e| e.to_string())
+            })
+            .join()
+            .unwrap()
+        };
+        as_user(repo.clone()).unwrap();
+        // Made before locks/ existed: the user is told to ask root.
+        std::fs::remove_dir_all(repo.root().join(LOCKS)).unwrap();
+        let err = as_user(repo.clone()).unwrap_err();
+        assert!(
+            err.contains("locks is missing") && err.contains("--shared"),
+            "{err}"
+        );
+        // Root's next write lays it out as init does.
+        repo.write_guard().map(drop).unwrap();
+        let m = std::fs::metadata(repo.root().join(LOCKS)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o755);
+        as_user(repo).unwrap();
     }
 
     #[test]

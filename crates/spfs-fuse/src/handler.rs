@@ -277,6 +277,10 @@ impl ControlHandler for Handler {
                 outer.name
             )));
         }
+        // The repository's garbage-collection lock, shared from resolving
+        // (which may copy objects in from remotes) until the view is
+        // registered and so keeps its layers (docs/clean.md).
+        let gc_guard = s.repo().write_guard().map_err(storage_status)?;
         let digests = s.vfs.resolve_spec(&spec).map_err(storage_status)?;
         let layers = s.repo().flatten(&digests).map_err(storage_status)?;
         if let Some(delay) = s.test_register_delay {
@@ -313,6 +317,7 @@ impl ControlHandler for Handler {
                 }
                 e => Status::internal(e.to_string()),
             })?;
+        drop(gc_guard);
         let mut undo = Undo {
             state: s,
             name: &name,

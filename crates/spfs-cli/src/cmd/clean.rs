@@ -291,6 +291,7 @@ pub fn run(args: CleanArgs) -> anyhow::Result<i32> {
         );
     }
     let bar = Bar(progress_bar(0, "{spinner} {msg} {pos}"));
+    bar.0.enable_steady_tick(Duration::from_millis(200));
     let views = || live_views(&config);
     let cleaner = Cleaner {
         repo: &repo,
@@ -327,6 +328,8 @@ pub fn run(args: CleanArgs) -> anyhow::Result<i32> {
     } else {
         let timeout = lock_timeout;
         let root = repo.root().display().to_string();
+        bar.0.reset();
+        bar.0.enable_steady_tick(Duration::from_millis(200));
         let result = cleaner.execute(plan, || {
             bar.0.suspend(|| {
                 eprintln!(

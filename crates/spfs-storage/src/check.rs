@@ -284,6 +284,7 @@ const MAX_PASSES: usize = 4;
 ///
 /// When the next check finds problems a repair uncovered (the children of
 /// an object that was missing), they are repaired too, up to a few passes.
+/// The repository's garbage-collection lock is held shared throughout.
 pub fn repair(
     repo: &FsRepository,
     roots: &[Digest],
@@ -292,6 +293,9 @@ pub fn repair(
     jobs: usize,
     progress: &dyn Progress,
 ) -> Result<RepairReport> {
+    // A write operation: `spfs clean` does not delete while it runs
+    // ([`crate::gc`]); the transfers it makes share this guard.
+    let _guard = repo.write_guard()?;
     let mut report = found;
     let mut repaired: Vec<Repaired> = Vec::new();
     let mut done: HashSet<Digest> = HashSet::new();

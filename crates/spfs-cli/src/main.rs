@@ -67,6 +67,10 @@ pub enum Command {
     Run(cmd::run::RunArgs),
     /// Start an interactive shell inside an environment.
     Shell(cmd::run::ShellArgs),
+    /// Turn editing of the current runtime on (or off with --off).
+    Edit(cmd::edit::EditArgs),
+    /// Drop the edits of the current runtime under some paths (all by default).
+    Reset(cmd::edit::ResetArgs),
     /// Inspect and remove runtime records.
     #[command(subcommand)]
     Runtime(cmd::run::RuntimeCommand),

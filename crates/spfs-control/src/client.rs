@@ -16,7 +16,8 @@ use tonic::{Request, Status};
 use crate::auth::AUTHORIZATION;
 use crate::proto::vfs_client::VfsClient;
 use crate::proto::{
-    ListRequest, ListResponse, MountRequest, MountResponse, ShutdownRequest, StatusRequest,
+    CommitRequest, CommitResponse, EditRequest, EditResponse, ListRequest, ListResponse,
+    MountRequest, MountResponse, ResetRequest, ResetResponse, ShutdownRequest, StatusRequest,
     StatusResponse, UnmountRequest, UnmountResponse,
 };
 use crate::{ControlError, Listen};
@@ -138,6 +139,21 @@ impl Client {
             .status(StatusRequest {})
             .await?
             .into_inner())
+    }
+
+    /// Turn editing of a runtime on or off.
+    pub async fn edit(&self, req: EditRequest) -> Result<EditResponse, Status> {
+        Ok(self.inner.clone().edit(req).await?.into_inner())
+    }
+
+    /// Drop edits of a runtime.
+    pub async fn reset(&self, req: ResetRequest) -> Result<ResetResponse, Status> {
+        Ok(self.inner.clone().reset(req).await?.into_inner())
+    }
+
+    /// Commit the edits of a runtime as a layer.
+    pub async fn commit(&self, req: CommitRequest) -> Result<CommitResponse, Status> {
+        Ok(self.inner.clone().commit(req).await?.into_inner())
     }
 
     /// Ask the service to stop.

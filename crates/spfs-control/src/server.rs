@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Caller, identify};
 use crate::proto::vfs_server::{Vfs, VfsServer};
 use crate::proto::{
-    ListRequest, ListResponse, MountRequest, MountResponse, ShutdownRequest, ShutdownResponse,
+    CommitRequest, CommitResponse, EditRequest, EditResponse, ListRequest, ListResponse,
+    MountRequest, MountResponse, ResetRequest, ResetResponse, ShutdownRequest, ShutdownResponse,
     StatusRequest, StatusResponse, UnmountRequest, UnmountResponse,
 };
 use crate::{ControlError, Listen};
@@ -41,6 +42,12 @@ pub trait ControlHandler: Send + Sync + 'static {
     /// future given to [`Bound::serve`] complete; in-flight requests (this
     /// one included) are answered before the server stops.
     fn shutdown(&self, caller: &Caller) -> Result<(), Status>;
+    /// Turn editing of a runtime on or off.
+    fn edit(&self, caller: &Caller, req: EditRequest) -> Result<EditResponse, Status>;
+    /// Drop edits of a runtime.
+    fn reset(&self, caller: &Caller, req: ResetRequest) -> Result<ResetResponse, Status>;
+    /// Commit the edits of a runtime as a layer.
+    fn commit(&self, caller: &Caller, req: CommitRequest) -> Result<CommitResponse, Status>;
 }
 
 /// A bound control socket, accepting connections (they queue until
@@ -338,5 +345,20 @@ impl Vfs for Service {
     ) -> Result<Response<ShutdownResponse>, Status> {
         self.run(req, |h, c, _| h.shutdown(c).map(|()| ShutdownResponse {}))
             .await
+    }
+
+    async fn edit(&self, req: Request<EditRequest>) -> Result<Response<EditResponse>, Status> {
+        self.run(req, |h, c, m| h.edit(c, m)).await
+    }
+
+    async fn reset(&self, req: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
+        self.run(req, |h, c, m| h.reset(c, m)).await
+    }
+
+    async fn commit(
+        &self,
+        req: Request<CommitRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        self.run(req, |h, c, m| h.commit(c, m)).await
     }
 }

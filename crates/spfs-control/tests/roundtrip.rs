@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use spfs_control::proto::{
-    ListResponse, MountRequest, MountResponse, RuntimeInfo, StatusResponse, UnmountRequest,
+    CommitRequest, CommitResponse, EditRequest, EditResponse, ListResponse, MountRequest,
+    MountResponse, ResetRequest, ResetResponse, RuntimeInfo, StatusResponse, UnmountRequest,
     UnmountResponse,
 };
 use spfs_control::{Bound, Caller, Client, ControlError, ControlHandler, Listen, bind};
@@ -65,6 +66,8 @@ impl ControlHandler for TestHandler {
                 requests: 7,
                 owner_uid: 1000,
                 bound: true,
+                editable: false,
+                writable: false,
             }],
         })
     }
@@ -89,6 +92,21 @@ impl ControlHandler for TestHandler {
             let _ = stop.send(());
         }
         Ok(())
+    }
+
+    fn edit(&self, caller: &Caller, _req: EditRequest) -> Result<EditResponse, Status> {
+        self.record("edit", caller);
+        Ok(EditResponse {})
+    }
+
+    fn reset(&self, caller: &Caller, _req: ResetRequest) -> Result<ResetResponse, Status> {
+        self.record("reset", caller);
+        Ok(ResetResponse {})
+    }
+
+    fn commit(&self, caller: &Caller, _req: CommitRequest) -> Result<CommitResponse, Status> {
+        self.record("commit", caller);
+        Ok(CommitResponse::default())
     }
 }
 
@@ -171,6 +189,7 @@ async fn unix_round_trip() {
             spec: "a+b+c".into(),
             runtime: "x".into(),
             bind: false,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -204,6 +223,7 @@ async fn unix_round_trip() {
             spec: "forbidden".into(),
             runtime: String::new(),
             bind: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -512,6 +532,7 @@ async fn oversized_requests_are_refused_before_the_handler() {
             spec: huge,
             runtime: String::new(),
             bind: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();

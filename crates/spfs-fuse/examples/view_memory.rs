@@ -83,6 +83,7 @@ fn load(path: &str) {
             root_pid: 1,
             owner_uid: 0,
             bound: false,
+            edit: None,
         },
         vec![],
         move || Ok::<_, std::io::Error>((tree, SystemTime::now())),

@@ -65,7 +65,7 @@ fn sys(what: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> BindError {
 /// shows only this process's bound view (see the module docs). Other
 /// threads of the process keep the old namespace: call it while the
 /// process is single-threaded, or before starting threads that walk paths.
-pub fn enter_bound_view(mountpoint: &Path) -> Result<(), BindError> {
+pub fn enter_bound_view(mountpoint: &Path, writable: bool) -> Result<(), BindError> {
     // A namespace of our own, which receives the host's later mounts and
     // unmounts but never sends ours back.
     // SAFETY: NEWNS shares no file descriptors; the namespace change is
@@ -104,7 +104,7 @@ pub fn enter_bound_view(mountpoint: &Path) -> Result<(), BindError> {
     // makes the kernel drop our dentry, and the mount fails with ENOENT.
     // Look again (the window is a few microseconds).
     let mut tries = 0;
-    while let Err(e) = bind_door(&target, mnt_id, mountpoint) {
+    while let Err(e) = bind_door(&target, mnt_id, mountpoint, writable) {
         tries += 1;
         match e {
             BindError::Sys { source, .. }
@@ -126,7 +126,12 @@ pub fn enter_bound_view(mountpoint: &Path) -> Result<(), BindError> {
 const BIND_TRIES: u32 = 1000;
 
 /// Mount the view behind the door of `target` (mount `mnt_id`) over it.
-fn bind_door(target: &OwnedFd, mnt_id: u64, mountpoint: &Path) -> Result<(), BindError> {
+fn bind_door(
+    target: &OwnedFd,
+    mnt_id: u64,
+    mountpoint: &Path,
+    writable: bool,
+) -> Result<(), BindError> {
     let door = match open_dir(target, door_name(), OFlags::NOFOLLOW) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Err(BindError::NoView(mountpoint.into())),
@@ -150,15 +155,16 @@ fn bind_door(target: &OwnedFd, mnt_id: u64, mountpoint: &Path) -> Result<(), Bin
             | OpenTreeFlags::AT_EMPTY_PATH,
     )
     .map_err(sys("copy the view's mount"))?;
-    // Read-only, nosuid, nodev, set on the detached copy itself: no path
-    // is looked up again while this process holds the capability.
-    set_mount_attrs(
-        &tree,
-        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-    )
-    .map_err(|e| BindError::Sys {
-        what: "make the view's mount read-only".into(),
-        source: e,
+    // Read-only (unless the view is editable: the service refuses changes
+    // to a read-only view anyway), nosuid, nodev, set on the detached copy
+    // itself: no path is looked up again while this process holds the
+    // capability.
+    let rdonly = if writable { 0 } else { MOUNT_ATTR_RDONLY };
+    set_mount_attrs(&tree, rdonly | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV).map_err(|e| {
+        BindError::Sys {
+            what: "make the view's mount read-only".into(),
+            source: e,
+        }
     })?;
     rustix::mount::move_mount(
         &tree,

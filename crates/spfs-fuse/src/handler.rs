@@ -196,6 +196,41 @@ impl Handler {
     }
 }
 
+impl Handler {
+    /// The editable runtime `name`, if the caller may manage it.
+    fn editable_runtime(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Arc<spfs_vfs::Runtime>, Status> {
+        let rt = self
+            .0
+            .vfs
+            .registry
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("no runtime '{name}' is mounted")))?;
+        if !privileged(caller) && caller.uid != Some(rt.owner_uid) {
+            return Err(Status::permission_denied(format!(
+                "runtime '{name}' belongs to user {}",
+                rt.owner_uid
+            )));
+        }
+        if rt.view.edit.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "runtime '{name}' is not editable (start it with `spfs run --edit`)"
+            )));
+        }
+        Ok(rt)
+    }
+}
+
+/// The primary group of process `pid` (its effective gid).
+fn primary_gid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Gid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
 impl ControlHandler for Handler {
     fn mount(
         &self,
@@ -249,12 +284,49 @@ impl ControlHandler for Handler {
             )));
         };
         // A name with a record (another runtime's, live or not) is taken:
-        // dropping this runtime would remove that record.
-        if s.vfs.registry.get(&name).is_some() || s.repo().read_runtime(&name).is_ok() {
+        // dropping this runtime would remove that record. Resuming a kept
+        // runtime takes its own name back: the record must be the owner's.
+        if s.vfs.registry.get(&name).is_some() {
             return Err(Status::already_exists(format!(
                 "runtime name '{name}' is taken"
             )));
         }
+        match s.repo().read_runtime(&name) {
+            Ok(r) if req.resume && r.owner_uid == uids[0] => {}
+            Ok(_) => {
+                return Err(Status::already_exists(format!(
+                    "runtime name '{name}' is taken"
+                )));
+            }
+            Err(_) => {}
+        }
+        let edit = match req.edit || req.resume {
+            false => None,
+            true => {
+                let upper = s.upper_path(&name).map_err(|e| {
+                    Status::internal(format!("cannot prepare the upper area of {name}: {e}"))
+                })?;
+                match (req.resume, upper.exists()) {
+                    (true, false) => {
+                        return Err(Status::not_found(format!(
+                            "runtime '{name}' has no kept edits to resume"
+                        )));
+                    }
+                    (false, true) => {
+                        return Err(Status::already_exists(format!(
+                            "runtime '{name}' has kept edits: run it again with \
+                             `spfs run --rerun {name}` or remove it with `spfs runtime rm {name}`"
+                        )));
+                    }
+                    _ => {}
+                }
+                Some(spfs_vfs::EditSpec {
+                    upper,
+                    owner_gid: primary_gid(pid).unwrap_or(0),
+                    writable: true,
+                })
+            }
+        };
         if s.rooted_at(pid).is_some() {
             return Err(Status::already_exists(format!(
                 "process {pid} already roots a runtime"
@@ -298,6 +370,7 @@ impl ControlHandler for Handler {
                     root_pid: pid,
                     owner_uid: uids[0],
                     bound: req.bind,
+                    edit,
                 },
                 layers.clone(),
                 move || {
@@ -314,6 +387,9 @@ impl ControlHandler for Handler {
                 spfs_vfs::registry::RegistryError::Build(e) => storage_status(e),
                 spfs_vfs::registry::RegistryError::Exists(n) => {
                     Status::already_exists(format!("runtime name '{n}' is taken"))
+                }
+                e @ spfs_vfs::registry::RegistryError::Upper { .. } => {
+                    Status::internal(e.to_string())
                 }
                 e => Status::internal(e.to_string()),
             })?;
@@ -341,6 +417,12 @@ impl ControlHandler for Handler {
             .move_process(&mut root, from, &path, id)
             .map_err(move_status)?;
         self.adopt_descendants(caller, pid, from, &path, id);
+        if req.keep || req.resume {
+            s.durable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone());
+        }
         undo.armed = false;
         drop(undo);
         s.bind_runtime(&name, root, &path);
@@ -406,16 +488,29 @@ impl ControlHandler for Handler {
                 root_pid: r.root_pid,
                 spec: r
                     .view
-                    .layers
+                    .edit
+                    .as_ref()
+                    .map(|e| e.stack())
+                    .unwrap_or_else(|| r.view.layers.clone())
                     .iter()
                     .map(|d| d.to_string()[..12].to_string())
                     .collect::<Vec<_>>()
                     .join("+"),
-                layers: r.view.layers.iter().map(|d| d.to_string()).collect(),
+                layers: r
+                    .view
+                    .edit
+                    .as_ref()
+                    .map(|e| e.stack())
+                    .unwrap_or_else(|| r.view.layers.clone())
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect(),
                 age_seconds: r.started.elapsed().as_secs(),
                 requests: r.requests.load(Ordering::Relaxed),
                 owner_uid: r.owner_uid,
                 bound: r.view.bound,
+                editable: r.view.edit.is_some(),
+                writable: r.view.edit.as_ref().is_some_and(|e| e.is_writable()),
             })
             .collect();
         Ok(proto::ListResponse { runtimes })
@@ -435,5 +530,69 @@ impl ControlHandler for Handler {
         tracing::info!("shutdown requested");
         s.shutdown.notify_one();
         Ok(())
+    }
+
+    fn edit(
+        &self,
+        caller: &Caller,
+        req: proto::EditRequest,
+    ) -> Result<proto::EditResponse, Status> {
+        let rt = self.editable_runtime(caller, &req.runtime)?;
+        if let Some(ed) = &rt.view.edit {
+            ed.set_writable(req.on);
+        }
+        tracing::info!(runtime = %rt.name, on = req.on, "editing switched");
+        Ok(proto::EditResponse {})
+    }
+
+    fn reset(
+        &self,
+        caller: &Caller,
+        req: proto::ResetRequest,
+    ) -> Result<proto::ResetResponse, Status> {
+        let rt = self.editable_runtime(caller, &req.runtime)?;
+        let paths: Vec<Vec<u8>> = req.paths.iter().map(|p| p.as_bytes().to_vec()).collect();
+        if paths
+            .iter()
+            .any(|p| p.split(|b| *b == b'/').any(|c| c == b".."))
+        {
+            return Err(Status::invalid_argument(
+                "a path to reset may not contain '..'",
+            ));
+        }
+        let stale = self
+            .0
+            .vfs
+            .reset(&rt.view, &paths)
+            .map_err(|e| Status::internal(format!("cannot reset {}: {e}", rt.name)))?;
+        self.0.invalidate(&stale);
+        tracing::info!(runtime = %rt.name, paths = paths.len(), "edits reset");
+        Ok(proto::ResetResponse {})
+    }
+
+    fn commit(
+        &self,
+        caller: &Caller,
+        req: proto::CommitRequest,
+    ) -> Result<proto::CommitResponse, Status> {
+        let rt = self.editable_runtime(caller, &req.runtime)?;
+        let committed = self.0.vfs.commit_edits(&rt.view).map_err(|e| {
+            Status::internal(format!("cannot commit the edits of {}: {e}", rt.name))
+        })?;
+        let Some(c) = committed else {
+            // Nothing to commit: the stack as it is.
+            let stack = rt.view.edit.as_ref().map(|e| e.stack()).unwrap_or_default();
+            return Ok(proto::CommitResponse {
+                stack: stack.iter().map(|d| d.to_string()).collect(),
+                ..Default::default()
+            });
+        };
+        self.0.invalidate(&c.stale);
+        tracing::info!(runtime = %rt.name, layer = %c.layer, files = c.files, "edits committed");
+        Ok(proto::CommitResponse {
+            layer: c.layer.to_string(),
+            stack: c.stack.iter().map(|d| d.to_string()).collect(),
+            files: c.files as u64,
+        })
     }
 }

@@ -28,6 +28,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
     Request,
 };
+use spfs_vfs::edit::{SetAttr, SetTime};
 use spfs_vfs::{Attr, DirItem, NodeKind, OpenedPayload, PayloadCopy, Runtime, Vfs, VfsError, View};
 
 use crate::route::Router;
@@ -74,6 +75,11 @@ impl Backing {
 
 /// Registered backing files kept while no file uses them, at most.
 const IDLE_BACKING_MAX: usize = 4096;
+
+/// How long what an editable view's changes answer may be cached: the
+/// kernel learns of every later change through its own requests (see
+/// `spfs_vfs::edit`).
+const LONG: std::time::Duration = spfs_vfs::vfs::LONG_TTL;
 
 /// The file handle bit that marks a passthrough open.
 const PASSTHROUGH_FH: u64 = 1 << 63;
@@ -131,26 +137,14 @@ fn file_type(k: NodeKind) -> FileType {
     }
 }
 
-/// Requests this read-only filesystem does not serve. Any user can send
-/// them as fast as they like, so they are answered without a log line; the
-/// first of each kind is noted once, at debug level.
+/// Requests not served. Any user can send them as fast as they like, so
+/// they are answered without a log line; the first of each kind is noted
+/// once, at debug level.
 #[derive(Clone, Copy, Debug)]
 enum Unsupported {
-    SetAttr,
-    MkNod,
-    MkDir,
-    Unlink,
-    RmDir,
-    Symlink,
-    Rename,
-    Link,
-    Create,
-    Write,
     SetXattr,
     RemoveXattr,
     Fallocate,
-    Fsync,
-    FsyncDir,
     GetLk,
     SetLk,
     Bmap,
@@ -161,21 +155,20 @@ enum Unsupported {
 }
 
 impl Unsupported {
-    /// The answer: `EROFS` for a change (the mount is read-only, so the
-    /// kernel normally refuses these before asking); `ENOTTY` for an ioctl
-    /// (the kernel forwards every ioctl, whatever the answer, and turns
-    /// `ENOSYS` into `ENOTTY` anyway); `ENOSYS` where the kernel remembers
-    /// it for the mount and answers by itself from then on (fsync succeeds,
-    /// poll gives the default mask, lseek and copies use the generic code,
-    /// locks stay local).
+    /// The answer: `EOPNOTSUPP` for what a program can do without (extended
+    /// attributes, preallocation: `posix_fallocate` then writes zeros);
+    /// `ENOTTY` for an ioctl (the kernel forwards every ioctl, whatever
+    /// the answer, and turns `ENOSYS` into `ENOTTY` anyway); `ENOSYS` where
+    /// the kernel remembers it for the mount and answers by itself from
+    /// then on (poll gives the default mask, lseek and copies use the
+    /// generic code, locks stay local).
     fn answer(self) -> Errno {
         static NOTED: AtomicU32 = AtomicU32::new(0);
         use Unsupported::*;
         let errno = match self {
-            SetAttr | MkNod | MkDir | Unlink | RmDir | Symlink | Rename | Link | Create | Write
-            | SetXattr | RemoveXattr | Fallocate => Errno::EROFS,
+            SetXattr | RemoveXattr | Fallocate => Errno::EOPNOTSUPP,
             Ioctl => Errno::ENOTTY,
-            Fsync | FsyncDir | GetLk | SetLk | Bmap | Poll | Lseek | CopyFileRange => Errno::ENOSYS,
+            GetLk | SetLk | Bmap | Poll | Lseek | CopyFileRange => Errno::ENOSYS,
         };
         let bit = 1 << self as u32;
         if NOTED.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
@@ -183,6 +176,14 @@ impl Unsupported {
         }
         errno
     }
+}
+
+/// A `setattr` time in the core's terms.
+fn set_time(t: Option<fuser::TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        fuser::TimeOrNow::Now => SetTime::Now,
+        fuser::TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    })
 }
 
 impl FuseHost {
@@ -220,6 +221,12 @@ impl FuseHost {
     ) -> Result<Vec<u8>, Errno> {
         let rt = self.caller(req);
         let (view, owner) = (view_of(&rt), reader_of(req, &rt));
+        if Vfs::editing(view).is_some() {
+            return self
+                .vfs
+                .read_edit(view, owner, node, offset, size)
+                .map_err(errno);
+        }
         self.vfs.getattr(view, node).map_err(errno)?;
         // A copy opened for another runtime's owner serves this one only
         // if this one's owner may read it too.
@@ -305,6 +312,22 @@ impl FuseHost {
         }
     }
 
+    /// Answer a request that made an entry.
+    fn entry(&self, made: Result<Attr, VfsError>, reply: ReplyEntry) {
+        match made {
+            Ok(attr) => reply.entry(&LONG, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// Answer a request that changed something.
+    fn done(&self, done: Result<(), VfsError>, reply: ReplyEmpty) {
+        match done {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     /// The caller's runtime, counting the request.
     fn caller(&self, req: &Request) -> Option<Arc<Runtime>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -387,6 +410,17 @@ impl Filesystem for FuseHost {
         let rt = self.caller(req);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let (view, owner) = (view_of(&rt), reader_of(req, &rt));
+        if Vfs::editable(view) {
+            // Reads and writes come by node (handle 0), like with
+            // kernel-kept opens: one inode, one way to its data.
+            return match self.vfs.open_edit(view, ino.0, write) {
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
+        if write {
+            return reply.error(Errno::EROFS);
+        }
         if self.passthrough.load(Ordering::Relaxed) {
             // The kernel wants every open file of an inode to use the same
             // backing file: reuse the registered one while any is open, if
@@ -446,7 +480,7 @@ impl Filesystem for FuseHost {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let res = if self.cache_opens {
+        let res = if self.cache_opens || fh.0 == 0 {
             self.read_node(req, ino.0, offset, size as usize)
         } else {
             // The handle was made for this caller's view at open.
@@ -493,7 +527,7 @@ impl Filesystem for FuseHost {
         let rt = self.caller(req);
         match self.vfs.opendir(view_of(&rt), ino.0) {
             Ok(()) => {
-                let flags = if Vfs::dir_listing_cacheable(ino.0) {
+                let flags = if self.vfs.dir_listing_cacheable(view_of(&rt), ino.0) {
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
@@ -558,10 +592,10 @@ impl Filesystem for FuseHost {
         let s = self.vfs.statfs(view_of(&rt));
         reply.statfs(
             s.blocks,
-            0,
-            0,
+            s.free_blocks,
+            s.free_blocks,
             s.files,
-            0,
+            s.free_files,
             s.block_size,
             s.name_max,
             s.block_size,
@@ -590,7 +624,8 @@ impl Filesystem for FuseHost {
         _owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever written; ENOSYS makes the kernel stop asking.
+        // Writes reach the upper area as they come: nothing to flush.
+        // ENOSYS makes the kernel stop asking.
         reply.error(Errno::ENOSYS);
     }
 
@@ -614,18 +649,18 @@ impl Filesystem for FuseHost {
         reply.error(Errno::ENOSYS);
     }
 
-    // Everything below is not served: answered quietly (see `Unsupported`).
+    // Changes: served in editable views, EROFS in read-only ones.
 
     fn setattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
@@ -634,103 +669,207 @@ impl Filesystem for FuseHost {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Unsupported::SetAttr.answer());
+        let rt = self.caller(req);
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        match self
+            .vfs
+            .setattr(view_of(&rt), reader_of(req, &rt), ino.0, &set)
+        {
+            Ok(attr) => reply.attr(&LONG, &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn mknod(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Unsupported::MkNod.answer());
+        // Regular files only (a fifo or device has no place in a layer).
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        let rt = self.caller(req);
+        let made = self.vfs.create(
+            view_of(&rt),
+            parent.0,
+            name.as_bytes(),
+            mode & !umask,
+            req.uid(),
+            req.gid(),
+        );
+        self.entry(made, reply)
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Unsupported::MkDir.answer());
+        let rt = self.caller(req);
+        let made = self.vfs.mkdir(
+            view_of(&rt),
+            parent.0,
+            name.as_bytes(),
+            mode & !umask,
+            req.uid(),
+            req.gid(),
+        );
+        self.entry(made, reply)
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Unsupported::Unlink.answer());
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let rt = self.caller(req);
+        self.done(
+            self.vfs
+                .remove(view_of(&rt), parent.0, name.as_bytes(), false),
+            reply,
+        )
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Unsupported::RmDir.answer());
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let rt = self.caller(req);
+        self.done(
+            self.vfs
+                .remove(view_of(&rt), parent.0, name.as_bytes(), true),
+            reply,
+        )
     }
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &std::path::Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Unsupported::Symlink.answer());
+        let rt = self.caller(req);
+        let made = self.vfs.symlink(
+            view_of(&rt),
+            parent.0,
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            req.uid(),
+            req.gid(),
+        );
+        self.entry(made, reply)
     }
 
     fn rename(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Unsupported::Rename.answer());
+        // Exchanging and whiteouts are not offered (`mv` does not need them).
+        if flags
+            .intersects(fuser::RenameFlags::RENAME_EXCHANGE | fuser::RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let rt = self.caller(req);
+        let done = self.vfs.rename(
+            view_of(&rt),
+            reader_of(req, &rt),
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
+        );
+        self.done(done, reply)
     }
 
     fn link(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Unsupported::Link.answer());
+        let rt = self.caller(req);
+        let made = self.vfs.link(
+            view_of(&rt),
+            reader_of(req, &rt),
+            ino.0,
+            newparent.0,
+            newname.as_bytes(),
+        );
+        self.entry(made, reply)
     }
 
     fn create(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        reply.error(Unsupported::Create.answer());
+        let rt = self.caller(req);
+        match self.vfs.create(
+            view_of(&rt),
+            parent.0,
+            name.as_bytes(),
+            mode & !umask,
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok(attr) => reply.created(
+                &LONG,
+                &file_attr(&attr),
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        offset: u64,
+        data: &[u8],
         _write_flags: fuser::WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        reply.error(Unsupported::Write.answer());
+        let rt = self.caller(req);
+        match self
+            .vfs
+            .write(view_of(&rt), reader_of(req, &rt), ino.0, offset, data)
+        {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn setxattr(
@@ -765,13 +904,14 @@ impl Filesystem for FuseHost {
 
     fn fsync(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.error(Unsupported::Fsync.answer());
+        let rt = self.caller(req);
+        self.done(self.vfs.fsync(view_of(&rt), ino.0), reply)
     }
 
     fn fsyncdir(
@@ -782,7 +922,8 @@ impl Filesystem for FuseHost {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.error(Unsupported::FsyncDir.answer());
+        // Names change under the service's lock, on the upper area's disk.
+        reply.ok()
     }
 
     fn getlk(

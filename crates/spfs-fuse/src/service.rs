@@ -7,6 +7,7 @@
 //! SIGTERM, SIGINT or the Shutdown call stop the service and unmount.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -77,6 +78,12 @@ pub(crate) struct State {
     /// the view was dropped while the cgroup still has processes, so that
     /// the cgroup is removed once they are gone.
     bound: Mutex<HashMap<String, BoundRuntime>>,
+    /// The durable runtimes: their upper areas (and records) stay when
+    /// their processes are gone.
+    pub(crate) durable: Mutex<std::collections::HashSet<String>>,
+    /// Tells the kernel what it must forget after a change it did not
+    /// make itself (a reset, a commit).
+    pub(crate) notifier: OnceLock<fuser::Notifier>,
     /// Tests widen the window between a registration's checks and its move
     /// (`SPFS_VFS_TEST_REGISTER_DELAY_MS`), to race PID reuse against it.
     pub(crate) test_register_delay: Option<std::time::Duration>,
@@ -107,17 +114,66 @@ impl State {
         );
     }
 
+    /// Where the upper area of editable runtime `name` is: `edits/NAME`
+    /// under the repository, in a directory only root may enter.
+    pub(crate) fn upper_path(&self, name: &str) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let edits = self.repo().root().join("edits");
+        match std::fs::create_dir(&edits) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = std::fs::symlink_metadata(&edits)?;
+        if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is not a directory of the service's user",
+                    edits.display()
+                ),
+            ));
+        }
+        std::fs::set_permissions(&edits, std::fs::Permissions::from_mode(0o700))?;
+        Ok(edits.join(name))
+    }
+
+    /// Tell the kernel to forget what changed without its knowing.
+    pub(crate) fn invalidate(&self, stale: &spfs_vfs::write::StaleNodes) {
+        let Some(n) = self.notifier.get() else { return };
+        for (parent, name) in &stale.names {
+            let _ = n.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::from_bytes(name));
+        }
+        for node in &stale.nodes {
+            let _ = n.inval_inode(fuser::INodeNo(*node), 0, 0);
+        }
+    }
+
     /// Drop a runtime: its view, its record and (once empty) its cgroup.
+    /// A durable runtime keeps its upper area and its record.
     pub(crate) fn drop_runtime(&self, name: &str, why: &str) {
         self.router.unbind(name);
+        let durable = self
+            .durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         if let Some(rt) = self.vfs.registry.remove(name) {
             tracing::info!(
                 runtime = name,
                 root_pid = rt.root_pid,
+                durable,
                 "view dropped: {why}"
             );
+            if let Some(ed) = &rt.view.edit
+                && !durable
+                && let Err(e) = ed.upper().destroy_contents()
+            {
+                tracing::warn!(runtime = name, "cannot remove the upper area: {e}");
+            }
             // Only this runtime's own record: its owner wrote it.
             match self.repo().read_runtime(name) {
+                Ok(_) if durable => {}
                 Ok(r) if r.owner_uid == rt.owner_uid => {
                     if let Err(e) = self.repo().remove_runtime(name) {
                         tracing::warn!(runtime = name, "cannot remove runtime record: {e}");
@@ -263,7 +319,6 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     fuse_config.mount_options = vec![
         fuser::MountOption::FSName("spfs".into()),
         fuser::MountOption::Subtype("spfs".into()),
-        fuser::MountOption::RO,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
         fuser::MountOption::DefaultPermissions,
@@ -295,6 +350,8 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         shutdown: tokio::sync::Notify::new(),
         service_uid: rustix::process::getuid().as_raw(),
         bound: Mutex::new(HashMap::new()),
+        durable: Mutex::default(),
+        notifier: OnceLock::new(),
         test_register_delay: std::env::var("SPFS_VFS_TEST_REGISTER_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -319,6 +376,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     )
     .map_err(io_err("cannot watch runtime cgroups"))?;
     let _ = state.watcher.set(watcher);
+    let _ = state.notifier.set(background.notifier());
     tracing::info!(mountpoint = %mountpoint.display(), listen = %state.listen, "VFS service ready");
     // 4. Serve until stopped. Connections in flight get a few seconds to
     //    finish; a client that never finishes cannot keep the service up.

@@ -39,6 +39,14 @@ pub struct RuntimeRecord {
     /// point shows only its view) or a routed one (the shared mount).
     #[serde(default)]
     pub bound: bool,
+    /// Whether the runtime is editable: its writes go to its own upper
+    /// area (kept by the service under `edits/NAME`).
+    #[serde(default)]
+    pub editable: bool,
+    /// Whether the runtime is durable: its record and upper area stay when
+    /// its processes have exited, to be run again (`spfs run --rerun`).
+    #[serde(default)]
+    pub keep: bool,
 }
 
 /// A new, unique runtime name.

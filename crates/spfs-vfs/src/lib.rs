@@ -13,6 +13,9 @@
 //! - [`registry`]: the registered runtimes and the views they use;
 //! - [`vfs`]: the filesystem operations (lookup, getattr, readdir, readlink,
 //!   open, read, statfs) with their cache lifetimes;
+//! - [`edit`]: editable views, a runtime's own writable layer over its
+//!   stack, and turning it into a layer;
+//! - [`write`]: the editable views' operations in node ids;
 //! - [`content`]: one node per distinct public file across views, so the
 //!   kernel keeps one copy of its pages;
 //! - [`handles`]: open files;
@@ -24,14 +27,16 @@
 //! `docs/platform-hosts.md`.
 
 pub mod content;
+pub mod edit;
 pub mod handles;
 pub mod node;
 pub mod registry;
 pub mod verify;
 pub mod vfs;
 pub mod view;
+pub mod write;
 
-pub use registry::{Registry, Runtime, RuntimeSpec};
+pub use registry::{EditSpec, Registry, Runtime, RuntimeSpec};
 pub use spfs_storage::{OpenedPayload, PayloadCopy};
 pub use vfs::{Attr, DirItem, NodeKind, Vfs, VfsError};
 pub use view::View;

@@ -35,9 +35,22 @@ pub struct RuntimeSpec {
     /// Whether the runtime sees a bound view (a mount of the view's own
     /// root) rather than a routed one (the shared root).
     pub bound: bool,
+    /// An editable view, whose edits go to this upper area.
+    pub edit: Option<EditSpec>,
 }
 
-/// A registered runtime.
+/// What makes a view editable.
+#[derive(Clone, Debug)]
+pub struct EditSpec {
+    /// The runtime's upper area (made if missing; kept as it is when it
+    /// holds edits already: a durable runtime run again).
+    pub upper: std::path::PathBuf,
+    /// The group shown as the owner of the layers' entries (the owner's
+    /// primary group).
+    pub owner_gid: u32,
+    /// Whether changes are taken now (`spfs edit --off` stops them).
+    pub writable: bool,
+}
 #[derive(Debug)]
 pub struct Runtime {
     pub name: String,
@@ -63,6 +76,11 @@ pub enum RegistryError<E: std::error::Error + 'static> {
     Exists(String),
     #[error("too many views were created in this service's life")]
     OutOfViewIds,
+    #[error("cannot open the upper area {path}: {source}")]
+    Upper {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Build(E),
 }
@@ -73,12 +91,14 @@ const RECENT_VIEWS: usize = 8;
 /// ... as long as they hold at most this many entries together.
 const RECENT_ENTRIES: usize = 4_000_000;
 
-/// What makes two runtimes share a view: the stack, the owner, the mode.
+/// What makes two runtimes share a view: the stack, the owner, the mode
+/// (an editable view is its runtime's alone: keyed by its name).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ViewKey {
     layers: Vec<Digest>,
     owner_uid: u32,
     bound: bool,
+    editable_for: Option<String>,
 }
 
 #[derive(Default)]
@@ -124,6 +144,7 @@ impl Registry {
             layers,
             owner_uid: spec.owner_uid,
             bound: spec.bound,
+            editable_for: spec.edit.as_ref().map(|_| spec.name.clone()),
         };
         let (shared, tree) = {
             let inner = self.read();
@@ -146,6 +167,26 @@ impl Registry {
                         (Arc::new(tree), mtime)
                     }
                 };
+                let edit = match &spec.edit {
+                    Some(e) => {
+                        let upper =
+                            crate::edit::upper::Upper::open(&e.upper).map_err(|source| {
+                                RegistryError::Upper {
+                                    path: e.upper.clone(),
+                                    source,
+                                }
+                            })?;
+                        let ed = crate::edit::Editable::new(
+                            upper,
+                            key.layers.clone(),
+                            tree.clone(),
+                            (spec.owner_uid, e.owner_gid),
+                        );
+                        ed.set_writable(e.writable);
+                        Some(ed)
+                    }
+                    None => None,
+                };
                 let mut inner = self.write();
                 match inner.views.get(&key).and_then(Weak::upgrade) {
                     Some(v) => v,
@@ -162,6 +203,7 @@ impl Registry {
                             tree,
                             mtime,
                             bound: key.bound,
+                            edit,
                         });
                         inner.views.insert(key, Arc::downgrade(&v));
                         v
@@ -186,6 +228,15 @@ impl Registry {
         Ok(rt)
     }
 
+    /// The live view with id `id`.
+    pub fn view(&self, id: u32) -> Option<Arc<View>> {
+        self.read()
+            .views
+            .values()
+            .filter_map(Weak::upgrade)
+            .find(|v| v.id == id)
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Runtime>> {
         self.read().runtimes.get(name).cloned()
     }
@@ -196,7 +247,10 @@ impl Registry {
         let rt = inner.runtimes.remove(name)?;
         // Keep the view among the recent ones; forget views nobody uses.
         inner.recent.retain(|v| !Arc::ptr_eq(v, &rt.view));
-        inner.recent.push_back(rt.view.clone());
+        if rt.view.edit.is_none() {
+            // An editable view is its runtime's alone: never reused.
+            inner.recent.push_back(rt.view.clone());
+        }
         while inner.recent.len() > RECENT_VIEWS
             || inner.recent.iter().map(|v| v.tree.len()).sum::<usize>() > RECENT_ENTRIES
         {
@@ -246,6 +300,7 @@ pub(crate) fn register_tree(
         root_pid: 1,
         owner_uid,
         bound: false,
+        edit: None,
     };
     register_tree_as(registry, spec, layers, tree)
 }
@@ -275,6 +330,7 @@ mod tests {
             root_pid: 1,
             owner_uid: 0,
             bound: false,
+            edit: None,
         }
     }
 
@@ -345,6 +401,7 @@ mod tests {
             .register(
                 RuntimeSpec {
                     bound: true,
+                    edit: None,
                     ..spec("bound")
                 },
                 vec![a],

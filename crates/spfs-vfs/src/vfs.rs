@@ -104,7 +104,7 @@ impl Attr {
 const MAX_LINK_TARGET: u64 = 4096;
 
 /// A reader who may read public copies only.
-const PUBLIC_ONLY: u32 = u32::MAX;
+pub(crate) const PUBLIC_ONLY: u32 = u32::MAX;
 
 /// Why an operation failed, in terms every platform can map.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +183,10 @@ pub struct DirItem<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct FsStats {
     pub blocks: u64,
+    /// Blocks free (and free to users), files free: zero in a read-only
+    /// view, the upper area's disk in an editable one.
+    pub free_blocks: u64,
+    pub free_files: u64,
     pub files: u64,
     pub block_size: u32,
     pub name_max: u32,
@@ -301,12 +305,15 @@ impl Vfs {
     }
 
     /// The root's attributes: the same for every view, so the kernel may
-    /// cache them (every path walk through the mount checks them).
+    /// cache them (every path walk through the mount checks them). Sticky
+    /// and writable by all, like `/tmp`: a routed editable runtime's
+    /// processes make names in it (only ever in their own view; a
+    /// read-only view refuses every change).
     fn root_attr(&self) -> Attr {
         Attr {
             node: ROOT,
             kind: NodeKind::Dir,
-            perm: 0o755,
+            perm: 0o1777,
             size: 0,
             nlink: 2,
             mtime: self.started,
@@ -385,6 +392,17 @@ impl Vfs {
     /// Returns whether the node is gone (a content node whose id may now
     /// name other content: whatever a host keeps by node id must go).
     pub fn forget(&self, node: u64, n: u64) -> bool {
+        if let Some((vid, ino)) = node::split(node)
+            && vid != crate::content::CONTENT_VIEW
+        {
+            if ino != node::VIEW_ROOT_INDEX
+                && let Some(v) = self.registry.view(vid)
+                && let Some(ed) = &v.edit
+            {
+                ed.forget(ino, n);
+            }
+            return false;
+        }
         self.content.forget(node, n)
     }
 
@@ -428,6 +446,14 @@ impl Vfs {
                 .ok_or(VfsError::NotFound)?;
             return Ok((Self::view_root_attr(view), NO_TTL, LONG_TTL));
         }
+        if let Some((v, ed)) = Self::editing(view) {
+            if parent == ROOT && v.bound {
+                return Err(VfsError::NotFound);
+            }
+            let attr = self.edit_lookup(v, ed, parent, name)?;
+            let entry_ttl = if parent == ROOT { NO_TTL } else { LONG_TTL };
+            return Ok((attr, entry_ttl, LONG_TTL));
+        }
         let p = self.resolve(view, parent)?;
         let dir = Self::dir_of(&p)?;
         let view = view.ok_or(VfsError::NotFound)?;
@@ -450,6 +476,14 @@ impl Vfs {
         if name == VIEW_DOOR {
             return NO_TTL;
         }
+        if let Some((v, _)) = Self::editing(view) {
+            // Every change of names goes through the platform, which
+            // drops a remembered miss itself; a reset says so.
+            return match parent != ROOT && crate::write::edit_ino(v, parent).is_some() {
+                true => LONG_TTL,
+                false => NO_TTL,
+            };
+        }
         match self.resolve(view, parent) {
             Ok(Node::ViewRoot(_)) => LONG_TTL,
             Ok(Node::Entry(_, _, e)) if e.kind == EntryKind::Dir => LONG_TTL,
@@ -459,6 +493,12 @@ impl Vfs {
 
     /// The attributes of a node and how long they may be cached.
     pub fn getattr(&self, view: Option<&View>, node: u64) -> Result<(Attr, Duration)> {
+        if let Some((v, ed)) = Self::editing(view)
+            && node != ROOT
+            && !crate::content::is_content(node)
+        {
+            return Ok((self.edit_getattr(v, ed, node)?, LONG_TTL));
+        }
         match self.resolve(view, node)? {
             Node::Root => Ok((self.root_attr(), LONG_TTL)),
             Node::ViewRoot(v) => Ok((Self::view_root_attr(v), LONG_TTL)),
@@ -469,12 +509,18 @@ impl Vfs {
 
     /// Whether a directory's listing may be cached (it is the same for
     /// every caller who can reach it).
-    pub fn dir_listing_cacheable(node: u64) -> bool {
-        node != ROOT
+    pub fn dir_listing_cacheable(&self, view: Option<&View>, node: u64) -> bool {
+        node != ROOT && Self::editing(view).is_none()
     }
 
     /// Check that `node` is a directory the caller can list.
     pub fn opendir(&self, view: Option<&View>, node: u64) -> Result<()> {
+        if let Some((v, ed)) = Self::editing(view)
+            && !(node == ROOT && v.bound)
+        {
+            let ino = crate::write::edit_ino(v, node).ok_or(VfsError::NotFound)?;
+            return ed.check_dir(ino);
+        }
         Self::dir_of(&self.resolve(view, node)?).map(|_| ())
     }
 
@@ -490,6 +536,11 @@ impl Vfs {
         plus: bool,
         mut add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<()> {
+        if let Some((v, ed)) = Self::editing(view)
+            && !(node == ROOT && v.bound)
+        {
+            return self.readdir_edit(v, ed, node, offset, plus, add);
+        }
         let n = self.resolve(view, node)?;
         let dir = Self::dir_of(&n)?;
         let ttl = if node == ROOT { NO_TTL } else { LONG_TTL };
@@ -547,6 +598,77 @@ impl Vfs {
         Ok(())
     }
 
+    /// [`Vfs::readdir`] of a directory of an editable view.
+    fn readdir_edit(
+        &self,
+        v: &View,
+        ed: &crate::edit::Editable,
+        node: u64,
+        offset: u64,
+        plus: bool,
+        mut add: impl FnMut(DirItem<'_>) -> bool,
+    ) -> Result<()> {
+        let ttl = if node == ROOT { NO_TTL } else { LONG_TTL };
+        let (items, parent) = self.edit_list(v, ed, node, plus)?;
+        let dot = self.getattr(Some(v), node)?.0;
+        let dotdot = self.getattr(Some(v), parent).map(|a| a.0).unwrap_or(dot);
+        let mut pos = offset;
+        for (at, name, attr) in [(0, &b"."[..], dot), (1, &b".."[..], dotdot)] {
+            if pos != at {
+                continue;
+            }
+            if add(DirItem {
+                name,
+                attr,
+                next: at + 1,
+                ttl,
+            }) {
+                self.forget_listed(v, ed, &items, plus, 0);
+                return Ok(());
+            }
+            pos += 1;
+        }
+        let first = (pos.max(2) - 2) as usize;
+        for (k, item) in items.iter().enumerate() {
+            if k < first {
+                continue;
+            }
+            if add(DirItem {
+                name: &item.name,
+                attr: item.attr,
+                next: k as u64 + 3,
+                ttl,
+            }) {
+                // Not taken: neither this nor any later one is referenced.
+                self.forget_listed(v, ed, &items, plus, k);
+                return Ok(());
+            }
+        }
+        // Entries before the offset were counted but not handed out.
+        self.forget_listed(v, ed, &items[..first.min(items.len())], plus, 0);
+        Ok(())
+    }
+
+    /// Forget the references counted for `items[from..]` of a listing
+    /// that did not hand them out.
+    fn forget_listed(
+        &self,
+        v: &View,
+        ed: &crate::edit::Editable,
+        items: &[crate::edit::Listed],
+        plus: bool,
+        from: usize,
+    ) {
+        if !plus {
+            return;
+        }
+        for item in &items[from.min(items.len())..] {
+            if let Some(ino) = crate::write::edit_ino(v, item.attr.node) {
+                ed.forget(ino, 1);
+            }
+        }
+    }
+
     /// The node id of the parent of directory `dir` of a view.
     fn parent_node(view: &View, dir: u32) -> u64 {
         let span = view.tree.dirs()[dir as usize];
@@ -568,21 +690,27 @@ impl Vfs {
 
     /// The target of a symbolic link.
     pub fn readlink(&self, view: Option<&View>, node: u64) -> Result<Vec<u8>> {
+        if let Some((v, ed)) = Self::editing(view) {
+            return self.edit_readlink(v, ed, node);
+        }
         match self.resolve(view, node)? {
-            Node::Entry(_, _, e) if e.kind == EntryKind::Symlink => {
-                if e.size > MAX_LINK_TARGET {
-                    return Err(VfsError::Corrupt(e.object));
-                }
-                // Targets come from public copies only (a committed symlink
-                // is readable by all): the kernel caches a target for every
-                // process of the view, whoever they run as.
-                let mut target = Vec::with_capacity(e.size as usize);
-                let mut link = self.payload(&e.object, e.size, PUBLIC_ONLY)?.file;
-                std::io::Read::read_to_end(&mut link, &mut target)?;
-                Ok(target)
-            }
+            Node::Entry(_, _, e) if e.kind == EntryKind::Symlink => self.lower_link_target(e),
             _ => Err(VfsError::NotSymlink),
         }
+    }
+
+    /// The target of symlink entry `e` of a stack.
+    pub(crate) fn lower_link_target(&self, e: &Entry) -> Result<Vec<u8>> {
+        if e.size > MAX_LINK_TARGET {
+            return Err(VfsError::Corrupt(e.object));
+        }
+        // Targets come from public copies only (a committed symlink is
+        // readable by all): the kernel caches a target for every process
+        // of the view, whoever they run as.
+        let mut target = Vec::with_capacity(e.size as usize);
+        let mut link = self.payload(&e.object, e.size, PUBLIC_ONLY)?.file;
+        std::io::Read::read_to_end(&mut link, &mut target)?;
+        Ok(target)
     }
 
     /// Open the payload of a file for reading, for a runtime owned by
@@ -666,6 +794,16 @@ impl Vfs {
         self.payload_with(digest, size, owner, true)
     }
 
+    /// [`Vfs::payload`] for the editable views' operations.
+    pub(crate) fn payload_for(
+        &self,
+        digest: &Digest,
+        size: u64,
+        owner: u32,
+    ) -> Result<OpenedPayload> {
+        self.payload(digest, size, owner)
+    }
+
     /// [`Vfs::payload`]; `wait`: for a fetch from a remote, else
     /// [`VfsError::Fetching`].
     fn payload_with(
@@ -701,11 +839,27 @@ impl Vfs {
 
     /// Numbers for `statfs`: the caller's view's size.
     pub fn statfs(&self, view: Option<&View>) -> FsStats {
+        if let Some((_, ed)) = Self::editing(view)
+            && let Ok(s) = ed.statvfs()
+        {
+            // The disk the edits go to.
+            let in_4k = |n: u64| (n as u128 * s.f_frsize.max(1) as u128 / 4096) as u64;
+            return FsStats {
+                blocks: in_4k(s.f_blocks),
+                free_blocks: in_4k(s.f_bavail),
+                free_files: s.f_favail,
+                files: s.f_files,
+                block_size: 4096,
+                name_max: 255,
+            };
+        }
         let (bytes, files) = view
             .map(|v| (v.tree.total_size(), v.tree.len() as u64))
             .unwrap_or((0, 0));
         FsStats {
             blocks: bytes.div_ceil(4096),
+            free_blocks: 0,
+            free_files: 0,
             files,
             block_size: 4096,
             name_max: 255,
@@ -810,6 +964,7 @@ mod tests {
             root_pid: 1,
             owner_uid: 0,
             bound: true,
+            edit: None,
         };
         crate::registry::register_tree_as(&vfs.registry, spec, vec![d], b.build().unwrap())
     }

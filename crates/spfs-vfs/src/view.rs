@@ -1,8 +1,10 @@
-//! Views: the merged, immutable tree a runtime sees.
+//! Views: the merged tree a runtime sees.
 //!
-//! A view is built once from a stack of layers and never changes. Runtimes
-//! with the same stack share one view (and so one set of node ids, and the
-//! kernel's caches for them); a view is dropped when its last runtime goes.
+//! A read-only view is built once from a stack of layers and never
+//! changes. Runtimes with the same stack share one view (and so one set of
+//! node ids, and the kernel's caches for them); a view is dropped when its
+//! last runtime goes. An editable view ([`crate::edit`]) belongs to one
+//! runtime and lays that runtime's edits over its stack.
 
 use std::time::SystemTime;
 
@@ -24,4 +26,7 @@ pub struct View {
     /// Whether the view is bound: its runtime sees it through a mount of
     /// its own root (see [`crate::vfs`]), not through the shared root.
     pub bound: bool,
+    /// The editing state of an editable view (its stack is then
+    /// [`crate::edit::Editable::lower`], which a commit changes).
+    pub edit: Option<crate::edit::Editable>,
 }

@@ -12,13 +12,15 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 const USAGE: &str = "\
-usage: spfs-enter MOUNTPOINT -- COMMAND [ARG...]
+usage: spfs-enter [--writable] MOUNTPOINT -- COMMAND [ARG...]
 
 Gives this process a mount namespace in which MOUNTPOINT (the mount point
 of the spfs VFS service) shows only its own runtime's view, then runs
 COMMAND. `spfs run` calls it for users who may not create mount namespaces
 themselves; it needs the cap_sys_admin file capability, and the calling
-process must be the root of a runtime registered with a bound view.";
+process must be the root of a runtime registered with a bound view.
+--writable: the view is editable (its mount is not made read-only; the
+service refuses changes to views that are not).";
 
 fn fail(message: impl std::fmt::Display, code: i32) -> ! {
     eprintln!("spfs-enter: {message}");
@@ -26,7 +28,8 @@ fn fail(message: impl std::fmt::Display, code: i32) -> ! {
 }
 
 fn main() {
-    let mut args = std::env::args_os().skip(1);
+    let mut args = std::env::args_os().skip(1).peekable();
+    let writable = args.next_if(|a| a == "--writable").is_some();
     let mountpoint = match args.next() {
         Some(a) if a == "-h" || a == "--help" => {
             println!("{USAGE}");
@@ -42,7 +45,7 @@ fn main() {
     let Some(program) = command.first() else {
         fail(format!("no command given\n{USAGE}"), 2)
     };
-    if let Err(e) = spfs_fuse::bind::enter_bound_view(&mountpoint) {
+    if let Err(e) = spfs_fuse::bind::enter_bound_view(&mountpoint, writable) {
         fail(format!("cannot bind the runtime's view: {e}"), 1);
     }
     // Nothing of the capability survives into the command (an exec of a

@@ -166,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         spec,
                         runtime: name.unwrap_or_default(),
                         bind: false,
+                        ..Default::default()
                     })
                     .await
                     .map_err(status_error)?;

@@ -38,8 +38,15 @@ use crate::output::progress_bar;
 
 /// Arguments of `spfs commit`.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("source").required(true).args(["path", "reference"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["kind", "path", "reference"])))]
 pub struct CommitArgs {
+    /// Inside an editable runtime: `layer` stores its edits as a layer put
+    /// on top of its stack (the running processes see the same files);
+    /// `platform` stores its whole stack.
+    #[arg(value_enum, value_name = "KIND")]
+    pub kind: Option<super::edit::CommitKind>,
+    #[command(flatten)]
+    pub runtime: super::edit::RuntimeArg,
     /// Store this directory as a layer.
     #[arg(long, value_name = "DIR")]
     pub path: Option<PathBuf>,
@@ -91,7 +98,11 @@ pub(crate) fn check_tag_names(tags: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn push_tags(repo: &FsRepository, tags: &[String], target: &Digest) -> anyhow::Result<()> {
+pub(crate) fn push_tags(
+    repo: &FsRepository,
+    tags: &[String],
+    target: &Digest,
+) -> anyhow::Result<()> {
     for tag in tags {
         repo.push_tag(tag, target)
             .with_context(|| format!("cannot tag {target} as '{tag}'"))?;
@@ -168,7 +179,9 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<i32> {
         Some(name) => Some((name.as_str(), super::remote::open(&config, name)?)),
         None => None,
     };
-    let digest = if let Some(dir) = &args.path {
+    let digest = if let Some(kind) = args.kind {
+        super::edit::commit(kind, &args.runtime, &args.tags)?
+    } else if let Some(dir) = &args.path {
         let options = spfs_storage::commit::Options {
             mtime_clamp: mtime_clamp(args.mtime_clamp)?,
         };

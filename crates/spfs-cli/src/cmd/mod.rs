@@ -5,6 +5,7 @@ pub mod check;
 pub mod clean;
 pub mod commit;
 pub mod config;
+pub mod edit;
 pub mod init;
 pub mod inspect;
 pub mod remote;
@@ -41,6 +42,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Run(a) => run::run(a),
         Command::Shell(a) => run::shell(a),
         Command::Runtime(c) => run::runtime_cmd(c),
+        Command::Edit(a) => edit::edit(a),
+        Command::Reset(a) => edit::reset(a),
         Command::Remote(c) => remote::remote_cmd(c),
         Command::Push(a) => remote::push(a),
         Command::Pull(a) => remote::pull(a),

@@ -1,6 +1,13 @@
 //! `spfs run`, `spfs shell` and `spfs runtime`: running commands inside an
 //! environment served by the VFS service.
 //!
+//! A runtime is read-only unless it is *editable* (`--edit`, or an empty
+//! spec `-` without `--no-edit`): then its writes go to its own upper area
+//! (see `spfs_vfs::edit`), and `spfs commit layer` turns them into a layer.
+//! A *durable* runtime (`--keep-runtime`, editable) keeps its upper area
+//! and record after its processes exit; `spfs run --rerun NAME` runs it
+//! again, also after the service restarted.
+//!
 //! `spfs run SPEC -- CMD` resolves the spec (so bad input fails before
 //! anything starts), connects to the VFS service (starting it if needed),
 //! registers the view for *this* process, saves a runtime record, and then
@@ -26,12 +33,39 @@ use spfs_storage::runtimes::{RuntimeRecord, new_runtime_name};
 
 use crate::output::print_json;
 
+/// How a runtime is started (shared by `spfs run` and `spfs shell`).
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// The environment: `a+b+c` of tags, digests or digest prefixes, a
+    /// `*.spfs.yaml` path, or `-` for an empty one (editable by default).
+    #[arg(required_unless_present = "rerun", conflicts_with = "rerun")]
+    pub spec: Option<String>,
+    /// Editable: writes under the mount point go to this runtime's own
+    /// upper area (other runtimes never see them); `spfs commit layer`
+    /// makes a layer of them.
+    #[arg(short = 'e', long, conflicts_with = "no_edit")]
+    pub edit: bool,
+    /// Read-only, even for an empty spec.
+    #[arg(long)]
+    pub no_edit: bool,
+    /// Durable (and editable): keep the runtime's edits and record after
+    /// its processes exit, to run it again with `--rerun NAME`.
+    #[arg(long, conflicts_with = "no_edit")]
+    pub keep_runtime: bool,
+    /// The runtime's name (letters, digits, `-`, `_`, `.`); default: a
+    /// new unique one.
+    #[arg(long, value_name = "NAME")]
+    pub runtime_name: Option<String>,
+    /// Run the kept (durable) runtime NAME again, with its stack and edits.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["runtime_name", "no_edit"])]
+    pub rerun: Option<String>,
+}
+
 /// Arguments of `spfs run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The environment: `a+b+c` of tags, digests or digest prefixes, a
-    /// `*.spfs.yaml` path, or `-` for an empty one.
-    pub spec: String,
+    #[command(flatten)]
+    pub start: StartArgs,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -40,9 +74,8 @@ pub struct RunArgs {
 /// Arguments of `spfs shell`.
 #[derive(Args, Debug)]
 pub struct ShellArgs {
-    /// The environment: `a+b+c` of tags, digests or digest prefixes, a
-    /// `*.spfs.yaml` path, or `-` for an empty one.
-    pub spec: String,
+    #[command(flatten)]
+    pub start: StartArgs,
 }
 
 /// `spfs runtime …`
@@ -61,12 +94,21 @@ pub enum RuntimeCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Drop a runtime's view (if the service still has it) and remove its record.
+    /// Drop a runtime's view (if the service still has it) and remove its
+    /// record; a durable runtime's kept edits go too.
     Rm { name: String },
+    /// Remove the records of runtimes whose processes are gone (not those
+    /// of durable runtimes, which are meant to stay; remove those with
+    /// `spfs runtime rm`). Users prune their own records, root every one.
+    Prune {
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
-    enter(&args.spec, args.command)
+    enter(&args.start, args.command)
 }
 
 pub fn shell(args: ShellArgs) -> anyhow::Result<i32> {
@@ -74,7 +116,7 @@ pub fn shell(args: ShellArgs) -> anyhow::Result<i32> {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "/bin/sh".into());
-    enter(&args.spec, vec![shell])
+    enter(&args.start, vec![shell])
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -118,18 +160,54 @@ fn binding(config: &spfs_config::Config) -> Binding {
 }
 
 /// Register the view for this process, then exec `command`.
-fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
+fn enter(start: &StartArgs, command: Vec<String>) -> anyhow::Result<i32> {
     let config = super::config()?;
     let repo = super::open_repo(&config)?;
-    let spec = EnvSpec::parse(spec_text)?;
-    // References only on a remote read through (`vfs.remotes`): their
-    // objects are fetched now, their payloads when first read.
-    let digests = spfs_remote::read_through(&config).resolve_spec(&repo, &spec)?;
-    let layers = repo.flatten(&digests)?;
     let Some(program) = command.first() else {
         anyhow::bail!("no command given");
     };
-    let name = new_runtime_name();
+    // A kept runtime runs again with its own stack and name.
+    let kept = match &start.rerun {
+        Some(name) => {
+            let r = repo
+                .read_runtime(name)
+                .with_context(|| format!("cannot run runtime '{name}' again"))?;
+            let uid = rustix::process::getuid().as_raw();
+            if r.owner_uid != uid {
+                anyhow::bail!("runtime '{name}' belongs to user {}", r.owner_uid);
+            }
+            if !r.keep {
+                anyhow::bail!(
+                    "runtime '{name}' is not durable (start one with `spfs run --keep-runtime`)"
+                );
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let spec_text = match (&kept, &start.spec) {
+        (Some(r), _) => r.spec.clone(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => anyhow::bail!("no environment given"),
+    };
+    let (digests, layers) = match &kept {
+        Some(r) => (r.layers.clone(), r.layers.clone()),
+        None => {
+            let spec = EnvSpec::parse(&spec_text)?;
+            // References only on a remote read through (`vfs.remotes`):
+            // their objects are fetched now, their payloads when first read.
+            let digests = spfs_remote::read_through(&config).resolve_spec(&repo, &spec)?;
+            let layers = repo.flatten(&digests)?;
+            (digests, layers)
+        }
+    };
+    let keep = start.keep_runtime || kept.is_some();
+    let editable = keep || start.edit || (spec_text.trim() == "-" && !start.no_edit);
+    let name = match (&kept, &start.runtime_name) {
+        (Some(r), _) => r.name.clone(),
+        (None, Some(n)) => n.clone(),
+        (None, None) => new_runtime_name(),
+    };
     let pid = std::process::id();
     let mut record = RuntimeRecord {
         name: name.clone(),
@@ -145,6 +223,8 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
         command: command.clone(),
         cgroup: String::new(),
         bound: false,
+        editable,
+        keep,
     };
     let binding = binding(&config);
     record.bound = !matches!(binding, Binding::None);
@@ -162,6 +242,9 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
                 },
                 runtime: name.clone(),
                 bind: record.bound,
+                edit: editable,
+                keep,
+                resume: kept.is_some(),
             })
             .await
             .map_err(|status| {
@@ -180,12 +263,15 @@ fn enter(spec_text: &str, command: Vec<String>) -> anyhow::Result<i32> {
     })?;
     drop(rt);
     if let Binding::Here = binding {
-        spfs_fuse::bind::enter_bound_view(&config.vfs.mountpoint)
+        spfs_fuse::bind::enter_bound_view(&config.vfs.mountpoint, editable)
             .context("cannot bind the runtime's view")?;
     }
     let (shown, mut cmd) = match &binding {
         Binding::Helper(helper) => {
             let mut c = std::process::Command::new(helper);
+            if editable {
+                c.arg("--writable");
+            }
             c.arg(&config.vfs.mountpoint).arg("--").args(&command);
             (helper.display().to_string(), c)
         }
@@ -246,12 +332,21 @@ pub fn runtime_cmd(cmd: RuntimeCommand) -> anyhow::Result<i32> {
                 println!("command:    {}", r.command.join(" "));
                 println!("cgroup:     {}", r.cgroup);
                 println!("mode:       {}", if r.bound { "bound" } else { "router" });
+                println!(
+                    "editable:   {}",
+                    match (r.editable, r.keep) {
+                        (true, true) => "yes, durable",
+                        (true, false) => "yes",
+                        _ => "no",
+                    }
+                );
                 println!("layers:");
                 for l in &r.layers {
                     println!("  {l}");
                 }
             }
         }
+        RuntimeCommand::Prune { dry_run } => prune(&config, &repo, dry_run)?,
         RuntimeCommand::Rm { name } => {
             // A runtime whose view is registered but whose record `spfs
             // run` has not written yet is still removable: the service
@@ -286,4 +381,52 @@ pub fn runtime_cmd(cmd: RuntimeCommand) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `spfs runtime prune`: remove the records of runtimes that are gone.
+fn prune(
+    config: &spfs_config::Config,
+    repo: &spfs_storage::FsRepository,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    // Records first: `spfs run` writes one only once its view is
+    // registered, so a record read now belongs to a runtime the service
+    // lists next, unless it is gone.
+    let records = repo.runtimes()?;
+    // The service knows which runtimes live; without a service, none does.
+    let live: std::collections::HashSet<String> = runtime()?.block_on(async {
+        match spfs_fuse::launch::connect(config).await? {
+            Some(client) => anyhow::Ok(
+                client
+                    .list()
+                    .await
+                    .map_err(|s| anyhow::anyhow!("cannot list runtimes: {}", s.message()))?
+                    .runtimes
+                    .into_iter()
+                    .map(|r| r.runtime)
+                    .collect(),
+            ),
+            None => Ok(Default::default()),
+        }
+    })?;
+    let uid = rustix::process::getuid().as_raw();
+    let mut removed = 0;
+    for r in records {
+        if (uid != 0 && r.owner_uid != uid) || r.keep || live.contains(&r.name) {
+            continue;
+        }
+        if dry_run {
+            println!("would remove {}", r.name);
+        } else {
+            match repo.remove_runtime(&r.name) {
+                Ok(_) => println!("removed {}", r.name),
+                Err(e) => eprintln!("cannot remove {}: {e}", r.name),
+            }
+        }
+        removed += 1;
+    }
+    if removed == 0 {
+        println!("nothing to prune");
+    }
+    Ok(())
 }

@@ -170,6 +170,7 @@ fn the_service_reads_no_files_for_callers() {
                 spec: link.display().to_string(),
                 runtime: String::new(),
                 bind: false,
+                ..Default::default()
             })
             .await
             .unwrap_err()

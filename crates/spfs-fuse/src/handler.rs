@@ -224,6 +224,42 @@ impl Handler {
     }
 }
 
+impl Handler {
+    /// Remove the kept upper area of durable runtime `name`, which is not
+    /// running (`None`: it has none).
+    fn remove_kept(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Option<proto::UnmountResponse>, Status> {
+        let s = &self.0;
+        if !valid_runtime_name(name) {
+            return Ok(None);
+        }
+        let Ok(record) = s.repo().read_runtime(name) else {
+            return Ok(None);
+        };
+        if !privileged(caller) && caller.uid != Some(record.owner_uid) {
+            return Err(Status::permission_denied(format!(
+                "runtime '{name}' belongs to user {}",
+                record.owner_uid
+            )));
+        }
+        let upper = s
+            .upper_path(name)
+            .map_err(|e| Status::internal(format!("cannot find the edits of {name}: {e}")))?;
+        if !upper.exists() {
+            return Ok(None);
+        }
+        std::fs::remove_dir_all(&upper)
+            .map_err(|e| Status::internal(format!("cannot remove the edits of {name}: {e}")))?;
+        tracing::info!(runtime = name, "kept edits removed");
+        Ok(Some(proto::UnmountResponse {
+            runtime: name.to_string(),
+        }))
+    }
+}
+
 /// The primary group of process `pid` (its effective gid).
 fn primary_gid(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -449,6 +485,12 @@ impl ControlHandler for Handler {
         } else {
             s.rooted_at(req.root_pid)
         };
+        if rt.is_none() && !req.runtime.is_empty() {
+            // A durable runtime that is not running: its kept edits go.
+            if let Some(done) = self.remove_kept(caller, &req.runtime)? {
+                return Ok(done);
+            }
+        }
         let rt = rt.ok_or_else(|| {
             Status::not_found(if req.runtime.is_empty() {
                 format!("no view is rooted at process {}", req.root_pid)

@@ -51,6 +51,8 @@ pub struct FuseHost {
     backing: Mutex<HashMap<u64, Backing>>,
     /// Every request answered.
     pub requests: Arc<AtomicU64>,
+    /// Tells the kernel to forget names (set once the session runs).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 /// A payload file read without an open, and which copy it is.
@@ -80,6 +82,15 @@ const IDLE_BACKING_MAX: usize = 4096;
 /// kernel learns of every later change through its own requests (see
 /// `spfs_vfs::edit`).
 const LONG: std::time::Duration = spfs_vfs::vfs::LONG_TTL;
+
+/// How long a name made in `parent` may be cached: never in the shared
+/// root, whose names differ between views.
+fn entry_ttl(parent: INodeNo) -> std::time::Duration {
+    match parent.0 {
+        spfs_vfs::node::ROOT => spfs_vfs::vfs::NO_TTL,
+        _ => LONG,
+    }
+}
 
 /// The file handle bit that marks a passthrough open.
 const PASSTHROUGH_FH: u64 = 1 << 63;
@@ -202,7 +213,13 @@ impl FuseHost {
             passthrough: Arc::new(AtomicBool::new(false)),
             backing: Mutex::new(HashMap::new()),
             requests: Arc::new(AtomicU64::new(0)),
+            notifier: Arc::default(),
         }
+    }
+
+    /// Where the session's notifier goes once the session runs.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     /// Whether passthrough is in use (known after the mount's init).
@@ -312,10 +329,13 @@ impl FuseHost {
         }
     }
 
-    /// Answer a request that made an entry.
-    fn entry(&self, made: Result<Attr, VfsError>, reply: ReplyEntry) {
+    /// Answer a request that made an entry in `parent`: a name in the
+    /// shared root is never cached (another view may not have it).
+    fn entry(&self, parent: INodeNo, made: Result<Attr, VfsError>, reply: ReplyEntry) {
         match made {
-            Ok(attr) => reply.entry(&LONG, &file_attr(&attr), Generation(0)),
+            Ok(attr) => {
+                reply.entry_with_ttls(&LONG, &entry_ttl(parent), &file_attr(&attr), Generation(0))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -710,7 +730,7 @@ impl Filesystem for FuseHost {
             req.uid(),
             req.gid(),
         );
-        self.entry(made, reply)
+        self.entry(parent, made, reply)
     }
 
     fn mkdir(
@@ -731,7 +751,7 @@ impl Filesystem for FuseHost {
             req.uid(),
             req.gid(),
         );
-        self.entry(made, reply)
+        self.entry(parent, made, reply)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -769,7 +789,7 @@ impl Filesystem for FuseHost {
             req.uid(),
             req.gid(),
         );
-        self.entry(made, reply)
+        self.entry(parent, made, reply)
     }
 
     fn rename(
@@ -798,7 +818,17 @@ impl Filesystem for FuseHost {
             newname.as_bytes(),
             flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
         );
-        self.done(done, reply)
+        let into_root = done.is_ok() && newparent.0 == spfs_vfs::node::ROOT;
+        self.done(done, reply);
+        if into_root && let Some(n) = self.notifier.get() {
+            // The kernel moved its cached name, lifetime and all, into the
+            // shared root: make it ask again (once the rename is done,
+            // which holds the directory this takes).
+            let (n, name) = (n.clone(), newname.to_owned());
+            std::thread::spawn(move || {
+                let _ = n.inval_entry(INodeNo(spfs_vfs::node::ROOT), &name);
+            });
+        }
     }
 
     fn link(
@@ -817,7 +847,7 @@ impl Filesystem for FuseHost {
             newparent.0,
             newname.as_bytes(),
         );
-        self.entry(made, reply)
+        self.entry(newparent, made, reply)
     }
 
     fn create(
@@ -840,7 +870,7 @@ impl Filesystem for FuseHost {
             req.gid(),
         ) {
             Ok(attr) => reply.created(
-                &LONG,
+                &entry_ttl(parent),
                 &file_attr(&attr),
                 Generation(0),
                 FileHandle(0),

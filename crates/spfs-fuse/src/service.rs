@@ -314,6 +314,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         config.vfs.cache_opens,
     );
     let passthrough = host.passthrough_flag();
+    let notifier_slot = host.notifier_slot();
     let requests = host.requests.clone();
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
@@ -377,6 +378,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     .map_err(io_err("cannot watch runtime cgroups"))?;
     let _ = state.watcher.set(watcher);
     let _ = state.notifier.set(background.notifier());
+    let _ = notifier_slot.set(background.notifier());
     tracing::info!(mountpoint = %mountpoint.display(), listen = %state.listen, "VFS service ready");
     // 4. Serve until stopped. Connections in flight get a few seconds to
     //    finish; a client that never finishes cannot keep the service up.

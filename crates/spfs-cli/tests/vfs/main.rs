@@ -7,6 +7,7 @@
 mod harness;
 
 mod bound;
+mod edit;
 mod faults;
 mod isolation;
 mod mtimes;

@@ -631,6 +631,26 @@ impl ControlHandler for Handler {
         };
         self.0.invalidate(&c.stale);
         tracing::info!(runtime = %rt.name, layer = %c.layer, files = c.files, "edits committed");
+        // The record follows the stack, for `spfs run --rerun` (it stays
+        // its owner's).
+        if let Ok(mut record) = self.0.repo().read_runtime(&rt.name)
+            && record.owner_uid == rt.owner_uid
+        {
+            record.layers = c.stack.clone();
+            let saved = self.0.repo().save_runtime(&record).and_then(|()| {
+                let path = self
+                    .0
+                    .repo()
+                    .root()
+                    .join("runtimes")
+                    .join(format!("{}.json", rt.name));
+                std::os::unix::fs::lchown(&path, Some(record.owner_uid), None)
+                    .map_err(spfs_storage::StorageError::io("cannot give back", &path))
+            });
+            if let Err(e) = saved {
+                tracing::warn!(runtime = %rt.name, "cannot update the runtime's record: {e}");
+            }
+        }
         Ok(proto::CommitResponse {
             layer: c.layer.to_string(),
             stack: c.stack.iter().map(|d| d.to_string()).collect(),

@@ -316,6 +316,9 @@ impl Vfs {
         let ed = view.edit.as_ref().ok_or(VfsError::ReadOnly)?;
         let repo = self.repo();
         let storage = |e: StorageError| VfsError::Io(std::io::Error::other(e.to_string()));
+        // A writer (see docs/clean.md) until the view's stack names the
+        // layer: the service's views are roots of a clean.
+        let _guard = repo.write_guard().map_err(storage)?;
         let done = ed.replace_lower(|lower, stack, area| {
             let planned = edit::commit::plan(lower, area)?;
             if planned.is_empty() {

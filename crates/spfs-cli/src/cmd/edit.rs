@@ -166,13 +166,6 @@ pub fn commit(kind: CommitKind, runtime: &RuntimeArg, tags: &[String]) -> anyhow
         .collect::<Result<Vec<_>, _>>()
         .context("the service answered a bad digest")?;
     if !done.layer.is_empty() {
-        // The record follows the stack, for `spfs run --rerun`.
-        if let Ok(mut record) = repo.read_runtime(&name) {
-            record.layers = stack.clone();
-            if let Err(e) = repo.save_runtime(&record) {
-                tracing::warn!("cannot update the record of {name}: {e}");
-            }
-        }
         tracing::info!(layer = %done.layer, files = done.files, "edits committed");
     }
     let digest = match kind {

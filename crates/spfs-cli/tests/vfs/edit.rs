@@ -331,7 +331,7 @@ fn durable_runtimes_resume_after_a_service_restart() {
     let out = sh(
         &w,
         &["--keep-runtime", "--runtime-name", "dur", "test/base"],
-        "echo kept > kept.txt; rm lib/a.txt",
+        "echo kept > kept.txt; rm lib/a.txt; spfs commit layer > /dev/null; echo post > post.txt",
     );
     ok(&out, "durable run");
     let stop = w.vfs(&["service", "--stop"]);
@@ -339,14 +339,21 @@ fn durable_runtimes_resume_after_a_service_restart() {
     let info = w.spfs(&["runtime", "info", "dur"]);
     ok(&info, "the record stays");
     assert!(stdout(&info).contains("durable"), "{}", stdout(&info));
-    let again = w
-        .command(SPFS)
-        .args(["run", "--rerun", "dur", "--", "sh", "-c"])
-        .arg("cd \"$SPFS_VFS_MOUNTPOINT\"; cat kept.txt; test ! -e lib/a.txt && echo masked; echo second >> kept.txt")
-        .output()
-        .expect("rerun");
+    let again = sh(
+        &w,
+        &["--rerun", "dur"],
+        "cat kept.txt post.txt; test ! -e lib/a.txt && echo masked; echo second >> kept.txt",
+    );
     ok(&again, "rerun");
-    assert_eq!(stdout(&again), "kept\nmasked\n");
+    assert_eq!(stdout(&again), "kept\npost\nmasked\n");
+    // The record names the committed layer (base + 1).
+    let info = w.spfs(&["runtime", "info", "dur", "--json"]);
+    let record: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    assert_eq!(
+        record["layers"].as_array().map(Vec::len),
+        Some(2),
+        "{record}"
+    );
     // The name is taken while kept: a new runtime may not use it.
     let taken = sh(
         &w,

@@ -335,6 +335,8 @@ fn runtime_records_keep_their_layers() {
         command: vec!["true".into()],
         cgroup: String::new(),
         bound: false,
+        editable: false,
+        keep: false,
     };
     env.repo().save_runtime(&record).unwrap();
     let out = env.json(&["clean", "-y"]);

@@ -698,6 +698,8 @@ mod tests {
             command: vec!["true".into()],
             cgroup: String::new(),
             bound: false,
+            editable: false,
+            keep: false,
         })
         .unwrap();
         let view_layer = layer(&repo, &src, &[("v", "a live view's")]);

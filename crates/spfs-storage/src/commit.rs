@@ -86,6 +86,9 @@ pub struct StoreJob {
     pub mode: u32,
     pub size: u64,
     pub mtime: i64,
+    /// Whose private copy a file not readable by others becomes (`None`:
+    /// this process's user's).
+    pub owner: Option<u32>,
 }
 
 type Job = StoreJob;
@@ -138,6 +141,7 @@ fn walk(
                     mode: meta.mode(),
                     size: meta.len(),
                     mtime: options.mtime(&meta),
+                    owner: None,
                 });
             } else if ft.is_socket() || ft.is_fifo() || ft.is_block_device() || ft.is_char_device()
             {
@@ -158,19 +162,24 @@ fn stage(repo: &FsRepository, job: &Job) -> Result<PendingPayload> {
         }
         _ => {
             let mut f = File::open(&job.abs).map_err(StorageError::io("cannot open", &job.abs))?;
-            repo.stage_payload(&mut f, Some(job.size), Readers::of_mode(job.mode))
-                .map_err(|e| match e {
-                    StorageError::Io {
-                        context,
-                        path,
-                        source,
-                    } if path == Path::new("(input)") => StorageError::Io {
-                        context,
-                        path: job.abs.clone(),
-                        source,
-                    },
-                    e => e,
-                })
+            repo.stage_payload_for(
+                &mut f,
+                Some(job.size),
+                Readers::of_mode(job.mode),
+                job.owner,
+            )
+            .map_err(|e| match e {
+                StorageError::Io {
+                    context,
+                    path,
+                    source,
+                } if path == Path::new("(input)") => StorageError::Io {
+                    context,
+                    path: job.abs.clone(),
+                    source,
+                },
+                e => e,
+            })
         }
     }
 }

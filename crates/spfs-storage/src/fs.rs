@@ -603,8 +603,31 @@ impl FsRepository {
         size_hint: Option<u64>,
         readers: Readers,
     ) -> Result<PendingPayload> {
+        self.stage_payload_for(reader, size_hint, readers, None)
+    }
+
+    /// [`FsRepository::stage_payload`] of a payload whose private copy (if
+    /// `readers` makes one) is `owner`'s rather than this process's user's
+    /// (root storing files of a user's runtime).
+    pub fn stage_payload_for(
+        &self,
+        reader: &mut dyn Read,
+        size_hint: Option<u64>,
+        readers: Readers,
+        owner: Option<u32>,
+    ) -> Result<PendingPayload> {
         let tmp_err = |name: &OsStr| self.io_err("cannot write", &Path::new(TMP).join(name));
-        let copy = PayloadCopy::written_by(readers, euid());
+        let copy = PayloadCopy::written_by(readers, owner.unwrap_or_else(euid));
+        // A private copy of another user's is that user's file.
+        let give = |f: &File, tmp: &OsStr| -> Result<()> {
+            match copy {
+                PayloadCopy::Private(uid) if uid != euid() => {
+                    rustix::fs::fchown(f, Some(rustix::fs::Uid::from_raw(uid)), None)
+                        .map_err(|e| tmp_err(tmp)(e.into()))
+                }
+                _ => Ok(()),
+            }
+        };
         if let Some(hint) = size_hint.filter(|h| *h <= SMALL_FILE) {
             let mut buf = Vec::with_capacity(hint as usize + 1);
             reader
@@ -621,6 +644,11 @@ impl FsRepository {
                 });
             }
             let (mut f, tmp) = self.temp_file(copy.mode())?;
+            if let Err(e) = give(&f, &tmp) {
+                drop(f);
+                self.remove_temp(&tmp);
+                return Err(e);
+            }
             if let Err(e) = f.write_all(&buf) {
                 drop(f);
                 self.remove_temp(&tmp);
@@ -635,6 +663,11 @@ impl FsRepository {
             });
         }
         let (f, tmp) = self.temp_file(copy.mode())?;
+        if let Err(e) = give(&f, &tmp) {
+            drop(f);
+            self.remove_temp(&tmp);
+            return Err(e);
+        }
         let (digest, size) = match copy_hashing(reader, f) {
             Ok(done) => done,
             Err(e) => {

@@ -334,6 +334,9 @@ impl Vfs {
                         mode: f.mode,
                         size: f.size,
                         mtime: f.mtime,
+                        // A file only its owner may read stays the
+                        // runtime owner's.
+                        owner: Some(ed.owner_uid()),
                     }),
                     _ => None,
                 })

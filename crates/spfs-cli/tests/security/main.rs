@@ -14,6 +14,7 @@ mod users;
 
 mod bound;
 mod control;
+mod edit;
 mod integrity;
 mod logs_locks;
 mod registration;

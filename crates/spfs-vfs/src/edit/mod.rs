@@ -315,6 +315,11 @@ impl Editable {
         }
     }
 
+    /// The runtime owner's user id.
+    pub fn owner_uid(&self) -> u32 {
+        self.owner.0
+    }
+
     pub fn upper(&self) -> &Upper {
         &self.upper
     }

@@ -247,10 +247,13 @@ fn spfs_mount_root(fd: &OwnedFd) -> Option<u64> {
     if fs.f_type as i64 != FUSE_SUPER_MAGIC {
         return None;
     }
+    // Attributes as cached: the mount point may be a view's root that
+    // the service answers only to that view's runtime (a runtime nested in
+    // a bound one is not it), and what is checked here is the mount's.
     let st = rustix::fs::statx(
         fd,
         "",
-        AtFlags::EMPTY_PATH,
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
         StatxFlags::MNT_ID | StatxFlags::BASIC_STATS,
     )
     .ok()?;

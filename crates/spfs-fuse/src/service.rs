@@ -138,6 +138,27 @@ impl State {
         Ok(edits.join(name))
     }
 
+    /// Remove the upper areas no durable runtime keeps: those of editable
+    /// runtimes that were running when a previous service stopped (their
+    /// views went with it).
+    fn remove_stale_edits(&self) {
+        let edits = self.repo().root().join("edits");
+        let Ok(dir) = std::fs::read_dir(&edits) else {
+            return;
+        };
+        for item in dir.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            let kept = self.repo().read_runtime(&name).is_ok_and(|r| r.keep);
+            if kept || self.vfs.registry.get(&name).is_some() {
+                continue;
+            }
+            match std::fs::remove_dir_all(item.path()) {
+                Ok(()) => tracing::info!(runtime = %name, "removed the edits of a runtime that is gone"),
+                Err(e) => tracing::warn!(runtime = %name, "cannot remove stale edits: {e}"),
+            }
+        }
+    }
+
     /// Tell the kernel to forget what changed without its knowing.
     pub(crate) fn invalidate(&self, stale: &spfs_vfs::write::StaleNodes) {
         let Some(n) = self.notifier.get() else { return };
@@ -281,11 +302,14 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         .adopt_self()
         .map_err(io_err("cannot move the service into its own cgroup"))?;
     // Runtimes of a previous service on this mount point are gone: their
-    // records go, and so do their cgroups once empty.
+    // records go (not a durable runtime's: it is run again from its
+    // record), and so do their cgroups once empty.
     let mut stale = cgroups.under_root();
     for record in repo.runtimes()? {
         if record.mountpoint == config.vfs.mountpoint {
-            let _ = repo.remove_runtime(&record.name);
+            if !record.keep {
+                let _ = repo.remove_runtime(&record.name);
+            }
             if !record.cgroup.is_empty() {
                 stale.push(record.cgroup);
             }
@@ -378,6 +402,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     .map_err(io_err("cannot watch runtime cgroups"))?;
     let _ = state.watcher.set(watcher);
     let _ = state.notifier.set(background.notifier());
+    state.remove_stale_edits();
     let _ = notifier_slot.set(background.notifier());
     tracing::info!(mountpoint = %mountpoint.display(), listen = %state.listen, "VFS service ready");
     // 4. Serve until stopped. Connections in flight get a few seconds to

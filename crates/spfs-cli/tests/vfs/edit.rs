@@ -336,6 +336,10 @@ fn durable_runtimes_resume_after_a_service_restart() {
     ok(&out, "durable run");
     let stop = w.vfs(&["service", "--stop"]);
     ok(&stop, "stop the service");
+    // Edits of a runtime that was running when the service stopped (not
+    // durable) go when the next service starts; kept ones stay.
+    let ghost = w.repo.join("edits/ghost");
+    std::fs::create_dir_all(ghost.join("d")).expect("ghost edits");
     let info = w.spfs(&["runtime", "info", "dur"]);
     ok(&info, "the record stays");
     assert!(stdout(&info).contains("durable"), "{}", stdout(&info));
@@ -346,6 +350,7 @@ fn durable_runtimes_resume_after_a_service_restart() {
     );
     ok(&again, "rerun");
     assert_eq!(stdout(&again), "kept\npost\nmasked\n");
+    assert!(!ghost.exists(), "stale edits removed at start");
     // The record names the committed layer (base + 1).
     let info = w.spfs(&["runtime", "info", "dur", "--json"]);
     let record: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");

@@ -95,6 +95,8 @@ struct Undo<'a> {
     state: &'a State,
     name: &'a str,
     cgroup: Option<String>,
+    /// An editable runtime was counted ([`State::editing_begins`]).
+    editing: bool,
     armed: bool,
 }
 
@@ -106,6 +108,9 @@ impl Drop for Undo<'_> {
         let s = self.state;
         s.router.unbind(self.name);
         s.vfs.registry.remove(self.name);
+        if self.editing {
+            s.editing_ends();
+        }
         if let Some(path) = &self.cgroup {
             if let Some(w) = s.watcher.get() {
                 w.unwatch(self.name);
@@ -394,6 +399,19 @@ impl ControlHandler for Handler {
         if let Some(delay) = s.test_register_delay {
             std::thread::sleep(delay);
         }
+        // 0. An editable view needs a writable mount.
+        let editing = edit.is_some();
+        if editing {
+            s.editing_begins()
+                .map_err(|e| Status::internal(format!("cannot make the mount writable: {e}")))?;
+        }
+        let mut early = Undo {
+            state: s,
+            name: "",
+            cgroup: None,
+            editing,
+            armed: true,
+        };
         // 1. The view (the expensive, fallible part) before touching any process.
         let repo = s.repo().clone();
         let build_layers = layers.clone();
@@ -430,10 +448,12 @@ impl ControlHandler for Handler {
                 e => Status::internal(e.to_string()),
             })?;
         drop(gc_guard);
+        early.armed = false;
         let mut undo = Undo {
             state: s,
             name: &name,
             cgroup: None,
+            editing,
             armed: true,
         };
         // 2. Its cgroup, a child of the root process's own, watched and

@@ -21,6 +21,17 @@ pub fn mounted_type(path: &Path) -> io::Result<Option<String>> {
     Ok(found)
 }
 
+/// Make the filesystem mounted at `path` read-only or writable (the
+/// superblock: every mount of it; `nosuid,nodev` are kept).
+pub fn set_read_only(path: &Path, read_only: bool) -> io::Result<()> {
+    use rustix::mount::MountFlags;
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+    if read_only {
+        flags |= MountFlags::RDONLY;
+    }
+    Ok(rustix::mount::mount_remount(path, flags, "")?)
+}
+
 /// Set the kernel's readahead for the filesystem mounted at `path` (its
 /// backing device info, `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`).
 pub fn set_readahead_kb(path: &Path, kb: u32) -> io::Result<()> {

@@ -81,6 +81,9 @@ pub(crate) struct State {
     /// The durable runtimes: their upper areas (and records) stay when
     /// their processes are gone.
     pub(crate) durable: Mutex<std::collections::HashSet<String>>,
+    /// Editable runtimes registered (or being registered): the mount is
+    /// writable while there is one.
+    editing: Mutex<usize>,
     /// Tells the kernel what it must forget after a change it did not
     /// make itself (a reset, a commit).
     pub(crate) notifier: OnceLock<fuser::Notifier>,
@@ -153,8 +156,34 @@ impl State {
                 continue;
             }
             match std::fs::remove_dir_all(item.path()) {
-                Ok(()) => tracing::info!(runtime = %name, "removed the edits of a runtime that is gone"),
+                Ok(()) => {
+                    tracing::info!(runtime = %name, "removed the edits of a runtime that is gone")
+                }
                 Err(e) => tracing::warn!(runtime = %name, "cannot remove stale edits: {e}"),
+            }
+        }
+    }
+
+    /// One more editable runtime: the mount becomes writable with the first.
+    pub(crate) fn editing_begins(&self) -> std::io::Result<()> {
+        let mut n = self.editing.lock().unwrap_or_else(|p| p.into_inner());
+        if *n == 0 {
+            crate::mounts::set_read_only(&self.mountpoint, false)?;
+            tracing::info!("mount made writable for editable runtimes");
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// One editable runtime fewer: the mount is read-only again after the
+    /// last (unless a file is still open for writing: then at a later end).
+    pub(crate) fn editing_ends(&self) {
+        let mut n = self.editing.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            match crate::mounts::set_read_only(&self.mountpoint, true) {
+                Ok(()) => tracing::info!("mount read-only again"),
+                Err(e) => tracing::debug!("mount stays writable for now: {e}"),
             }
         }
     }
@@ -186,11 +215,11 @@ impl State {
                 durable,
                 "view dropped: {why}"
             );
-            if let Some(ed) = &rt.view.edit
-                && !durable
-                && let Err(e) = ed.upper().destroy_contents()
-            {
-                tracing::warn!(runtime = name, "cannot remove the upper area: {e}");
+            if let Some(ed) = &rt.view.edit {
+                if !durable && let Err(e) = ed.upper().destroy_contents() {
+                    tracing::warn!(runtime = name, "cannot remove the upper area: {e}");
+                }
+                self.editing_ends();
             }
             // Only this runtime's own record: its owner wrote it.
             match self.repo().read_runtime(name) {
@@ -344,6 +373,10 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     fuse_config.mount_options = vec![
         fuser::MountOption::FSName("spfs".into()),
         fuser::MountOption::Subtype("spfs".into()),
+        // Writable only while an editable runtime exists (see
+        // `State::editing`): a read-only superblock also spares every read
+        // and listing the kernel's atime invalidation (a GETATTR next).
+        fuser::MountOption::RO,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
         fuser::MountOption::DefaultPermissions,
@@ -376,6 +409,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         service_uid: rustix::process::getuid().as_raw(),
         bound: Mutex::new(HashMap::new()),
         durable: Mutex::default(),
+        editing: Mutex::new(0),
         notifier: OnceLock::new(),
         test_register_delay: std::env::var("SPFS_VFS_TEST_REGISTER_DELAY_MS")
             .ok()

@@ -49,6 +49,18 @@ fn edit(w: &World, script: &str) -> String {
     stdout(&out)
 }
 
+/// `ro` or `rw`: the mount's superblock, as /proc/self/mountinfo says.
+fn superblock_mode(w: &World) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mnt = w.mnt.display().to_string();
+    info.lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some(mnt.as_str()))
+        .filter_map(|l| l.split_once(" - ").map(|(_, r)| r.to_string()))
+        .filter_map(|r| r.split_whitespace().nth(2).map(|o| o[..2].to_string()))
+        .next()
+        .unwrap_or_default()
+}
+
 fn world(mode: Mode) -> World {
     let w = World::with_mode(mode);
     base(&w);
@@ -182,7 +194,7 @@ fn edits_are_private_to_their_runtime(mode: Mode) {
             "--",
             "sh",
             "-c",
-            "cd \"$SPFS_VFS_MOUNTPOINT\"; echo mine > lib/a.txt; rm dir/keep.txt; touch made; mv bin/tool top; ls top; sleep 30",
+            "cd \"$SPFS_VFS_MOUNTPOINT\"; echo mine > lib/a.txt; rm dir/keep.txt; touch made; mv bin/tool top; ls top; exec sleep 30",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -213,8 +225,16 @@ fn edits_are_private_to_their_runtime(mode: Mode) {
         &["test/base"],
         "cat lib/a.txt; echo x > lib/a.txt 2>/dev/null || echo read-only",
     );
+    // The mount is writable while an editable runtime exists, and
+    // read-only again once none does.
+    assert_eq!(superblock_mode(&w), "rw");
     let _ = first.kill();
     let _ = first.wait();
+    assert!(
+        crate::harness::wait_for(std::time::Duration::from_secs(10), || superblock_mode(&w)
+            == "ro"),
+        "the mount stays writable"
+    );
     assert_eq!(other, "alpha\nkeep\nno-made\n");
     ok(&ro, "read-only run");
     assert_eq!(stdout(&ro), "alpha\nread-only\n");

@@ -470,6 +470,20 @@ impl Editable {
         (st.lower.entries()[i as usize].kind != EntryKind::Mask).then_some(i)
     }
 
+    /// What `name` names in directory `parent`, and what the parent is
+    /// made of.
+    #[allow(clippy::type_complexity)]
+    fn find_in(
+        &self,
+        st: &mut State,
+        parent: u32,
+        name: &[u8],
+    ) -> Result<(DirInfo, Option<(Found, Option<DirInfo>)>)> {
+        let pinfo = self.dir_info(st, parent)?;
+        let ppath = Self::path(st, parent)?;
+        Ok((pinfo, self.find(st, pinfo, &ppath, name)?))
+    }
+
     /// What `ino` names now.
     fn found(&self, st: &mut State, ino: u32) -> Result<Found> {
         if ino == ROOT_INODE {
@@ -583,10 +597,9 @@ impl Editable {
     pub fn lookup(&self, parent: u32, name: &[u8]) -> Result<Attr> {
         let mut st = self.lock();
         let st = &mut *st;
-        let pinfo = self.dir_info(st, parent)?;
-        let ppath = Self::path(st, parent)?;
         let (found, info) = self
-            .find(st, pinfo, &ppath, name)?
+            .find_in(st, parent, name)?
+            .1
             .ok_or(VfsError::NotFound)?;
         let ino = Self::intern(st, parent, name, info, true)?;
         Ok(self.attr(st, ino, &found))
@@ -894,9 +907,7 @@ impl Editable {
 
     /// Whether `name` is visible in directory `parent`.
     fn exists(&self, st: &mut State, parent: u32, name: &[u8]) -> Result<bool> {
-        let pinfo = self.dir_info(st, parent)?;
-        let ppath = Self::path(st, parent)?;
-        Ok(self.find(st, pinfo, &ppath, name)?.is_some())
+        Ok(self.find_in(st, parent, name)?.1.is_some())
     }
 
     /// Prepare to make `name` in `parent`: it must not be visible; the
@@ -1073,11 +1084,8 @@ impl Editable {
         self.check_writable()?;
         let mut st = self.lock();
         let st = &mut *st;
-        let pinfo = self.dir_info(st, parent)?;
-        let ppath = Self::path(st, parent)?;
-        let (found, info) = self
-            .find(st, pinfo, &ppath, name)?
-            .ok_or(VfsError::NotFound)?;
+        let (pinfo, found) = self.find_in(st, parent, name)?;
+        let (found, info) = found.ok_or(VfsError::NotFound)?;
         match (dir, info.is_some()) {
             (false, true) => return Err(VfsError::IsDir),
             (true, false) => return Err(VfsError::NotDir),
@@ -1125,15 +1133,10 @@ impl Editable {
         spfs_model::tree::validate_name(new_name).map_err(|_| VfsError::Io(Errno::INVAL.into()))?;
         let mut st = self.lock();
         let st = &mut *st;
-        let pinfo = self.dir_info(st, parent)?;
-        let ppath = Self::path(st, parent)?;
-        let (_, sinfo) = self
-            .find(st, pinfo, &ppath, name)?
-            .ok_or(VfsError::NotFound)?;
+        let (pinfo, found) = self.find_in(st, parent, name)?;
+        let (_, sinfo) = found.ok_or(VfsError::NotFound)?;
         let src = Self::intern(st, parent, name, sinfo, false)?;
-        let npinfo = self.dir_info(st, new_parent)?;
-        let nppath = Self::path(st, new_parent)?;
-        let dst = self.find(st, npinfo, &nppath, new_name)?;
+        let dst = self.find_in(st, new_parent, new_name)?.1;
         if let Some((_, dinfo)) = &dst {
             if no_replace {
                 return Err(VfsError::Io(Errno::EXIST.into()));

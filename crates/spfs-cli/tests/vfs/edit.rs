@@ -447,3 +447,35 @@ fn prune_removes_records_of_runtimes_that_are_gone() {
     assert_eq!(stdout(&prune), "removed stale\n");
     assert!(w.spfs(&["runtime", "info", "kept"]).status.success());
 }
+
+/// Files made in a runtime do not each keep a descriptor of the service
+/// open (it serves every runtime with one descriptor table).
+#[test]
+fn many_new_files_do_not_hold_a_descriptor_each() {
+    require_vfs!();
+    let w = world(Mode::Bound);
+    let mut child = w
+        .command(SPFS)
+        .args(["run", "--edit", "test/base", "--", "sh", "-c"])
+        .arg(
+            "cd \"$SPFS_VFS_MOUNTPOINT\"; mkdir m; i=0
+             while [ $i -lt 6000 ]; do : > m/f$i; i=$((i+1)); done
+             ls m | wc -l; exec sleep 30",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let stdout_pipe = child.stdout.take().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout_pipe), &mut line)
+        .expect("read");
+    // While the runtime lives (its view and files are the service's).
+    let pid = w.service_pid().expect("service pid");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(line, "6000\n");
+    assert!(fds < 4096 + 512, "the service holds {fds} descriptors");
+}

@@ -145,6 +145,30 @@ struct State {
     files: HashMap<u32, Arc<File>>,
 }
 
+/// Upper files kept open per view, at most (each is a descriptor of the
+/// service's, which serves every runtime).
+const KEPT_FILES: usize = 4096;
+
+impl State {
+    /// Keep `file` open for `ino`, within [`KEPT_FILES`]: files that still
+    /// have a name go first (they open again by name); then, past the
+    /// bound, removed ones too (their readers get an error).
+    fn keep_file(&mut self, ino: u32, file: Arc<File>) {
+        if self.files.len() >= KEPT_FILES {
+            let inodes = &self.inodes;
+            self.files
+                .retain(|i, _| inodes.get(i).is_some_and(|n| n.links.is_empty()));
+            while self.files.len() >= KEPT_FILES {
+                let Some(i) = self.files.keys().next().copied() else {
+                    break;
+                };
+                self.files.remove(&i);
+            }
+        }
+        self.files.insert(ino, file);
+    }
+}
+
 /// Opens the payload of a lower file (verified), for copy-up.
 pub type OpenLower<'a> = &'a dyn Fn(&Entry) -> Result<File>;
 
@@ -741,19 +765,7 @@ impl Editable {
         }
         let (dir, name) = self.parent_dir(st, ino)?;
         let f = Arc::new(upper::open_file(&dir, &name)?);
-        if st.files.len() >= 4096 {
-            // Keep files whose names are gone: nothing else reaches them.
-            let linked: Vec<u32> = st
-                .files
-                .keys()
-                .filter(|i| st.inodes.get(i).is_some_and(|n| !n.links.is_empty()))
-                .copied()
-                .collect();
-            for i in linked {
-                st.files.remove(&i);
-            }
-        }
-        st.files.insert(ino, f.clone());
+        st.keep_file(ino, f.clone());
         Ok(f)
     }
 
@@ -899,7 +911,7 @@ impl Editable {
                     AtFlags::EMPTY_PATH,
                 )
                 .map_err(errno)?;
-                st.files.insert(ino, Arc::new(dst));
+                st.keep_file(ino, Arc::new(dst));
             }
         }
         Ok(())
@@ -983,7 +995,7 @@ impl Editable {
         let s = rustix::fs::fstat(&fd).map_err(errno)?;
         let ino = Self::intern(st, parent, name, None, true)?;
         let file = Arc::new(File::from(fd));
-        st.files.insert(ino, file.clone());
+        st.keep_file(ino, file.clone());
         Ok((stat_attr(ino, &s), file))
     }
 
@@ -1106,7 +1118,7 @@ impl Editable {
                 && !st.files.contains_key(&ino)
                 && let Ok(f) = upper::open_file(&pdir, name)
             {
-                st.files.insert(ino, Arc::new(f));
+                st.keep_file(ino, Arc::new(f));
             }
             upper::remove(&pdir, name)?;
         }

@@ -1431,7 +1431,7 @@ impl Editable {
         let stale = self.everything(st);
         st.lower = tree;
         st.stack = stack.clone();
-        self.upper.clear()?;
+        self.upper.renew()?;
         Self::forget_where(st);
         Ok(Some((out, stack, stale)))
     }

@@ -50,7 +50,8 @@ pub enum Origin {
 /// The upper area of one runtime.
 #[derive(Debug)]
 pub struct Upper {
-    root: OwnedFd,
+    /// The area's directory (replaced by [`Upper::renew`]).
+    root: std::sync::RwLock<OwnedFd>,
     path: PathBuf,
 }
 
@@ -86,9 +87,42 @@ impl Upper {
         }
         rustix::fs::fchmod(&root, Mode::from_raw_mode(0o700))?;
         Ok(Upper {
-            root,
+            root: std::sync::RwLock::new(root),
             path: path.to_path_buf(),
         })
+    }
+
+    fn root(&self) -> std::sync::RwLockReadGuard<'_, OwnedFd> {
+        self.root.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start afresh with an empty area: the old one is renamed aside (a
+    /// name no runtime can have, beside it) and removed in the background,
+    /// so that a commit does not wait for thousands of files to go.
+    pub fn renew(&self) -> io::Result<()> {
+        static RENEWED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RENEWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let aside = self
+            .path
+            .with_file_name(format!(".old-{name}-{}-{n}", std::process::id()));
+        let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
+        std::fs::rename(&self.path, &aside)?;
+        std::fs::create_dir(&self.path)?;
+        let fresh = rustix::fs::open(
+            &self.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::fs::fchmod(&fresh, Mode::from_raw_mode(0o700))?;
+        *root = fresh;
+        drop(root);
+        std::thread::spawn(move || {
+            if let Err(e) = std::fs::remove_dir_all(&aside) {
+                tracing::warn!("cannot remove {}: {e}", aside.display());
+            }
+        });
+        Ok(())
     }
 
     /// Where the area is.
@@ -101,7 +135,7 @@ impl Upper {
         let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
         loop {
             match rustix::fs::openat2(
-                &self.root,
+                &*self.root(),
                 OsStr::from_bytes(rel),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
@@ -115,12 +149,12 @@ impl Upper {
 
     /// The state of the filesystem holding the area.
     pub fn statvfs(&self) -> io::Result<rustix::fs::StatVfs> {
-        Ok(rustix::fs::fstatvfs(&self.root)?)
+        Ok(rustix::fs::fstatvfs(&*self.root())?)
     }
 
     /// Remove everything in the area (the area itself stays).
     pub fn clear(&self) -> io::Result<()> {
-        remove_children(self.root.as_fd())
+        remove_children(self.root().as_fd())
     }
 
     /// Remove everything in the area and the area itself (the open

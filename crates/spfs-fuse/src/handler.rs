@@ -95,6 +95,8 @@ struct Undo<'a> {
     state: &'a State,
     name: &'a str,
     cgroup: Option<String>,
+    /// An upper area this registration made (it goes with it).
+    area: Option<std::path::PathBuf>,
     /// An editable runtime was counted ([`State::editing_begins`]).
     editing: bool,
     armed: bool,
@@ -110,6 +112,9 @@ impl Drop for Undo<'_> {
         s.vfs.registry.remove(self.name);
         if self.editing {
             s.editing_ends();
+        }
+        if let Some(area) = &self.area {
+            let _ = std::fs::remove_dir_all(area);
         }
         if let Some(path) = &self.cgroup {
             if let Some(w) = s.watcher.get() {
@@ -241,20 +246,19 @@ impl Handler {
         if !valid_runtime_name(name) {
             return Ok(None);
         }
-        let Ok(record) = s.repo().read_runtime(name) else {
-            return Ok(None);
-        };
-        if !privileged(caller) && caller.uid != Some(record.owner_uid) {
-            return Err(Status::permission_denied(format!(
-                "runtime '{name}' belongs to user {}",
-                record.owner_uid
-            )));
-        }
         let upper = s
             .upper_path(name)
             .map_err(|e| Status::internal(format!("cannot find the edits of {name}: {e}")))?;
         if !upper.exists() {
             return Ok(None);
+        }
+        // The edits' owner, as the area says (a record anyone may write).
+        let owner = area_owner(&upper);
+        if !privileged(caller) && (owner.is_none() || caller.uid != owner) {
+            return Err(Status::permission_denied(format!(
+                "the kept edits of runtime '{name}' are not user {}'s",
+                caller.uid.map(|u| u.to_string()).unwrap_or_default()
+            )));
         }
         std::fs::remove_dir_all(&upper)
             .map_err(|e| Status::internal(format!("cannot remove the edits of {name}: {e}")))?;
@@ -263,6 +267,28 @@ impl Handler {
             runtime: name.to_string(),
         }))
     }
+}
+
+/// The xattr of an upper area naming the user whose edits it holds.
+const AREA_OWNER: &str = spfs_vfs::edit::upper::OWNER;
+
+/// The user whose edits the upper area at `path` holds.
+fn area_owner(path: &std::path::Path) -> Option<u32> {
+    let mut buf = [0u8; 16];
+    let n = rustix::fs::lgetxattr(path, AREA_OWNER, &mut buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+}
+
+/// Make the upper area at `path` for `uid`'s edits.
+fn make_area(path: &std::path::Path, uid: u32) -> std::io::Result<()> {
+    std::fs::create_dir(path)?;
+    rustix::fs::lsetxattr(
+        path,
+        AREA_OWNER,
+        uid.to_string().as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    Ok(())
 }
 
 /// The primary group of process `pid` (its effective gid).
@@ -341,6 +367,7 @@ impl ControlHandler for Handler {
             }
             Err(_) => {}
         }
+        let mut made_area = None;
         let edit = match req.edit || req.resume {
             false => None,
             true => {
@@ -353,11 +380,25 @@ impl ControlHandler for Handler {
                             "runtime '{name}' has no kept edits to resume"
                         )));
                     }
+                    // Kept edits are their owner's alone, whatever record
+                    // names them (anyone may write a record of a free name).
+                    (true, true) if area_owner(&upper) != Some(uids[0]) => {
+                        return Err(Status::permission_denied(format!(
+                            "the kept edits of runtime '{name}' are not user {}'s",
+                            uids[0]
+                        )));
+                    }
                     (false, true) => {
                         return Err(Status::already_exists(format!(
                             "runtime '{name}' has kept edits: run it again with \
                              `spfs run --rerun {name}` or remove it with `spfs runtime rm {name}`"
                         )));
+                    }
+                    (false, false) => {
+                        make_area(&upper, uids[0]).map_err(|e| {
+                            Status::internal(format!("cannot make the upper area of {name}: {e}"))
+                        })?;
+                        made_area = Some(upper.clone());
                     }
                     _ => {}
                 }
@@ -409,6 +450,7 @@ impl ControlHandler for Handler {
             state: s,
             name: "",
             cgroup: None,
+            area: made_area.clone(),
             editing,
             armed: true,
         };
@@ -453,6 +495,7 @@ impl ControlHandler for Handler {
             state: s,
             name: &name,
             cgroup: None,
+            area: made_area,
             editing,
             armed: true,
         };
@@ -529,6 +572,11 @@ impl ControlHandler for Handler {
             }
             None => return Err(Status::unauthenticated("caller identity unknown")),
         }
+        // Removing a runtime by request removes its kept edits too.
+        s.durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rt.name);
         s.drop_runtime(&rt.name, "unmounted by request");
         Ok(proto::UnmountResponse {
             runtime: rt.name.clone(),

@@ -893,10 +893,24 @@ impl Filesystem for FuseHost {
         reply: fuser::ReplyWrite,
     ) {
         let rt = self.caller(req);
-        match self
-            .vfs
-            .write(view_of(&rt), reader_of(req, &rt), ino.0, offset, data)
-        {
+        let written = match (&rt, req.pid()) {
+            // The kernel writing back pages of a shared writable mapping
+            // (no caller: pid 0): the node names its editable view, whose
+            // process mapped the file for writing when it could.
+            (None, 0) => {
+                let view =
+                    spfs_vfs::node::split(ino.0).and_then(|(v, _)| self.vfs.registry.view(v));
+                let owner = view
+                    .as_ref()
+                    .and_then(|v| v.edit.as_ref())
+                    .map_or(NO_OWNER, |e| e.owner_uid());
+                self.vfs.write(view.as_deref(), owner, ino.0, offset, data)
+            }
+            _ => self
+                .vfs
+                .write(view_of(&rt), reader_of(req, &rt), ino.0, offset, data),
+        };
+        match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }

@@ -134,19 +134,46 @@ fn another_user_cannot_change_or_resume_a_users_runtime() {
     let out = run_as(&w, &alice, &["--rerun", "akept"], "cat f");
     ok(&out, "alice resumes");
     assert_eq!(stdout(&out), "x\n");
+    // A record bob writes for alice's kept edits gets him nothing: not
+    // her edits, not their removal (once her runtime is gone).
+    assert!(crate::harness::wait_for(
+        std::time::Duration::from_secs(10),
+        || w.list().iter().all(|r| r["runtime"] != "akept")
+    ));
+    let _ = std::fs::remove_file(w.repo.join("runtimes/akept.json"));
+    let forged = serde_json::json!({
+        "name": "akept", "spec": "-", "layers": [], "root_pid": 1, "owner_uid": bob.uid,
+        "created": 0, "mountpoint": w.mnt, "command": ["x"], "editable": true, "keep": true,
+    });
+    let forged_path = w.repo.join("runtimes/akept.json");
+    std::fs::write(&forged_path, forged.to_string()).expect("forged record");
+    std::os::unix::fs::chown(&forged_path, Some(bob.uid), Some(bob.gid)).expect("chown");
+    let out = run_as(&w, &bob, &["--rerun", "akept"], "cat f");
+    assert!(
+        !out.status.success(),
+        "bob resumed alice's edits: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("not user"), "{}", stderr(&out));
+    let out = bob
+        .command(&w, SPFS)
+        .args(["runtime", "rm", "akept"])
+        .output()
+        .expect("rm");
+    assert!(
+        w.repo.join("edits/akept").exists(),
+        "bob removed alice's edits: {}",
+        stderr(&out)
+    );
+    std::fs::remove_file(&forged_path).expect("unforge");
+    let out = w.spfs(&["runtime", "rm", "akept"]);
+    ok(&out, "root removes the kept edits");
+    assert!(!w.repo.join("edits/akept").exists());
     // Users never reach the upper areas directly.
     let edits = w.repo.join("edits");
     let meta = std::fs::metadata(&edits).expect("edits");
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
         0o700
-    );
-    ok(
-        &alice
-            .command(&w, SPFS)
-            .args(["runtime", "rm", "akept"])
-            .output()
-            .expect("rm"),
-        "rm",
     );
 }

@@ -479,3 +479,41 @@ fn many_new_files_do_not_hold_a_descriptor_each() {
     assert_eq!(line, "6000\n");
     assert!(fds < 4096 + 512, "the service holds {fds} descriptors");
 }
+
+/// Writes through a shared writable mapping reach the upper area (the
+/// kernel writes them back without a caller); a hard link renamed in
+/// another directory; the door's name is not a name for an entry.
+#[test]
+fn mapped_writes_links_elsewhere_and_the_reserved_name() {
+    require_vfs!();
+    let w = world(Mode::Router);
+    let out = edit(
+        &w,
+        "python3 -c '
+import mmap, os
+f = os.open(\"lib/a.txt\", os.O_RDWR)
+m = mmap.mmap(f, 6)
+m[0:5] = b\"ALPHA\"
+m.flush(); m.close(); os.close(f)'
+         spfs commit layer > /dev/null; cat lib/a.txt
+         mkdir h1 h2; echo x > h1/x; ln h1/x h2/y; mv h2/y h2/z; cat h2/z; ls h2
+         echo no > .spfs-view 2>/dev/null || echo reserved",
+    );
+    assert_eq!(out, "ALPHA\nx\nz\nreserved\n", "{out}");
+}
+
+/// Data written while commits run is never lost (a commit sets the upper
+/// area aside only between writes).
+#[test]
+fn writes_during_commits_are_kept() {
+    require_vfs!();
+    let w = world(Mode::Bound);
+    let out = edit(
+        &w,
+        "(i=0; while [ $i -lt 400 ]; do echo line$i >> log; i=$((i+1)); done) &
+         j=0; while [ $j -lt 15 ]; do spfs commit layer > /dev/null 2>&1 || true; j=$((j+1)); done
+         wait; spfs commit layer > /dev/null 2>&1 || true
+         wc -l < log; tr -d '\\n[:alnum:]' < log | wc -c",
+    );
+    assert_eq!(out, "400\n0\n", "lines, and bytes that are not text");
+}

@@ -176,6 +176,10 @@ pub type OpenLower<'a> = &'a dyn Fn(&Entry) -> Result<File>;
 pub struct Editable {
     upper: Upper,
     state: Mutex<State>,
+    /// Writes of file data hold this shared (they write outside the state
+    /// lock); a commit and a reset hold it alone, so no write lands in an
+    /// upper file they are setting aside.
+    data: std::sync::RwLock<()>,
     /// Shown as the owner of everything from the layers below, and the
     /// owner of what is copied up.
     owner: (u32, u32),
@@ -335,6 +339,7 @@ impl Editable {
                 files: HashMap::new(),
             }),
             owner,
+            data: std::sync::RwLock::new(()),
             writable: AtomicBool::new(true),
         }
     }
@@ -925,7 +930,7 @@ impl Editable {
     /// Prepare to make `name` in `parent`: it must not be visible; the
     /// parent is copied up and a whiteout of the name removed.
     fn prepare_new(&self, st: &mut State, parent: u32, name: &[u8]) -> Result<(OwnedFd, bool)> {
-        spfs_model::tree::validate_name(name).map_err(|_| VfsError::Io(Errno::INVAL.into()))?;
+        Self::check_new_name(parent, name)?;
         if self.exists(st, parent, name)? {
             return Err(VfsError::Io(Errno::EXIST.into()));
         }
@@ -938,6 +943,17 @@ impl Editable {
                 .map_err(errno)?;
         }
         Ok((pdir, below))
+    }
+
+    /// A name an entry may be given in `parent`: a valid one, and not the
+    /// name of the door to bound views at the top (it could never be
+    /// reached).
+    fn check_new_name(parent: u32, name: &[u8]) -> Result<()> {
+        spfs_model::tree::validate_name(name).map_err(|_| VfsError::Io(Errno::INVAL.into()))?;
+        if parent == ROOT_INODE && name == crate::vfs::VIEW_DOOR {
+            return Err(VfsError::Io(Errno::PERM.into()));
+        }
+        Ok(())
     }
 
     /// Hand out the new entry `name` of `parent`.
@@ -1142,7 +1158,7 @@ impl Editable {
         open_lower: OpenLower<'_>,
     ) -> Result<()> {
         self.check_writable()?;
-        spfs_model::tree::validate_name(new_name).map_err(|_| VfsError::Io(Errno::INVAL.into()))?;
+        Self::check_new_name(new_parent, new_name)?;
         let mut st = self.lock();
         let st = &mut *st;
         let (pinfo, found) = self.find_in(st, parent, name)?;
@@ -1191,7 +1207,9 @@ impl Editable {
             upper::set_origin(&dir, &origin)?;
         }
         let below = Self::lower_child(st, pinfo, name).is_some();
-        let (sdir, _) = self.parent_dir(st, src)?;
+        // The name's own directory (a hard link's other names may be
+        // elsewhere).
+        let sdir = self.upper_dir(st, parent)?;
         let ndir = self.upper_dir(st, new_parent)?;
         // What the new name has in the upper area goes (an empty
         // directory's whiteouts, a whiteout).
@@ -1303,6 +1321,7 @@ impl Editable {
         open_lower: OpenLower<'_>,
     ) -> Result<usize> {
         self.check_writable()?;
+        let _writing = self.data.read().unwrap_or_else(|p| p.into_inner());
         let file = {
             let mut st = self.lock();
             let st = &mut *st;
@@ -1368,6 +1387,7 @@ impl Editable {
 
     /// Drop the edits under `paths` (relative to the root; none: all).
     pub fn reset(&self, paths: &[Vec<u8>]) -> Result<Stale> {
+        let _alone = self.data.write().unwrap_or_else(|p| p.into_inner());
         let mut st = self.lock();
         let st = &mut *st;
         let stale = self.everything(st);
@@ -1423,6 +1443,7 @@ impl Editable {
         &self,
         f: impl FnOnce(&Tree, &[Digest], &Upper) -> Result<Option<(Arc<Tree>, Vec<Digest>, T)>>,
     ) -> Result<Option<(T, Vec<Digest>, Stale)>> {
+        let _alone = self.data.write().unwrap_or_else(|p| p.into_inner());
         let mut st = self.lock();
         let st = &mut *st;
         let Some((tree, stack, out)) = f(&st.lower, &st.stack, &self.upper)? else {

@@ -36,6 +36,11 @@ pub const OPAQUE: &str = "trusted.spfs.opaque";
 /// below (its value: that path, absolute, `/` for the root).
 pub const REDIRECT: &str = "trusted.spfs.redirect";
 
+/// The xattr of the area's own directory naming the user whose edits it
+/// holds (set by the service when it makes the area; kept by
+/// [`Upper::renew`]).
+pub const OWNER: &str = "trusted.spfs.owner";
+
 /// What a directory of the upper area merges with below.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -107,6 +112,10 @@ impl Upper {
             .path
             .with_file_name(format!(".old-{name}-{}-{n}", std::process::id()));
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
+        let mut owner = [0u8; 16];
+        let owner = rustix::fs::fgetxattr(&*root, OWNER, &mut owner)
+            .ok()
+            .map(|n| owner[..n].to_vec());
         std::fs::rename(&self.path, &aside)?;
         std::fs::create_dir(&self.path)?;
         let fresh = rustix::fs::open(
@@ -115,6 +124,9 @@ impl Upper {
             Mode::empty(),
         )?;
         rustix::fs::fchmod(&fresh, Mode::from_raw_mode(0o700))?;
+        if let Some(owner) = owner {
+            rustix::fs::fsetxattr(&fresh, OWNER, &owner, XattrFlags::empty())?;
+        }
         *root = fresh;
         drop(root);
         std::thread::spawn(move || {

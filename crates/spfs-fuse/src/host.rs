@@ -289,13 +289,14 @@ impl FuseHost {
         &self,
         req: &Request,
         ino: INodeNo,
+        fh: FileHandle,
         offset: u64,
         plus: bool,
         add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<(), Errno> {
         let rt = self.caller(req);
         self.vfs
-            .readdir(view_of(&rt), ino.0, offset, plus, add)
+            .readdir(view_of(&rt), ino.0, offset, plus, fh.0, add)
             .map_err(errno)
     }
 
@@ -545,28 +546,44 @@ impl Filesystem for FuseHost {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let rt = self.caller(req);
-        match self.vfs.opendir(view_of(&rt), ino.0) {
-            Ok(()) => {
+        let opened = self
+            .vfs
+            .opendir(view_of(&rt), ino.0)
+            .and_then(|()| self.vfs.open_dir_handle(view_of(&rt), ino.0));
+        match opened {
+            Ok(fh) => {
                 let flags = if self.vfs.dir_listing_cacheable(view_of(&rt), ino.0) {
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(0), flags)
+                reply.opened(FileHandle(fh), flags)
             }
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.vfs.release_dir_handle(fh.0);
+        reply.ok();
     }
 
     fn readdir(
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let res = self.list(req, ino, offset, false, |item| {
+        let res = self.list(req, ino, fh, offset, false, |item| {
             reply.add(
                 INodeNo(item.attr.node),
                 item.next,
@@ -584,13 +601,13 @@ impl Filesystem for FuseHost {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         // Names and attributes in one answer: a `find`-style walk needs no
         // separate lookup per entry.
-        let res = self.list(req, ino, offset, true, |item| {
+        let res = self.list(req, ino, fh, offset, true, |item| {
             let attr = file_attr(&item.attr);
             reply.add(
                 INodeNo(item.attr.node),

@@ -36,6 +36,7 @@
 //! ([`spfs_storage::PayloadCopy::readable_by`]); any other is
 //! [`VfsError::PermissionDenied`] (EACCES).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use spfs_model::{Digest, Entry, EntryKind, Tree};
@@ -208,7 +209,13 @@ pub struct Vfs {
     /// ranged fetch (see [`Vfs::open_now`]).
     ranged_reads: bool,
     started: SystemTime,
+    /// The listings of open directories of editable views, by handle.
+    dir_snapshots: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<Vec<u8>>>>>,
+    next_dir_handle: std::sync::atomic::AtomicU64,
 }
+
+/// Open directory listings of editable views kept at most.
+const MAX_DIR_HANDLES: usize = 65_536;
 
 type Result<T, E = VfsError> = std::result::Result<T, E>;
 
@@ -232,6 +239,8 @@ impl Vfs {
             read_through: None,
             ranged_reads: false,
             started: SystemTime::now(),
+            dir_snapshots: Default::default(),
+            next_dir_handle: Default::default(),
         }
     }
 
@@ -534,12 +543,13 @@ impl Vfs {
         node: u64,
         offset: u64,
         plus: bool,
+        fh: u64,
         mut add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<()> {
         if let Some((v, ed)) = Self::editing(view)
             && !(node == ROOT && v.bound)
         {
-            return self.readdir_edit(v, ed, node, offset, plus, add);
+            return self.readdir_edit(v, ed, node, offset, plus, fh, add);
         }
         let n = self.resolve(view, node)?;
         let dir = Self::dir_of(&n)?;
@@ -599,6 +609,7 @@ impl Vfs {
     }
 
     /// [`Vfs::readdir`] of a directory of an editable view.
+    #[allow(clippy::too_many_arguments)]
     fn readdir_edit(
         &self,
         v: &View,
@@ -606,10 +617,20 @@ impl Vfs {
         node: u64,
         offset: u64,
         plus: bool,
+        fh: u64,
         mut add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<()> {
         let ttl = if node == ROOT { NO_TTL } else { LONG_TTL };
-        let (items, parent) = self.edit_list(v, ed, node, plus)?;
+        // The names as the directory was opened (offsets stay valid while
+        // entries come and go: a loop that removes what it lists sees
+        // every entry once), each with what it is now (skipped if gone).
+        let (now, parent) = self.edit_list(v, ed, node, false)?;
+        let names: Arc<Vec<Vec<u8>>> = match self.dir_snapshot(fh) {
+            Some(names) => names,
+            None => Arc::new(now.iter().map(|i| i.name.clone()).collect()),
+        };
+        let now: std::collections::HashMap<&[u8], Attr> =
+            now.iter().map(|i| (&i.name[..], i.attr)).collect();
         let dot = self.getattr(Some(v), node)?.0;
         let dotdot = self.getattr(Some(v), parent).map(|a| a.0).unwrap_or(dot);
         let mut pos = offset;
@@ -623,49 +644,77 @@ impl Vfs {
                 next: at + 1,
                 ttl,
             }) {
-                self.forget_listed(v, ed, &items, plus, 0);
                 return Ok(());
             }
             pos += 1;
         }
-        let first = (pos.max(2) - 2) as usize;
-        for (k, item) in items.iter().enumerate() {
-            if k < first {
+        for (k, name) in names.iter().enumerate().skip((pos - 2) as usize) {
+            let Some(shown) = now.get(&name[..]) else {
                 continue;
-            }
+            };
+            // Handed out as a reference (READDIRPLUS): counted first.
+            let attr = match plus {
+                true => match self.edit_lookup(v, ed, node, name) {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+                false => *shown,
+            };
             if add(DirItem {
-                name: &item.name,
-                attr: item.attr,
+                name,
+                attr,
                 next: k as u64 + 3,
                 ttl,
             }) {
-                // Not taken: neither this nor any later one is referenced.
-                self.forget_listed(v, ed, &items, plus, k);
+                // Not taken.
+                if plus && let Some(ino) = crate::write::edit_ino(v, attr.node) {
+                    ed.forget(ino, 1);
+                }
                 return Ok(());
             }
         }
-        // Entries before the offset were counted but not handed out.
-        self.forget_listed(v, ed, &items[..first.min(items.len())], plus, 0);
         Ok(())
     }
 
-    /// Forget the references counted for `items[from..]` of a listing
-    /// that did not hand them out.
-    fn forget_listed(
-        &self,
-        v: &View,
-        ed: &crate::edit::Editable,
-        items: &[crate::edit::Listed],
-        plus: bool,
-        from: usize,
-    ) {
-        if !plus {
-            return;
+    /// The names of directory handle `fh` of an editable view, as it was
+    /// opened.
+    fn dir_snapshot(&self, fh: u64) -> Option<Arc<Vec<Vec<u8>>>> {
+        self.dir_snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+    }
+
+    /// Open directory `node` of an editable view: a handle whose listing
+    /// is the names it has now (see [`Vfs::readdir`]); 0 for any other.
+    pub fn open_dir_handle(&self, view: Option<&View>, node: u64) -> Result<u64> {
+        let Some((v, ed)) = Self::editing(view).filter(|(v, _)| !(node == ROOT && v.bound)) else {
+            return Ok(0);
+        };
+        let (items, _) = self.edit_list(v, ed, node, false)?;
+        let names = Arc::new(items.into_iter().map(|i| i.name).collect());
+        let fh = self
+            .next_dir_handle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut snaps = self.dir_snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if snaps.len() >= MAX_DIR_HANDLES {
+            // A runaway opener: the oldest listings restart from now.
+            let oldest = *snaps.keys().min().unwrap_or(&0);
+            snaps.retain(|k, _| *k > oldest + (MAX_DIR_HANDLES as u64 / 2));
         }
-        for item in &items[from.min(items.len())..] {
-            if let Some(ino) = crate::write::edit_ino(v, item.attr.node) {
-                ed.forget(ino, 1);
-            }
+        snaps.insert(fh, names);
+        Ok(fh)
+    }
+
+    /// Close a directory handle of [`Vfs::open_dir_handle`].
+    pub fn release_dir_handle(&self, fh: u64) {
+        if fh != 0 {
+            self.dir_snapshots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&fh);
         }
     }
 
@@ -933,7 +982,7 @@ mod tests {
             Err(VfsError::NotFound)
         ));
         let mut names = Vec::new();
-        vfs.readdir(None, ROOT, 0, false, |item| {
+        vfs.readdir(None, ROOT, 0, false, 0, |item| {
             names.push(item.name.to_vec());
             false
         })
@@ -971,7 +1020,7 @@ mod tests {
 
     fn names(vfs: &Vfs, view: Option<&View>, node: u64) -> Vec<String> {
         let mut names = Vec::new();
-        vfs.readdir(view, node, 0, false, |item| {
+        vfs.readdir(view, node, 0, false, 0, |item| {
             names.push(String::from_utf8_lossy(item.name).into_owned());
             false
         })
@@ -1013,7 +1062,7 @@ mod tests {
         assert_eq!(vfs.miss_ttl(b, root_b.node, VIEW_DOOR), NO_TTL);
         assert_eq!(names(&vfs, b, root_b.node), [".", "..", "dir"]);
         let mut parent = None;
-        vfs.readdir(b, d.node, 0, false, |item| {
+        vfs.readdir(b, d.node, 0, false, 0, |item| {
             if item.name == b".." {
                 parent = Some(item.attr.node);
             }
@@ -1108,7 +1157,7 @@ mod tests {
         // Listing (READDIRPLUS) hands out the same node.
         let (lib, _, _) = vfs.lookup(Some(&b.view), ROOT, b"lib").unwrap();
         let mut listed = None;
-        vfs.readdir(Some(&b.view), lib.node, 0, true, |item| {
+        vfs.readdir(Some(&b.view), lib.node, 0, true, 0, |item| {
             if item.name == b"shared" {
                 listed = Some(item.attr.node);
             }

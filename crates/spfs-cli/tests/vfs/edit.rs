@@ -517,3 +517,25 @@ fn writes_during_commits_are_kept() {
     );
     assert_eq!(out, "400\n0\n", "lines, and bytes that are not text");
 }
+
+/// A loop that removes what it lists, chunk by chunk, sees every entry
+/// once (listings are taken when the directory is opened), as Rust's
+/// `remove_dir_all` and Python's `os.scandir` loops need.
+#[test]
+fn removing_while_listing_sees_every_entry() {
+    require_vfs!();
+    let w = world(Mode::Bound);
+    let out = edit(
+        &w,
+        "mkdir d; cd d; i=0; while [ $i -lt 3000 ]; do : > f$i; i=$((i+1)); done; cd ..
+         python3 -c '
+import os
+n = 0
+with os.scandir(\"d\") as it:
+    for e in it:
+        os.unlink(e.path); n += 1
+print(n, len(os.listdir(\"d\")))'
+         rmdir d && echo removed",
+    );
+    assert_eq!(out, "3000 0\nremoved\n", "{out}");
+}

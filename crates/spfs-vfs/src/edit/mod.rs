@@ -393,6 +393,14 @@ impl Editable {
 
     // ----- paths and what they name -----
 
+    /// The first name `ino` is linked under: (parent, name).
+    fn first_link(st: &State, ino: u32) -> Result<(u32, Box<[u8]>)> {
+        st.inodes
+            .get(&ino)
+            .and_then(|n| n.links.first().cloned())
+            .ok_or(VfsError::NotFound)
+    }
+
     /// The path of `ino` from the root (`""` for the root).
     fn path(st: &State, ino: u32) -> Result<Vec<u8>> {
         let mut parts: Vec<&[u8]> = Vec::new();
@@ -429,14 +437,8 @@ impl Editable {
                 origin: Some(0),
             }
         } else {
-            let (parent, name) = st
-                .inodes
-                .get(&ino)
-                .and_then(|n| n.links.first().cloned())
-                .ok_or(VfsError::NotFound)?;
-            let pinfo = self.dir_info(st, parent)?;
-            let ppath = Self::path(st, parent)?;
-            match self.find(st, pinfo, &ppath, &name)? {
+            let (parent, name) = Self::first_link(st, ino)?;
+            match self.find_in(st, parent, &name)?.1 {
                 Some((_, Some(info))) => info,
                 Some(_) => return Err(VfsError::NotDir),
                 None => return Err(VfsError::NotFound),
@@ -519,14 +521,9 @@ impl Editable {
             let dir = self.upper.dir(b"")?;
             return Ok(Found::Upper(rustix::fs::fstat(&dir).map_err(errno)?));
         }
-        let (parent, name) = st
-            .inodes
-            .get(&ino)
-            .and_then(|n| n.links.first().cloned())
-            .ok_or(VfsError::NotFound)?;
-        let pinfo = self.dir_info(st, parent)?;
-        let ppath = Self::path(st, parent)?;
-        self.find(st, pinfo, &ppath, &name)?
+        let (parent, name) = Self::first_link(st, ino)?;
+        self.find_in(st, parent, &name)?
+            .1
             .map(|(f, _)| f)
             .ok_or(VfsError::NotFound)
     }
@@ -755,11 +752,7 @@ impl Editable {
 
     /// The upper directory holding `ino`'s first name, and that name.
     fn parent_dir(&self, st: &State, ino: u32) -> Result<(OwnedFd, Box<[u8]>)> {
-        let (parent, name) = st
-            .inodes
-            .get(&ino)
-            .and_then(|n| n.links.first().cloned())
-            .ok_or(VfsError::NotFound)?;
+        let (parent, name) = Self::first_link(st, ino)?;
         Ok((self.upper.dir(&Self::path(st, parent)?)?, name))
     }
 
@@ -809,11 +802,7 @@ impl Editable {
         if info.upper {
             return Ok(self.upper.dir(&Self::path(st, ino)?)?);
         }
-        let (parent, name) = st
-            .inodes
-            .get(&ino)
-            .and_then(|n| n.links.first().cloned())
-            .ok_or(VfsError::NotFound)?;
+        let (parent, name) = Self::first_link(st, ino)?;
         let pdir = self.upper_dir(st, parent)?;
         let pinfo = self.dir_info(st, parent)?;
         let i = Self::lower_child(st, pinfo, &name).ok_or(VfsError::NotFound)?;
@@ -862,11 +851,7 @@ impl Editable {
         if e.kind == EntryKind::Dir {
             return self.upper_dir(st, ino).map(|_| ());
         }
-        let (parent, name) = st
-            .inodes
-            .get(&ino)
-            .and_then(|n| n.links.first().cloned())
-            .ok_or(VfsError::NotFound)?;
+        let (parent, name) = Self::first_link(st, ino)?;
         let pdir = self.upper_dir(st, parent)?;
         match e.kind {
             EntryKind::Symlink => {

@@ -135,12 +135,22 @@ pub fn spawn_service(config: &Config) -> Result<std::process::Child, LaunchError
     for (section, key, value) in vars {
         cmd.env(env_var_name(section, key), value);
     }
-    // SAFETY: setsid is async-signal-safe; it detaches the service from the
-    // client's session and terminal so it outlives the client.
+    // SAFETY: setsid, fork and _exit are async-signal-safe. The service
+    // is detached from the client's session and terminal, and is not the
+    // client's child: the process forked here exits at once, so the
+    // service is adopted by init (or the nearest subreaper). A runtime's
+    // command (which `spfs run` becomes) then neither has the service in
+    // its process tree nor its process group, and killing either leaves
+    // the service, and every other runtime, running. (The service also
+    // leaves any runtime cgroup as it starts.)
     unsafe {
         cmd.pre_exec(|| {
             rustix::process::setsid().map_err(std::io::Error::from)?;
-            Ok(())
+            match libc::fork() {
+                -1 => Err(std::io::Error::last_os_error()),
+                0 => Ok(()),
+                _ => libc::_exit(0),
+            }
         });
     }
     cmd.spawn().map_err(spawn_err)

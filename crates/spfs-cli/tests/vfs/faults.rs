@@ -233,3 +233,79 @@ fn idle_clients_and_busy_mounts_do_not_block_stopping() {
     let _ = busy.kill();
     let _ = busy.wait();
 }
+
+/// A service started on demand by `spfs run` is not in the runtime's
+/// process tree, session or process group: killing the runtime's whole
+/// process group leaves the service, and another runtime, running.
+#[test]
+fn killing_a_runtimes_process_group_leaves_the_service_running() {
+    require_vfs!();
+    let w = World::new();
+    w.commit("grp/a", &[("data", b"x")]);
+    let d = w.dir.path().display().to_string();
+    // No service yet: this runtime starts it.
+    // In a process group of its own, as a job runner starts a job.
+    let mut first = {
+        use std::os::unix::process::CommandExt;
+        w.command(SPFS)
+            .args(["run", "grp/a", "--", "sh", "-c"])
+            .arg(format!("echo $$ > {d}/first; exec sleep 30"))
+            .process_group(0)
+            .spawn()
+            .expect("spawn")
+    };
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("{d}/first")).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    let service = w.service_pid().expect("service");
+    let first_pid: i32 = std::fs::read_to_string(format!("{d}/first"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stat = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command: state, ppid, pgrp, session.
+    let fields = |pid: u32| -> Vec<i64> {
+        let s = stat(pid);
+        let rest = s
+            .rsplit_once(')')
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_default();
+        rest.split_whitespace()
+            .skip(1)
+            .take(3)
+            .filter_map(|f| f.parse().ok())
+            .collect()
+    };
+    let (svc, run) = (fields(service), fields(first_pid as u32));
+    assert_ne!(
+        svc[0], first_pid as i64,
+        "the service is the runtime's child"
+    );
+    assert_ne!(
+        svc[1], run[1],
+        "the service is in the runtime's process group"
+    );
+    assert_ne!(svc[2], run[2], "the service is in the runtime's session");
+    let mut second = w.spawn_sh("grp/a", &format!("echo go > {d}/second; exec sleep 30"));
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("{d}/second")).is_ok()
+    }));
+    // Kill the first runtime's whole process group (never ours).
+    assert_ne!(
+        run[1],
+        rustix::process::getpgrp().as_raw_nonzero().get() as i64
+    );
+    let _ = rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(run[1] as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    let _ = first.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(w.service_pid(), Some(service), "the service survived");
+    let out = w.run_sh("grp/a", "cat \"$SPFS_VFS_MOUNTPOINT/data\"");
+    ok(&out, "a new runtime after the kill");
+    assert_eq!(stdout(&out), "x");
+    let _ = second.kill();
+    let _ = second.wait();
+}

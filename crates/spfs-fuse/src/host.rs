@@ -238,7 +238,7 @@ impl FuseHost {
     ) -> Result<Vec<u8>, Errno> {
         let rt = self.caller(req);
         let (view, owner) = (view_of(&rt), reader_of(req, &rt));
-        if Vfs::editing(view).is_some() {
+        if Vfs::editable(view) {
             return self
                 .vfs
                 .read_edit(view, owner, node, offset, size)

@@ -624,13 +624,11 @@ impl Vfs {
         // The names as the directory was opened (offsets stay valid while
         // entries come and go: a loop that removes what it lists sees
         // every entry once), each with what it is now (skipped if gone).
-        let (now, parent) = self.edit_list(v, ed, node, false)?;
         let names: Arc<Vec<Vec<u8>>> = match self.dir_snapshot(fh) {
             Some(names) => names,
-            None => Arc::new(now.iter().map(|i| i.name.clone()).collect()),
+            None => Arc::new(self.edit_names(v, ed, node)?),
         };
-        let now: std::collections::HashMap<&[u8], Attr> =
-            now.iter().map(|i| (&i.name[..], i.attr)).collect();
+        let parent = self.edit_parent(v, ed, node);
         let dot = self.getattr(Some(v), node)?.0;
         let dotdot = self.getattr(Some(v), parent).map(|a| a.0).unwrap_or(dot);
         let mut pos = offset;
@@ -649,17 +647,13 @@ impl Vfs {
             pos += 1;
         }
         for (k, name) in names.iter().enumerate().skip((pos - 2) as usize) {
-            let Some(shown) = now.get(&name[..]) else {
-                continue;
-            };
-            // Handed out as a reference (READDIRPLUS): counted first.
+            // Handed out as a reference (READDIRPLUS): counted first. A
+            // name gone since the directory was opened is skipped.
             let attr = match plus {
-                true => match self.edit_lookup(v, ed, node, name) {
-                    Ok(a) => a,
-                    Err(_) => continue,
-                },
-                false => *shown,
+                true => self.edit_lookup(v, ed, node, name),
+                false => self.edit_peek(v, ed, node, name),
             };
+            let Ok(attr) = attr else { continue };
             if add(DirItem {
                 name,
                 attr,
@@ -692,8 +686,7 @@ impl Vfs {
         let Some((v, ed)) = Self::editing(view).filter(|(v, _)| !(node == ROOT && v.bound)) else {
             return Ok(0);
         };
-        let (items, _) = self.edit_list(v, ed, node, false)?;
-        let names = Arc::new(items.into_iter().map(|i| i.name).collect());
+        let names = Arc::new(self.edit_names(v, ed, node)?);
         let fh = self
             .next_dir_handle
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)

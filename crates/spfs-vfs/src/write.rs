@@ -15,7 +15,7 @@ use spfs_model::{Digest, Entry, Layer, Object};
 use spfs_storage::StorageError;
 use spfs_storage::commit::{StoreJob, store_files};
 
-use crate::edit::{self, Editable, Listed, SetAttr, Source, Stale};
+use crate::edit::{self, Editable, SetAttr, Source, Stale};
 use crate::node::{self, ROOT, VIEW_ROOT_INDEX};
 use crate::vfs::{Attr, Vfs, VfsError};
 use crate::view::View;
@@ -116,25 +116,31 @@ impl Vfs {
         Ok(in_nodes(view, ed.getattr(ino)?))
     }
 
-    /// The entries of directory `node` from position `offset` on (after
-    /// `.` and `..`), and the node of its parent.
-    pub(crate) fn edit_list(
+    /// The names in directory `node` now, sorted.
+    pub(crate) fn edit_names(&self, view: &View, ed: &Editable, node: u64) -> Result<Vec<Vec<u8>>> {
+        let ino = edit_ino(view, node).ok_or(VfsError::NotFound)?;
+        ed.names(ino)
+    }
+
+    /// The node of the directory holding directory `node` (the root: itself).
+    pub(crate) fn edit_parent(&self, view: &View, ed: &Editable, node: u64) -> u64 {
+        match edit_ino(view, node) {
+            Some(edit::ROOT_INODE) | None => node,
+            Some(ino) => edit_node(view, ed.parent_of(ino).unwrap_or(edit::ROOT_INODE)),
+        }
+    }
+
+    /// The attributes of `name` in directory `parent` now, not handed out
+    /// as a reference.
+    pub(crate) fn edit_peek(
         &self,
         view: &View,
         ed: &Editable,
-        node: u64,
-        plus: bool,
-    ) -> Result<(Vec<Listed>, u64)> {
-        let ino = edit_ino(view, node).ok_or(VfsError::NotFound)?;
-        let mut items = ed.list(ino, plus)?;
-        for item in &mut items {
-            item.attr = in_nodes(view, item.attr);
-        }
-        let parent = match ino {
-            edit::ROOT_INODE => node,
-            ino => edit_node(view, ed.parent_of(ino).unwrap_or(edit::ROOT_INODE)),
-        };
-        Ok((items, parent))
+        parent: u64,
+        name: &[u8],
+    ) -> Result<Attr> {
+        let ino = edit_ino(view, parent).ok_or(VfsError::NotFound)?;
+        Ok(in_nodes(view, ed.peek(ino, name)?))
     }
 
     pub(crate) fn edit_readlink(&self, view: &View, ed: &Editable, node: u64) -> Result<Vec<u8>> {

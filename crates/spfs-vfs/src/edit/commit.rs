@@ -25,8 +25,8 @@ use std::path::PathBuf;
 use rustix::fs::FileType;
 use spfs_model::{Digest, Entry, EntryKind, Tree};
 
-use super::upper::{self, Origin, Upper};
-use super::{lower_dir_at, ns_of_stat};
+use super::upper::{self, Upper};
+use super::{child_origin, lower_dir_at, ns_of_stat};
 
 /// An entry of the layer to be.
 #[derive(Clone, Debug)]
@@ -78,6 +78,7 @@ fn walk(
     // What the stack below has at this path (the layer merges over it).
     let below = lower_dir_at(lower, &path);
     let mut shown: HashSet<Vec<u8>> = HashSet::new();
+    let mut whited: HashSet<Vec<u8>> = HashSet::new();
     let mut names = upper::names(dir)?;
     names.sort();
     for name in names {
@@ -86,6 +87,8 @@ fn walk(
         };
         let rel = child_path(&path, &name);
         if upper::is_whiteout(&st) {
+            // Hides the name of the directory's origin.
+            whited.insert(name);
             continue;
         }
         shown.insert(name.clone());
@@ -94,16 +97,8 @@ fn walk(
             FileType::Directory => {
                 out.push(Planned::Dir(rel.clone(), st.st_mode, mtime));
                 let sub = upper::subdir(dir, &name)?;
-                let child_origin = match upper::origin(&sub)? {
-                    Origin::Opaque => None,
-                    Origin::Redirect(p) => lower_dir_at(lower, &p),
-                    Origin::Inherit => origin
-                        .and_then(|d| lower.find(d, &name))
-                        .map(|i| &lower.entries()[i as usize])
-                        .filter(|e| e.kind == EntryKind::Dir)
-                        .map(|e| e.dir),
-                };
-                walk(lower, area, &sub, rel, child_origin, out)?;
+                let child = child_origin(lower, origin, &name, upper::origin(&sub)?);
+                walk(lower, area, &sub, rel, child, out)?;
             }
             FileType::RegularFile | FileType::Symlink => {
                 let kind = if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
@@ -129,15 +124,6 @@ fn walk(
                     ),
                 ));
             }
-        }
-    }
-    // The whiteouts of this directory hide names of its origin.
-    let mut whited: HashSet<Vec<u8>> = HashSet::new();
-    for name in upper::names(dir)? {
-        if let Some(st) = upper::stat(dir, &name)?
-            && upper::is_whiteout(&st)
-        {
-            whited.insert(name);
         }
     }
     if let Some(o) = origin {

@@ -127,13 +127,6 @@ pub struct Stale {
     pub names: Vec<(u32, Vec<u8>)>,
 }
 
-/// One entry of a directory listing.
-#[derive(Clone, Debug)]
-pub struct Listed {
-    pub name: Vec<u8>,
-    pub attr: Attr,
-}
-
 struct State {
     lower: Arc<Tree>,
     /// The stack `lower` is merged from, bottom first.
@@ -278,6 +271,20 @@ fn lower_dir_at(tree: &Tree, path: &[u8]) -> Option<u32> {
         dir = e.dir;
     }
     Some(dir)
+}
+
+/// The directory of `tree` that upper directory `name`, in a directory
+/// merging with `parent` (of `tree`), merges with, as its `origin` says.
+fn child_origin(tree: &Tree, parent: Option<u32>, name: &[u8], origin: Origin) -> Option<u32> {
+    match origin {
+        Origin::Opaque => None,
+        Origin::Redirect(p) => lower_dir_at(tree, &p),
+        Origin::Inherit => parent
+            .and_then(|d| tree.find(d, name))
+            .map(|i| &tree.entries()[i as usize])
+            .filter(|e| e.kind == EntryKind::Dir)
+            .map(|e| e.dir),
+    }
 }
 
 /// The absolute path of directory `dir` of `tree`.
@@ -459,25 +466,29 @@ impl Editable {
         ppath: &[u8],
         name: &[u8],
     ) -> Result<Option<(Found, Option<DirInfo>)>> {
-        if pinfo.upper {
-            let dir = self.upper.dir(ppath)?;
-            match upper::stat(&dir, name)? {
+        let dir = match pinfo.upper {
+            true => Some(self.upper.dir(ppath)?),
+            false => None,
+        };
+        Self::find_at(st, pinfo, dir.as_ref(), name)
+    }
+
+    /// [`Editable::find`] in a directory whose upper side (if it has one)
+    /// is open as `dir`.
+    fn find_at(
+        st: &State,
+        pinfo: DirInfo,
+        dir: Option<&OwnedFd>,
+        name: &[u8],
+    ) -> Result<Option<(Found, Option<DirInfo>)>> {
+        if let Some(dir) = dir {
+            match upper::stat(dir, name)? {
                 Some(s) if upper::is_whiteout(&s) => return Ok(None),
                 Some(s) if FileType::from_raw_mode(s.st_mode) == FileType::Directory => {
-                    let sub = upper::subdir(&dir, name)?;
-                    let origin = match upper::origin(&sub)? {
-                        Origin::Opaque => None,
-                        Origin::Redirect(p) => lower_dir_at(&st.lower, &p),
-                        Origin::Inherit => pinfo
-                            .origin
-                            .and_then(|d| st.lower.find(d, name))
-                            .map(|i| &st.lower.entries()[i as usize])
-                            .filter(|e| e.kind == EntryKind::Dir)
-                            .map(|e| e.dir),
-                    };
+                    let sub = upper::subdir(dir, name)?;
                     let info = DirInfo {
                         upper: true,
-                        origin,
+                        origin: child_origin(&st.lower, pinfo.origin, name, upper::origin(&sub)?),
                     };
                     return Ok(Some((Found::Upper(s), Some(info))));
                 }
@@ -631,6 +642,24 @@ impl Editable {
         Ok(self.attr(st, ino, &found))
     }
 
+    /// The attributes of `name` in directory `parent` now, without a
+    /// reference (the inode number shown is [`UNKNOWN_INODE`] for a name
+    /// nobody looked up).
+    pub fn peek(&self, parent: u32, name: &[u8]) -> Result<Attr> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let (found, _) = self
+            .find_in(st, parent, name)?
+            .1
+            .ok_or(VfsError::NotFound)?;
+        let ino = st
+            .names
+            .get(&(parent, Box::<[u8]>::from(name)))
+            .copied()
+            .unwrap_or(UNKNOWN_INODE);
+        Ok(self.attr(st, ino, &found))
+    }
+
     /// The attributes of `ino`.
     pub fn getattr(&self, ino: u32) -> Result<Attr> {
         let mut st = self.lock();
@@ -652,27 +681,14 @@ impl Editable {
         self.dir_info(&mut st, ino).map(|_| ())
     }
 
-    /// The merged listing of directory `ino`, sorted by name (`counted`:
-    /// each entry is a reference the platform will forget).
-    pub fn list(&self, ino: u32, counted: bool) -> Result<Vec<Listed>> {
+    /// The names in directory `ino` now (the merged listing), sorted.
+    pub fn names(&self, ino: u32) -> Result<Vec<Vec<u8>>> {
         let mut st = self.lock();
-        let st = &mut *st;
-        let items = self.merged(st, ino)?;
-        let mut out = Vec::with_capacity(items.len());
-        for (name, found, info) in items {
-            let ino = match counted {
-                true => Self::intern(st, ino, &name, info, true)?,
-                // Only shown (plain readdir): no inode is made for it.
-                false => st
-                    .names
-                    .get(&(ino, Box::<[u8]>::from(&name[..])))
-                    .copied()
-                    .unwrap_or(UNKNOWN_INODE),
-            };
-            let attr = self.attr(st, ino, &found);
-            out.push(Listed { name, attr });
-        }
-        Ok(out)
+        Ok(self
+            .merged(&mut st, ino)?
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect())
     }
 
     /// The entries of directory `ino`: name, where, what a directory is.
@@ -685,7 +701,7 @@ impl Editable {
         if info.upper {
             let dir = self.upper.dir(&path)?;
             for name in upper::names(&dir)? {
-                match self.find(st, info, &path, &name)? {
+                match Self::find_at(st, info, Some(&dir), &name)? {
                     Some((found @ Found::Upper(_), i)) => {
                         hidden.insert(name.clone());
                         out.push((name, found, i));

@@ -593,34 +593,24 @@ impl ControlHandler for Handler {
             .list()
             .into_iter()
             .filter(|r| all || caller.uid == Some(r.owner_uid))
-            .map(|r| proto::RuntimeInfo {
-                runtime: r.name.clone(),
-                root_pid: r.root_pid,
-                spec: r
-                    .view
-                    .edit
-                    .as_ref()
-                    .map(|e| e.stack())
-                    .unwrap_or_else(|| r.view.layers.clone())
-                    .iter()
-                    .map(|d| d.to_string()[..12].to_string())
-                    .collect::<Vec<_>>()
-                    .join("+"),
-                layers: r
-                    .view
-                    .edit
-                    .as_ref()
-                    .map(|e| e.stack())
-                    .unwrap_or_else(|| r.view.layers.clone())
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect(),
-                age_seconds: r.started.elapsed().as_secs(),
-                requests: r.requests.load(Ordering::Relaxed),
-                owner_uid: r.owner_uid,
-                bound: r.view.bound,
-                editable: r.view.edit.is_some(),
-                writable: r.view.edit.as_ref().is_some_and(|e| e.is_writable()),
+            .map(|r| {
+                let stack = r.view.stack();
+                proto::RuntimeInfo {
+                    runtime: r.name.clone(),
+                    root_pid: r.root_pid,
+                    spec: stack
+                        .iter()
+                        .map(|d| d.to_string()[..12].to_string())
+                        .collect::<Vec<_>>()
+                        .join("+"),
+                    layers: stack.iter().map(|d| d.to_string()).collect(),
+                    age_seconds: r.started.elapsed().as_secs(),
+                    requests: r.requests.load(Ordering::Relaxed),
+                    owner_uid: r.owner_uid,
+                    bound: r.view.bound,
+                    editable: r.view.edit.is_some(),
+                    writable: r.view.edit.as_ref().is_some_and(|e| e.is_writable()),
+                }
             })
             .collect();
         Ok(proto::ListResponse { runtimes })
@@ -691,9 +681,8 @@ impl ControlHandler for Handler {
         })?;
         let Some(c) = committed else {
             // Nothing to commit: the stack as it is.
-            let stack = rt.view.edit.as_ref().map(|e| e.stack()).unwrap_or_default();
             return Ok(proto::CommitResponse {
-                stack: stack.iter().map(|d| d.to_string()).collect(),
+                stack: rt.view.stack().iter().map(|d| d.to_string()).collect(),
                 ..Default::default()
             });
         };
@@ -705,16 +694,10 @@ impl ControlHandler for Handler {
             && record.owner_uid == rt.owner_uid
         {
             record.layers = c.stack.clone();
-            let saved = self.0.repo().save_runtime(&record).and_then(|()| {
-                let path = self
-                    .0
-                    .repo()
-                    .root()
-                    .join("runtimes")
-                    .join(format!("{}.json", rt.name));
-                std::os::unix::fs::lchown(&path, Some(record.owner_uid), None)
-                    .map_err(spfs_storage::StorageError::io("cannot give back", &path))
-            });
+            let saved = self
+                .0
+                .repo()
+                .save_runtime_as(&record, Some(record.owner_uid));
             if let Err(e) = saved {
                 tracing::warn!(runtime = %rt.name, "cannot update the runtime's record: {e}");
             }

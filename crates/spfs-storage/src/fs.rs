@@ -104,8 +104,8 @@ pub(crate) enum Written {
     /// user's tag leaves it the user's).
     Record { keep_owner: Option<u32> },
     /// A record only its owner (and root) may read: a runtime record names
-    /// a command line, which may hold secrets.
-    PrivateRecord,
+    /// a command line, which may hold secrets. Owned as `Record`'s.
+    PrivateRecord { keep_owner: Option<u32> },
 }
 
 /// What renaming onto a name that is taken means.
@@ -474,7 +474,9 @@ impl FsRepository {
             Written::Object => (OBJECT_MODE, Taken::Keep, None),
             Written::Payload(copy) => (copy.mode(), Taken::KeepCopy(copy), None),
             Written::Record { keep_owner } => (RECORD_MODE, Taken::Replace, keep_owner),
-            Written::PrivateRecord => (PRIVATE_RECORD_MODE, Taken::Replace, None),
+            Written::PrivateRecord { keep_owner } => {
+                (PRIVATE_RECORD_MODE, Taken::Replace, keep_owner)
+            }
         };
         let (mut f, tmp) = self.temp_file(mode)?;
         let res = f

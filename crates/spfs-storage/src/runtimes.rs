@@ -95,12 +95,18 @@ impl FsRepository {
 
     /// Save (create or replace) a runtime record.
     pub fn save_runtime(&self, record: &RuntimeRecord) -> Result<()> {
+        self.save_runtime_as(record, None)
+    }
+
+    /// [`FsRepository::save_runtime`], the file owned by `owner` when given
+    /// (root rewriting a user's record leaves it the user's).
+    pub fn save_runtime_as(&self, record: &RuntimeRecord, owner: Option<u32>) -> Result<()> {
         let rel = Self::runtime_path(&record.name)?;
         let json = serde_json::to_vec_pretty(record).map_err(|e| StorageError::BadRecord {
             path: self.root().join(&rel),
             message: e.to_string(),
         })?;
-        self.write_atomic(&rel, &json, Written::PrivateRecord)
+        self.write_atomic(&rel, &json, Written::PrivateRecord { keep_owner: owner })
     }
 
     pub fn read_runtime(&self, name: &str) -> Result<RuntimeRecord> {

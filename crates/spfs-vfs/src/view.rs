@@ -30,3 +30,14 @@ pub struct View {
     /// [`crate::edit::Editable::lower`], which a commit changes).
     pub edit: Option<crate::edit::Editable>,
 }
+
+impl View {
+    /// The stack the view shows now, bottom first (an editable view's
+    /// grows with each commit).
+    pub fn stack(&self) -> Vec<Digest> {
+        match &self.edit {
+            Some(e) => e.stack(),
+            None => self.layers.clone(),
+        }
+    }
+}

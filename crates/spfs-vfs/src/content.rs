@@ -16,12 +16,18 @@
 //! with `counted`) and reports the kernel's `FORGET`s
 //! ([`ContentNodes::forget`]); a slot the kernel has forgotten may be
 //! reused, since the kernel no longer knows its id.
+//!
+//! Slots outlive the service process when a [`Journal`] keeps them
+//! ([`ContentNodes::keep_in`]): the next service process finds every slot
+//! the kernel may still hold. How many references the kernel holds to
+//! those is not known, so they are never reused in that process's life.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use spfs_model::Digest;
 
+use crate::journal::Journal;
 use crate::node;
 
 /// The view part of every content node id (no view gets this id).
@@ -51,6 +57,35 @@ struct Inner {
     free: Vec<u32>,
 }
 
+/// References counted for a slot found in a journal: never all forgotten.
+const RECOVERED: u64 = u64::MAX / 2;
+
+/// The bytes of a key in a journal.
+pub const KEY_BYTES: usize = 32 + 8 + 2 + 8;
+
+impl ContentKey {
+    fn to_bytes(self) -> [u8; KEY_BYTES] {
+        let mut b = [0u8; KEY_BYTES];
+        b[..32].copy_from_slice(self.digest.as_bytes());
+        b[32..40].copy_from_slice(&self.size.to_le_bytes());
+        b[40..42].copy_from_slice(&self.perm.to_le_bytes());
+        b[42..].copy_from_slice(&self.mtime.to_le_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<ContentKey> {
+        if b.len() != KEY_BYTES {
+            return None;
+        }
+        Some(ContentKey {
+            digest: Digest(b[..32].try_into().ok()?),
+            size: u64::from_le_bytes(b[32..40].try_into().ok()?),
+            perm: u16::from_le_bytes(b[40..42].try_into().ok()?),
+            mtime: i64::from_le_bytes(b[42..].try_into().ok()?),
+        })
+    }
+}
+
 /// Slots kept, at most, for nodes the kernel holds no reference to (ids
 /// only listed by `readdir`): past this, they are reused.
 const UNREFERENCED_MAX: usize = 65_536;
@@ -59,11 +94,63 @@ const UNREFERENCED_MAX: usize = 65_536;
 #[derive(Default)]
 pub struct ContentNodes {
     inner: Mutex<Inner>,
+    journal: OnceLock<Journal>,
 }
 
 impl ContentNodes {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keep the slots in `journal` from now on, taking over those it holds
+    /// (a previous service process's, which the kernel may still know).
+    pub fn keep_in(&self, journal: Journal) {
+        let mut inner = self.lock();
+        let mut found: Vec<(u32, ContentKey)> = journal
+            .entries()
+            .into_iter()
+            .filter_map(|(slot, key)| {
+                Some((u32::try_from(slot).ok()?, ContentKey::from_bytes(&key)?))
+            })
+            .filter(|(slot, _)| *slot < u32::MAX)
+            .collect();
+        found.sort_by_key(|(slot, _)| *slot);
+        for (slot, key) in found {
+            let i = slot as usize;
+            if inner.slots.len() <= i {
+                inner.slots.resize_with(i + 1, || None);
+            }
+            if let Some(old) = inner.slots[i].take() {
+                inner.by_key.remove(&old.key);
+            }
+            inner.slots[i] = Some(Slot {
+                key,
+                lookups: RECOVERED,
+            });
+            inner.by_key.insert(key, slot);
+        }
+        inner.free = (0..inner.slots.len() as u32)
+            .filter(|i| inner.slots[*i as usize].is_none())
+            .collect();
+        let _ = self.journal.set(journal);
+    }
+
+    /// Record that `slot` holds `key` (before its id is handed out).
+    fn journal_put(&self, slot: u32, key: ContentKey) {
+        if let Some(j) = self.journal.get()
+            && let Err(e) = j.put(slot as u64, &key.to_bytes())
+        {
+            tracing::warn!("cannot journal content node {slot}: {e}");
+        }
+    }
+
+    /// Record that `slot` is free.
+    fn journal_remove(&self, slot: u32) {
+        if let Some(j) = self.journal.get()
+            && let Err(e) = j.remove(slot as u64)
+        {
+            tracing::warn!("cannot journal content node {slot}: {e}");
+        }
     }
 
     /// The node of `key`, made if needed. `counted`: the id is handed to the
@@ -75,7 +162,9 @@ impl ContentNodes {
             Some(&slot) => slot,
             None => {
                 if inner.free.is_empty() && inner.slots.len() >= UNREFERENCED_MAX {
-                    Self::sweep(&mut inner);
+                    for slot in Self::sweep(&mut inner) {
+                        self.journal_remove(slot);
+                    }
                 }
                 let slot = match inner.free.pop() {
                     Some(slot) => slot,
@@ -87,6 +176,7 @@ impl ContentNodes {
                 };
                 inner.slots[slot as usize] = Some(Slot { key, lookups: 0 });
                 inner.by_key.insert(key, slot);
+                self.journal_put(slot, key);
                 slot
             }
         };
@@ -96,21 +186,24 @@ impl ContentNodes {
         node::node_id(CONTENT_VIEW, slot)
     }
 
-    /// Free the slots the kernel holds no reference to.
-    fn sweep(inner: &mut Inner) {
+    /// Free the slots the kernel holds no reference to; the slots freed.
+    fn sweep(inner: &mut Inner) -> Vec<u32> {
         let Inner {
             by_key,
             slots,
             free,
         } = inner;
+        let mut freed = Vec::new();
         for (i, s) in slots.iter_mut().enumerate() {
             if s.as_ref().is_some_and(|s| s.lookups == 0) {
                 if let Some(s) = s.take() {
                     by_key.remove(&s.key);
                 }
                 free.push(i as u32);
+                freed.push(i as u32);
             }
         }
+        freed
     }
 
     /// The key of content node `node`, if it is one that lives.
@@ -144,6 +237,7 @@ impl ContentNodes {
         inner.slots[slot as usize] = None;
         inner.by_key.remove(&key);
         inner.free.push(slot);
+        self.journal_remove(slot);
         true
     }
 
@@ -202,6 +296,31 @@ mod tests {
         nodes.forget(node::node_id(3, 4), 9);
         nodes.forget(node::node_id(CONTENT_VIEW, 999), 9);
         assert_eq!(nodes.len(), 2);
+    }
+
+    #[test]
+    fn a_journal_keeps_slots_for_the_next_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("content");
+        let (a, b);
+        {
+            let nodes = ContentNodes::default();
+            nodes.keep_in(Journal::open(&path, KEY_BYTES).expect("journal"));
+            a = nodes.intern(key(1), true);
+            b = nodes.intern(key(2), true);
+            let gone = nodes.intern(key(3), true);
+            nodes.forget(gone, 1);
+        }
+        let nodes = ContentNodes::default();
+        nodes.keep_in(Journal::open(&path, KEY_BYTES).expect("journal"));
+        assert_eq!(nodes.get(a), Some(key(1)));
+        assert_eq!(nodes.get(b), Some(key(2)));
+        assert_eq!(nodes.intern(key(2), true), b, "the same node again");
+        // Recovered slots are never freed: the kernel's count is unknown.
+        nodes.forget(a, 1000);
+        assert_eq!(nodes.get(a), Some(key(1)));
+        let c = nodes.intern(key(4), true);
+        assert!(c != a && c != b);
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`content`]: one node per distinct public file across views, so the
 //!   kernel keeps one copy of its pages;
 //! - [`handles`]: open files;
+//! - [`journal`]: small tables kept in files, that outlive the service
+//!   process (what the kernel may still know of it after a restart);
 //! - [`verify`]: payloads checked against their digests before they are
 //!   first served, corrupt ones refused and quarantined.
 //!
@@ -29,6 +31,7 @@
 pub mod content;
 pub mod edit;
 pub mod handles;
+pub mod journal;
 pub mod node;
 pub mod registry;
 pub mod verify;

@@ -37,6 +37,10 @@ pub struct RuntimeSpec {
     pub bound: bool,
     /// An editable view, whose edits go to this upper area.
     pub edit: Option<EditSpec>,
+    /// The id of the view to use: the one a previous service process gave
+    /// this runtime (a restarted service takes its runtimes over, and the
+    /// kernel still knows their node ids). `None`: a new id.
+    pub view_id: Option<u32>,
 }
 
 /// What makes a view editable.
@@ -76,6 +80,8 @@ pub enum RegistryError<E: std::error::Error + 'static> {
     Exists(String),
     #[error("too many views were created in this service's life")]
     OutOfViewIds,
+    #[error("view id {0} is another view's")]
+    ViewIdTaken(u32),
     #[error("cannot open the upper area {path}: {source}")]
     Upper {
         path: std::path::PathBuf,
@@ -105,8 +111,29 @@ struct ViewKey {
 struct Inner {
     runtimes: HashMap<String, Arc<Runtime>>,
     views: HashMap<ViewKey, Weak<View>>,
+    /// Every live view by id (a view taken over with its old id may not be
+    /// the one `views` shares for its key).
+    by_id: HashMap<u32, (ViewKey, Weak<View>)>,
     recent: VecDeque<Arc<View>>,
     last_view: u32,
+}
+
+impl Inner {
+    /// The live view `id`, which must be of `key`.
+    fn view_by_id<E: std::error::Error + 'static>(
+        &self,
+        id: u32,
+        key: &ViewKey,
+    ) -> Result<Option<Arc<View>>, RegistryError<E>> {
+        match self.by_id.get(&id) {
+            Some((k, v)) => match v.upgrade() {
+                Some(v) if k == key => Ok(Some(v)),
+                Some(_) => Err(RegistryError::ViewIdTaken(id)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
 }
 
 /// The runtimes of one service.
@@ -148,7 +175,12 @@ impl Registry {
         };
         let (shared, tree) = {
             let inner = self.read();
-            let shared = inner.views.get(&key).and_then(Weak::upgrade);
+            let shared = match spec.view_id {
+                // Taken over: that view, if another runtime took it over
+                // already (it must be of this key).
+                Some(id) => inner.view_by_id(id, &key)?,
+                None => inner.views.get(&key).and_then(Weak::upgrade),
+            };
             let tree = inner
                 .views
                 .iter()
@@ -188,15 +220,23 @@ impl Registry {
                     None => None,
                 };
                 let mut inner = self.write();
-                match inner.views.get(&key).and_then(Weak::upgrade) {
+                let again = match spec.view_id {
+                    Some(id) => inner.view_by_id(id, &key)?,
+                    None => inner.views.get(&key).and_then(Weak::upgrade),
+                };
+                match again {
                     Some(v) => v,
                     None => {
-                        let id = inner
-                            .last_view
-                            .checked_add(1)
-                            .filter(|id| *id < crate::content::CONTENT_VIEW)
-                            .ok_or(RegistryError::OutOfViewIds)?;
-                        inner.last_view = id;
+                        let id = match spec.view_id {
+                            Some(id) if id != 0 && id < crate::content::CONTENT_VIEW => id,
+                            Some(id) => return Err(RegistryError::ViewIdTaken(id)),
+                            None => inner
+                                .last_view
+                                .checked_add(1)
+                                .filter(|id| *id < crate::content::CONTENT_VIEW)
+                                .ok_or(RegistryError::OutOfViewIds)?,
+                        };
+                        inner.last_view = inner.last_view.max(id);
                         let v = Arc::new(View {
                             id,
                             layers: key.layers.clone(),
@@ -205,7 +245,12 @@ impl Registry {
                             bound: key.bound,
                             edit,
                         });
-                        inner.views.insert(key, Arc::downgrade(&v));
+                        inner.by_id.insert(id, (key.clone(), Arc::downgrade(&v)));
+                        // A view taken over is shared only if its key has
+                        // no live view yet.
+                        if inner.views.get(&key).is_none_or(|w| w.strong_count() == 0) {
+                            inner.views.insert(key, Arc::downgrade(&v));
+                        }
                         v
                     }
                 }
@@ -230,11 +275,20 @@ impl Registry {
 
     /// The live view with id `id`.
     pub fn view(&self, id: u32) -> Option<Arc<View>> {
-        self.read()
-            .views
-            .values()
-            .filter_map(Weak::upgrade)
-            .find(|v| v.id == id)
+        self.read().by_id.get(&id).and_then(|(_, v)| v.upgrade())
+    }
+
+    /// The highest view id handed out (a restarted service goes on above
+    /// it, see [`Registry::skip_view_ids_to`]).
+    pub fn last_view_id(&self) -> u32 {
+        self.read().last_view
+    }
+
+    /// Hand out view ids above `id` only: a previous service process may
+    /// have handed out every id up to it, which the kernel may still know.
+    pub fn skip_view_ids_to(&self, id: u32) {
+        let mut inner = self.write();
+        inner.last_view = inner.last_view.max(id);
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Runtime>> {
@@ -257,6 +311,7 @@ impl Registry {
             inner.recent.pop_front();
         }
         inner.views.retain(|_, v| v.strong_count() > 0);
+        inner.by_id.retain(|_, (_, v)| v.strong_count() > 0);
         Some(rt)
     }
 
@@ -301,6 +356,7 @@ pub(crate) fn register_tree(
         owner_uid,
         bound: false,
         edit: None,
+        view_id: None,
     };
     register_tree_as(registry, spec, layers, tree)
 }
@@ -331,6 +387,7 @@ mod tests {
             owner_uid: 0,
             bound: false,
             edit: None,
+            view_id: None,
         }
     }
 
@@ -375,6 +432,52 @@ mod tests {
         assert_eq!(reg.view_count(), RECENT_VIEWS);
         let r4 = reg.register(spec("four"), vec![a], ok).unwrap();
         assert_ne!(r4.view.id, first_id, "a new view gets a new id");
+    }
+
+    #[test]
+    fn views_taken_over_keep_their_ids() {
+        let reg = Registry::default();
+        let ok = || -> Result<_, std::io::Error> { Ok((Tree::default(), SystemTime::UNIX_EPOCH)) };
+        let a = Digest::of(b"a");
+        reg.skip_view_ids_to(40);
+        let old = reg
+            .register(
+                RuntimeSpec {
+                    view_id: Some(7),
+                    ..spec("old")
+                },
+                vec![a],
+                ok,
+            )
+            .unwrap();
+        assert_eq!(old.view.id, 7);
+        assert!(reg.view(7).is_some());
+        // Another runtime of that view takes it over too.
+        let again = reg
+            .register(
+                RuntimeSpec {
+                    view_id: Some(7),
+                    ..spec("again")
+                },
+                vec![a],
+                ok,
+            )
+            .unwrap();
+        assert!(Arc::ptr_eq(&old.view, &again.view));
+        // Nobody else's stack gets that id.
+        let b = Digest::of(b"b");
+        let taken = reg.register(
+            RuntimeSpec {
+                view_id: Some(7),
+                ..spec("b")
+            },
+            vec![b],
+            ok,
+        );
+        assert!(matches!(taken, Err(RegistryError::ViewIdTaken(7))));
+        // New views go on above what was handed out.
+        let new = reg.register(spec("new"), vec![b], ok).unwrap();
+        assert_eq!(new.view.id, 41);
     }
 
     #[test]

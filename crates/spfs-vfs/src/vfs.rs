@@ -1007,6 +1007,7 @@ mod tests {
             owner_uid: 0,
             bound: true,
             edit: None,
+            view_id: None,
         };
         crate::registry::register_tree_as(&vfs.registry, spec, vec![d], b.build().unwrap())
     }

@@ -32,6 +32,7 @@
 //! empties the upper area without changing what anyone sees).
 
 pub mod commit;
+pub mod snapshot;
 pub mod upper;
 
 use std::collections::HashMap;
@@ -354,6 +355,11 @@ impl Editable {
     /// The runtime owner's user id.
     pub fn owner_uid(&self) -> u32 {
         self.owner.0
+    }
+
+    /// The group shown as the owner of the layers' entries.
+    pub fn owner_gid(&self) -> u32 {
+        self.owner.1
     }
 
     pub fn upper(&self) -> &Upper {

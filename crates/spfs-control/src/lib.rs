@@ -29,7 +29,7 @@ use std::path::PathBuf;
 pub use auth::{Caller, create_token_file, read_token_file};
 pub use client::Client;
 pub use listen::Listen;
-pub use server::{Bound, ControlHandler, bind, serve};
+pub use server::{Bound, ControlHandler, Inheritable, adopt, bind, serve};
 
 /// Everything that can go wrong while setting up the transport, on either side.
 /// Errors of individual calls are `tonic::Status`.

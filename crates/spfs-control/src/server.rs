@@ -67,9 +67,21 @@ pub struct Bound {
 enum Listener {
     Unix {
         listener: UnixListener,
-        _file: SocketFile,
+        /// Removed when the server stops (none for an inherited socket:
+        /// its file is the process that bound it's to remove).
+        _file: Option<SocketFile>,
     },
     Tcp(TcpListener),
+}
+
+/// A bound control socket to be served by another process (the VFS
+/// service's worker): its descriptor, and the socket file, removed when
+/// this value is dropped.
+#[derive(Debug)]
+pub struct Inheritable {
+    pub listen: Listen,
+    pub fd: std::os::fd::OwnedFd,
+    _file: Option<SocketFile>,
 }
 
 /// The largest request the server decodes: a spec of at most 64 KiB and a
@@ -97,7 +109,7 @@ pub async fn bind(listen: &Listen, token: Option<String>) -> Result<Bound, Contr
                 listen.clone(),
                 Listener::Unix {
                     listener,
-                    _file: file,
+                    _file: Some(file),
                 },
             )
         }
@@ -142,10 +154,74 @@ pub async fn serve(
     bind(listen, token).await?.serve(handler, shutdown).await
 }
 
+/// Serve a socket bound by another process (`fd`, a listening Unix or
+/// TCP socket), as [`bind`] would have bound `listen`. Must be called
+/// within a tokio runtime.
+pub fn adopt(
+    listen: Listen,
+    token: Option<String>,
+    fd: std::os::fd::OwnedFd,
+) -> Result<Bound, ControlError> {
+    let token: Option<Arc<str>> = token.filter(|t| !t.is_empty()).map(Arc::from);
+    let io_err = |source| ControlError::Io {
+        action: "adopt the socket",
+        path: PathBuf::from(listen.to_string()),
+        source,
+    };
+    let listener = match &listen {
+        Listen::Unix(_) => {
+            let std = std::os::unix::net::UnixListener::from(fd);
+            std.set_nonblocking(true).map_err(io_err)?;
+            Listener::Unix {
+                listener: UnixListener::from_std(std).map_err(io_err)?,
+                _file: None,
+            }
+        }
+        Listen::Tcp(_) => {
+            if token.is_none() {
+                return Err(ControlError::MissingToken(listen.clone()));
+            }
+            let std = std::net::TcpListener::from(fd);
+            std.set_nonblocking(true).map_err(io_err)?;
+            Listener::Tcp(TcpListener::from_std(std).map_err(io_err)?)
+        }
+    };
+    Ok(Bound {
+        listen,
+        token,
+        listener,
+    })
+}
+
 impl Bound {
     /// The address actually bound (with the real port when 0 was asked).
     pub fn listen(&self) -> &Listen {
         &self.listen
+    }
+
+    /// Hand the socket to another process to serve ([`adopt`] there).
+    pub fn into_inheritable(self) -> Result<Inheritable, ControlError> {
+        let listen = self.listen;
+        let io_err = |source| ControlError::Io {
+            action: "hand over the socket",
+            path: PathBuf::from(listen.to_string()),
+            source,
+        };
+        let (fd, file) = match self.listener {
+            Listener::Unix { listener, _file } => {
+                let std = listener.into_std().map_err(io_err)?;
+                (std::os::fd::OwnedFd::from(std), _file)
+            }
+            Listener::Tcp(listener) => {
+                let std = listener.into_std().map_err(io_err)?;
+                (std::os::fd::OwnedFd::from(std), None)
+            }
+        };
+        Ok(Inheritable {
+            listen,
+            fd,
+            _file: file,
+        })
     }
 
     /// Answer requests with `handler` until `shutdown` completes, then

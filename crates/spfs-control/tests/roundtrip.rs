@@ -83,6 +83,7 @@ impl ControlHandler for TestHandler {
             requests: 99,
             passthrough: true,
             version: "test".into(),
+            ..Default::default()
         })
     }
 

@@ -84,6 +84,7 @@ fn load(path: &str) {
             owner_uid: 0,
             bound: false,
             edit: None,
+            view_id: None,
         },
         vec![],
         move || Ok::<_, std::io::Error>((tree, SystemTime::now())),

@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
 use spfs_control::proto;
 use spfs_control::{Caller, ControlHandler};
@@ -110,6 +109,13 @@ impl Drop for Undo<'_> {
         let s = self.state;
         s.router.unbind(self.name);
         s.vfs.registry.remove(self.name);
+        if !self.name.is_empty() {
+            let _ = s.ledger.forget(self.name);
+            s.durable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(self.name);
+        }
         if self.editing {
             s.editing_ends();
         }
@@ -321,7 +327,7 @@ impl ControlHandler for Handler {
                 caller.uid.map(|u| u.to_string()).unwrap_or_default()
             )));
         }
-        if root.info.tgid == std::process::id() {
+        if root.info.tgid == std::process::id() || root.info.tgid == s.keeper_pid() {
             return Err(Status::invalid_argument(format!(
                 "process {pid} is the VFS service itself"
             )));
@@ -454,9 +460,12 @@ impl ControlHandler for Handler {
             editing,
             armed: true,
         };
-        // 1. The view (the expensive, fallible part) before touching any process.
-        let repo = s.repo().clone();
-        let build_layers = layers.clone();
+        // 1. The view (the expensive, fallible part) before touching any
+        //    process; its id reserved in the ledger first (a new worker
+        //    must never hand it out again).
+        s.ledger
+            .reserve_view_ids(s.vfs.registry.last_view_id())
+            .map_err(|e| Status::internal(format!("cannot write the service's ledger: {e}")))?;
         let rt = s
             .vfs
             .registry
@@ -467,17 +476,10 @@ impl ControlHandler for Handler {
                     owner_uid: uids[0],
                     bound: req.bind,
                     edit,
+                    view_id: None,
                 },
                 layers.clone(),
-                move || {
-                    let tree = repo.merged_tree(&build_layers)?;
-                    let mtime = build_layers
-                        .iter()
-                        .filter_map(|d| repo.object_mtime(d).ok())
-                        .max()
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    Ok::<_, StorageError>((tree, mtime))
-                },
+                s.view_builder(layers.clone()),
             )
             .map_err(|e| match e {
                 spfs_vfs::registry::RegistryError::Build(e) => storage_status(e),
@@ -511,20 +513,23 @@ impl ControlHandler for Handler {
                 .map_err(|e| Status::internal(format!("cannot watch the runtime's cgroup: {e}")))?;
         }
         s.router.bind(&name, &path, id);
-        // 3. The root process, then its descendants.
-        s.cgroups
-            .move_process(&mut root, from, &path, id)
-            .map_err(move_status)?;
-        self.adopt_descendants(caller, pid, from, &path, id);
         if req.keep || req.resume {
             s.durable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(name.clone());
         }
+        // In the ledger before any process joins: a worker that dies from
+        // here on leaves its successor what it needs to take over.
+        s.ledger_record(&name, &path, pid);
+        // 3. The root process, then its descendants.
+        s.cgroups
+            .move_process(&mut root, from, &path, id)
+            .map_err(move_status)?;
+        self.adopt_descendants(caller, pid, from, &path, id);
         undo.armed = false;
         drop(undo);
-        s.bind_runtime(&name, root, &path);
+        s.bind_runtime(&name, Some(root), &path);
         if !s.cgroups.is_populated(&path).unwrap_or(false) {
             s.drop_runtime(&name, "its processes exited while it was mounted");
             return Err(Status::not_found(format!("process {pid} exited")));
@@ -641,6 +646,7 @@ impl ControlHandler for Handler {
         if let Some(ed) = &rt.view.edit {
             ed.set_writable(req.on);
         }
+        self.0.ledger_update(&rt.name);
         tracing::info!(runtime = %rt.name, on = req.on, "editing switched");
         Ok(proto::EditResponse {})
     }
@@ -688,6 +694,7 @@ impl ControlHandler for Handler {
         };
         self.0.invalidate(&c.stale);
         tracing::info!(runtime = %rt.name, layer = %c.layer, files = c.files, "edits committed");
+        self.0.ledger_update(&rt.name);
         // The record follows the stack, for `spfs run --rerun` (it stays
         // its owner's).
         if let Ok(mut record) = self.0.repo().read_runtime(&rt.name)

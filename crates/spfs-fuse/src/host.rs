@@ -16,7 +16,6 @@
 //! [`FuseHost::open_passthrough`]); one who has none gets EACCES.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -31,7 +30,9 @@ use fuser::{
 use spfs_vfs::edit::{SetAttr, SetTime};
 use spfs_vfs::{Attr, DirItem, NodeKind, OpenedPayload, PayloadCopy, Runtime, Vfs, VfsError, View};
 
+use crate::handover::{Gate, InitRecord};
 use crate::route::Router;
+use spfs_vfs::journal::Journal;
 
 /// The filesystem served on the mount.
 pub struct FuseHost {
@@ -53,6 +54,13 @@ pub struct FuseHost {
     pub requests: Arc<AtomicU64>,
     /// Tells the kernel to forget names (set once the session runs).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Counts requests under way, so that a worker handing over to the
+    /// next stops between requests ([`crate::handover`]).
+    pub gate: Arc<Gate>,
+    /// Where the registered backing files are recorded for the next worker.
+    backing_journal: std::sync::OnceLock<Journal>,
+    /// What the kernel offered at `INIT` (set by `init`).
+    init_record: Arc<std::sync::OnceLock<InitRecord>>,
 }
 
 /// A payload file read without an open, and which copy it is.
@@ -61,17 +69,68 @@ type NodeFile = (PayloadCopy, Arc<std::fs::File>);
 /// A registered backing file, which copy of the payload it is, and how
 /// many open files use it.
 struct Backing {
-    id: BackingId,
+    /// The registration (`None` for one a previous worker made, until it
+    /// is first used here: see `raw`).
+    id: Option<BackingId>,
+    /// The kernel's number for it.
+    raw: u32,
     opens: u32,
     /// Only a caller whose user may read this copy may use it.
     copy: PayloadCopy,
 }
 
+/// Open files counted for a backing file a previous worker registered (how
+/// many there are is not known): it is never unregistered.
+const INHERITED_OPENS: u32 = u32::MAX / 2;
+
+/// The bytes of a backing file's journal record: its number and its copy.
+pub(crate) const BACKING_RECORD: usize = 4 + 5;
+
 impl Backing {
+    fn new(id: BackingId, copy: PayloadCopy) -> (Backing, [u8; BACKING_RECORD]) {
+        let raw = id.into_raw();
+        let mut rec = [0u8; BACKING_RECORD];
+        rec[..4].copy_from_slice(&raw.to_le_bytes());
+        if let PayloadCopy::Private(uid) = copy {
+            rec[4] = 1;
+            rec[5..].copy_from_slice(&uid.to_le_bytes());
+        }
+        let b = Backing {
+            id: None,
+            raw,
+            opens: 0,
+            copy,
+        };
+        (b, rec)
+    }
+
+    /// A backing file a previous worker recorded.
+    fn inherited(rec: &[u8]) -> Option<Backing> {
+        let raw = u32::from_le_bytes(rec.get(..4)?.try_into().ok()?);
+        let copy = match rec.get(4)? {
+            0 => PayloadCopy::Public,
+            _ => PayloadCopy::Private(u32::from_le_bytes(rec.get(5..9)?.try_into().ok()?)),
+        };
+        Some(Backing {
+            id: None,
+            raw,
+            opens: INHERITED_OPENS,
+            copy,
+        })
+    }
+
     /// Answer an open with this backing file.
     fn open(&mut self, reply: ReplyOpen) {
-        self.opens += 1;
-        reply.opened_passthrough(FileHandle(PASSTHROUGH_FH), FopenFlags::empty(), &self.id);
+        self.opens = self.opens.saturating_add(1);
+        let raw = self.raw;
+        // SAFETY: `raw` was registered on this connection (by this worker,
+        // or by a previous one of this mount, which recorded it before its
+        // first use and unrecords it before unregistering it), and it is
+        // unregistered only when this `BackingId` is dropped.
+        let id = self
+            .id
+            .get_or_insert_with(|| unsafe { reply.wrap_backing(raw) });
+        reply.opened_passthrough(FileHandle(PASSTHROUGH_FH), FopenFlags::empty(), id);
     }
 }
 
@@ -214,7 +273,38 @@ impl FuseHost {
             backing: Mutex::new(HashMap::new()),
             requests: Arc::new(AtomicU64::new(0)),
             notifier: Arc::default(),
+            gate: Arc::default(),
+            backing_journal: std::sync::OnceLock::new(),
+            init_record: Arc::default(),
         }
+    }
+
+    /// Record backing files in `journal` from now on, taking over those a
+    /// previous worker of this mount recorded there.
+    pub fn keep_backing_in(&self, journal: Journal) {
+        let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        for (node, rec) in journal.entries() {
+            if let Some(b) = Backing::inherited(&rec) {
+                backing.insert(node, b);
+            }
+        }
+        let _ = self.backing_journal.set(journal);
+    }
+
+    /// Where `init` puts what the kernel offered.
+    pub fn init_record_slot(&self) -> Arc<std::sync::OnceLock<InitRecord>> {
+        self.init_record.clone()
+    }
+
+    /// Unregister the backing file of `node` (unrecorded first: the next
+    /// worker must never use a number that may name another file).
+    fn drop_backing(&self, backing: &mut HashMap<u64, Backing>, node: u64) {
+        if let Some(j) = self.backing_journal.get()
+            && let Err(e) = j.remove(node)
+        {
+            tracing::warn!("cannot unrecord a backing file: {e}");
+        }
+        backing.remove(&node);
     }
 
     /// Where the session's notifier goes once the session runs.
@@ -319,15 +409,30 @@ impl FuseHost {
     ) {
         let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         let copy = opened.copy;
-        match backing.entry(node) {
-            Entry::Occupied(mut o) if o.get().opens == 0 && !o.get().copy.readable_by(owner) => {
-                // The idle one is unregistered when dropped.
-                o.insert(Backing { id, opens: 0, copy });
-                o.get_mut().open(reply)
+        let use_new = match backing.get(&node) {
+            Some(b) => b.opens == 0 && !b.copy.readable_by(owner),
+            None => true,
+        };
+        if !use_new {
+            // Another open registered one meanwhile: `id` goes unused.
+            if let Some(b) = backing.get_mut(&node) {
+                b.open(reply);
             }
-            Entry::Occupied(mut o) => o.get_mut().open(reply),
-            Entry::Vacant(v) => v.insert(Backing { id, opens: 0, copy }).open(reply),
+            return;
         }
+        let (new, rec) = Backing::new(id, copy);
+        // Recorded before the kernel learns of it.
+        if let Some(j) = self.backing_journal.get()
+            && let Err(e) = j.put(node, &rec)
+        {
+            tracing::warn!("cannot record a backing file: {e}");
+        }
+        // An idle one replaced is unregistered when dropped.
+        let old = backing.insert(node, new);
+        if let Some(b) = backing.get_mut(&node) {
+            b.open(reply);
+        }
+        drop(old);
     }
 
     /// Answer a request that made an entry in `parent`: a name in the
@@ -362,6 +467,12 @@ impl FuseHost {
 
 impl Filesystem for FuseHost {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let abi = config.kernel_abi();
+        let _ = self.init_record.set(InitRecord {
+            major: abi.0,
+            minor: abi.1,
+            capabilities: config.capabilities().bits(),
+        });
         // Requests of up to 1 MiB (the kernel sizes its pages per request by
         // the larger of max_write and readahead): reads that go through the
         // service (no passthrough) come in a quarter as many round trips.
@@ -379,12 +490,15 @@ impl Filesystem for FuseHost {
         }
         tracing::info!(
             passthrough = self.passthrough.load(Ordering::Relaxed),
+            abi = ?abi,
+            capabilities = format_args!("{:#x}", config.capabilities().bits()),
             "FUSE session initialised"
         );
         Ok(())
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         let view = view_of(&rt);
         match self.vfs.lookup(view, parent.0, name.as_bytes()) {
@@ -407,6 +521,7 @@ impl Filesystem for FuseHost {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         match self.vfs.getattr(view_of(&rt), ino.0) {
             Ok((attr, ttl)) => reply.attr(&ttl, &file_attr(&attr)),
@@ -415,6 +530,7 @@ impl Filesystem for FuseHost {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         match self.vfs.readlink(view_of(&rt), ino.0) {
             Ok(target) => reply.data(&target),
@@ -423,6 +539,7 @@ impl Filesystem for FuseHost {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _in = self.gate.enter();
         if self.cache_opens {
             // The kernel takes ENOSYS as "opens always succeed": it never
             // asks again, and keeps each node's pages cached.
@@ -501,14 +618,19 @@ impl Filesystem for FuseHost {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let res = if self.cache_opens || fh.0 == 0 {
-            self.read_node(req, ino.0, offset, size as usize)
-        } else {
+        let _in = self.gate.enter();
+        let handle = match self.cache_opens || fh.0 == 0 {
+            true => None,
+            false => self.vfs.handles.get(fh.0),
+        };
+        let res = match handle {
             // The handle was made for this caller's view at open.
-            self.vfs
-                .handles
-                .read(fh.0, offset, size as usize)
-                .map_err(Errno::from)
+            Some(file) => {
+                spfs_vfs::handles::read_at(&file, offset, size as usize).map_err(Errno::from)
+            }
+            // No handle, or one a previous worker made: by node, checked
+            // against the caller's view.
+            None => self.read_node(req, ino.0, offset, size as usize),
         };
         match res {
             Ok(data) => reply.data(&data),
@@ -526,6 +648,7 @@ impl Filesystem for FuseHost {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.gate.enter();
         if fh.0 & PASSTHROUGH_FH != 0 {
             let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(b) = backing.get_mut(&ino.0) {
@@ -535,7 +658,7 @@ impl Filesystem for FuseHost {
                 // no registration; past a bound, idle ones go at once.
                 if b.opens == 0 && backing.len() > IDLE_BACKING_MAX {
                     // Dropping the id unregisters the backing file.
-                    backing.remove(&ino.0);
+                    self.drop_backing(&mut backing, ino.0);
                 }
             }
         } else {
@@ -545,6 +668,7 @@ impl Filesystem for FuseHost {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         let opened = self
             .vfs
@@ -571,6 +695,7 @@ impl Filesystem for FuseHost {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _in = self.gate.enter();
         self.vfs.release_dir_handle(fh.0);
         reply.ok();
     }
@@ -583,6 +708,7 @@ impl Filesystem for FuseHost {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _in = self.gate.enter();
         let res = self.list(req, ino, fh, offset, false, |item| {
             reply.add(
                 INodeNo(item.attr.node),
@@ -605,6 +731,7 @@ impl Filesystem for FuseHost {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _in = self.gate.enter();
         // Names and attributes in one answer: a `find`-style walk needs no
         // separate lookup per entry.
         let res = self.list(req, ino, fh, offset, true, |item| {
@@ -625,6 +752,7 @@ impl Filesystem for FuseHost {
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         let s = self.vfs.statfs(view_of(&rt));
         reply.statfs(
@@ -640,6 +768,7 @@ impl Filesystem for FuseHost {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _in = self.gate.enter();
         // The kernel evicted the inode: what is kept for it goes, under the
         // lock an open of it takes (a content node's id may name other
         // content next; see spfs_vfs::content).
@@ -649,7 +778,7 @@ impl Filesystem for FuseHost {
         node_files.remove(&ino.0);
         drop(node_files);
         if backing.get(&ino.0).is_some_and(|b| b.opens == 0) {
-            backing.remove(&ino.0);
+            self.drop_backing(&mut backing, ino.0);
         }
     }
 
@@ -661,6 +790,7 @@ impl Filesystem for FuseHost {
         _owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _in = self.gate.enter();
         // Writes reach the upper area as they come: nothing to flush.
         // ENOSYS makes the kernel stop asking.
         reply.error(Errno::ENOSYS);
@@ -674,15 +804,18 @@ impl Filesystem for FuseHost {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        let _in = self.gate.enter();
         // No extended attributes: ENOSYS makes the kernel stop asking.
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        let _in = self.gate.enter();
         reply.error(Errno::ENOSYS);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let _in = self.gate.enter();
         reply.error(Errno::ENOSYS);
     }
 
@@ -706,6 +839,7 @@ impl Filesystem for FuseHost {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         let set = SetAttr {
             mode,
@@ -734,6 +868,7 @@ impl Filesystem for FuseHost {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _in = self.gate.enter();
         // Regular files only (a fifo or device has no place in a layer).
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
@@ -759,6 +894,7 @@ impl Filesystem for FuseHost {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         let made = self.vfs.mkdir(
             view_of(&rt),
@@ -772,6 +908,7 @@ impl Filesystem for FuseHost {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         self.done(
             self.vfs
@@ -781,6 +918,7 @@ impl Filesystem for FuseHost {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         self.done(
             self.vfs
@@ -797,6 +935,7 @@ impl Filesystem for FuseHost {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         let made = self.vfs.symlink(
             view_of(&rt),
@@ -819,6 +958,7 @@ impl Filesystem for FuseHost {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _in = self.gate.enter();
         // Exchanging and whiteouts are not offered (`mv` does not need them).
         if flags
             .intersects(fuser::RenameFlags::RENAME_EXCHANGE | fuser::RenameFlags::RENAME_WHITEOUT)
@@ -856,6 +996,7 @@ impl Filesystem for FuseHost {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         let made = self.vfs.link(
             view_of(&rt),
@@ -877,6 +1018,7 @@ impl Filesystem for FuseHost {
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         match self.vfs.create(
             view_of(&rt),
@@ -909,6 +1051,7 @@ impl Filesystem for FuseHost {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         let written = match (&rt, req.pid()) {
             // The kernel writing back pages of a shared writable mapping
@@ -943,10 +1086,12 @@ impl Filesystem for FuseHost {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::SetXattr.answer());
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::RemoveXattr.answer());
     }
 
@@ -960,6 +1105,7 @@ impl Filesystem for FuseHost {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::Fallocate.answer());
     }
 
@@ -971,6 +1117,7 @@ impl Filesystem for FuseHost {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.gate.enter();
         let rt = self.caller(req);
         self.done(self.vfs.fsync(view_of(&rt), ino.0), reply)
     }
@@ -983,6 +1130,7 @@ impl Filesystem for FuseHost {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.gate.enter();
         // Names change under the service's lock, on the upper area's disk.
         reply.ok()
     }
@@ -999,6 +1147,7 @@ impl Filesystem for FuseHost {
         _pid: u32,
         reply: fuser::ReplyLock,
     ) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::GetLk.answer());
     }
 
@@ -1015,6 +1164,7 @@ impl Filesystem for FuseHost {
         _sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::SetLk.answer());
     }
 
@@ -1026,6 +1176,7 @@ impl Filesystem for FuseHost {
         _idx: u64,
         reply: fuser::ReplyBmap,
     ) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::Bmap.answer());
     }
 
@@ -1040,6 +1191,7 @@ impl Filesystem for FuseHost {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::Ioctl.answer());
     }
 
@@ -1053,6 +1205,7 @@ impl Filesystem for FuseHost {
         _flags: fuser::PollFlags,
         reply: fuser::ReplyPoll,
     ) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::Poll.answer());
     }
 
@@ -1065,6 +1218,7 @@ impl Filesystem for FuseHost {
         _whence: i32,
         reply: fuser::ReplyLseek,
     ) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::Lseek.answer());
     }
 
@@ -1081,6 +1235,7 @@ impl Filesystem for FuseHost {
         _flags: fuser::CopyFileRangeFlags,
         reply: fuser::ReplyWrite,
     ) {
+        let _in = self.gate.enter();
         reply.error(Unsupported::CopyFileRange.answer());
     }
 }

@@ -1,6 +1,13 @@
 //! The Linux host of the spfs VFS service.
 //!
-//! - [`service`]: the service process (mount, control plane, cleanup);
+//! - [`keeper`]: the service's long-lived process: it holds the locks,
+//!   the control socket and the mount's FUSE connection, and runs the
+//!   service process (the worker), replacing it on restart, upgrade or
+//!   crash;
+//! - [`service`]: the worker (the views, the control plane, cleanup);
+//! - [`handover`]: handing the FUSE connection from one worker to the next;
+//! - [`ledger`]: the service's own record of its runtimes, from which the
+//!   next worker takes them over;
 //! - [`host`]: the FUSE adapter over the platform-neutral `spfs-vfs` core;
 //! - [`handler`]: the control plane's requests (registering a view binds a
 //!   process tree to a runtime cgroup);
@@ -17,8 +24,11 @@
 pub mod bind;
 pub mod cgroup;
 pub mod handler;
+pub mod handover;
 pub mod host;
+pub mod keeper;
 pub mod launch;
+pub mod ledger;
 pub mod locks;
 pub mod logfile;
 pub mod mounts;

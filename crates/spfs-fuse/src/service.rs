@@ -1,10 +1,18 @@
-//! The VFS service process: one FUSE mount, the control plane, cleanup.
+//! The VFS service's worker: the views, the control plane, cleanup.
 //!
-//! Start-up order makes starting race-free: the control socket is bound
-//! first (a second service fails there and exits), then a stale mount is
-//! cleared and the filesystem mounted, and only then are requests served, so
-//! a client that connected early simply waits for its first answer.
-//! SIGTERM, SIGINT or the Shutdown call stop the service and unmount.
+//! The keeper ([`crate::keeper`]) holds the locks, the control socket and
+//! the mount, and starts a worker with both descriptors. The worker takes
+//! over the runtimes of the mount's ledger ([`crate::ledger`]) whose
+//! processes still live (all of them after a restart or a crash: the
+//! kernel still holds their node ids), starts serving filesystem requests,
+//! and only then control requests, so a client that connected early simply
+//! waits for its first answer.
+//!
+//! It stops on SIGTERM or the Shutdown call (exit 0: the keeper unmounts;
+//! the ledger and the runtime records stay, for the next service to take
+//! over the runtimes still alive), or hands over on SIGUSR1 (exit
+//! [`crate::keeper::EXIT_HANDED_OVER`]: a new worker takes over; see
+//! [`crate::handover`]).
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -21,8 +29,11 @@ use spfs_vfs::Vfs;
 
 use crate::cgroup::{Cgroups, Watcher};
 use crate::handler::Handler;
+use crate::handover::InitRecord;
 use crate::host::FuseHost;
-use crate::locks::{LockError, ServiceLocks, address_lock_path};
+use crate::keeper::Inherited;
+use crate::ledger::{EditEntry, Entry, Ledger};
+use crate::locks::LockError;
 use crate::process::Process;
 use crate::route::Router;
 
@@ -47,16 +58,17 @@ pub enum ServiceError {
 }
 
 /// Readahead asked of the kernel for the mount, in KiB.
-const READAHEAD_KB: u32 = 1024;
+pub(crate) const READAHEAD_KB: u32 = 1024;
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
     let context = context.into();
     move |source| ServiceError::Io { context, source }
 }
 
-/// A runtime bound to a cgroup: its root process and the cgroup's path.
+/// A runtime bound to a cgroup: its root process (none when a worker took
+/// the runtime over after its root process exited) and the cgroup's path.
 struct BoundRuntime {
-    root: Process,
+    root: Option<Process>,
     cgroup: String,
 }
 
@@ -90,6 +102,10 @@ pub(crate) struct State {
     /// Tests widen the window between a registration's checks and its move
     /// (`SPFS_VFS_TEST_REGISTER_DELAY_MS`), to race PID reuse against it.
     pub(crate) test_register_delay: Option<std::time::Duration>,
+    /// The service's own record of its runtimes, for the next worker.
+    pub(crate) ledger: Ledger,
+    /// The keeper's process id (0: none).
+    keeper_pid: u32,
 }
 
 impl State {
@@ -102,12 +118,16 @@ impl State {
         let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
         bound
             .iter()
-            .find(|(_, b)| b.root.pid == pid && !b.root.has_exited())
+            .find(|(_, b)| {
+                b.root
+                    .as_ref()
+                    .is_some_and(|r| r.pid == pid && !r.has_exited())
+            })
             .and_then(|(name, _)| self.vfs.registry.get(name))
     }
 
     /// Remember that runtime `name` is bound to cgroup `cgroup`.
-    pub(crate) fn bind_runtime(&self, name: &str, root: Process, cgroup: &str) {
+    pub(crate) fn bind_runtime(&self, name: &str, root: Option<Process>, cgroup: &str) {
         self.bound.lock().unwrap_or_else(|p| p.into_inner()).insert(
             name.to_string(),
             BoundRuntime {
@@ -164,6 +184,193 @@ impl State {
         }
     }
 
+    /// The keeper's process id (0: none).
+    pub(crate) fn keeper_pid(&self) -> u32 {
+        self.keeper_pid
+    }
+
+    /// Record runtime `name` in the ledger as it is now (its cgroup and
+    /// root process as bound, or `cgroup` and `root_pid` before that).
+    pub(crate) fn ledger_record(&self, name: &str, cgroup: &str, root_pid: u32) {
+        let Some(rt) = self.vfs.registry.get(name) else {
+            return;
+        };
+        let durable = self
+            .durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name);
+        let entry = Entry {
+            name: name.to_string(),
+            view_id: rt.view.id,
+            layers: rt.view.stack().iter().map(|d| d.to_string()).collect(),
+            owner_uid: rt.owner_uid,
+            bound: rt.view.bound,
+            edit: rt.view.edit.as_ref().map(|ed| EditEntry {
+                upper: ed.upper().path().to_path_buf(),
+                owner_gid: ed.owner_gid(),
+                writable: ed.is_writable(),
+            }),
+            cgroup: cgroup.to_string(),
+            root_pid,
+            durable,
+        };
+        if let Err(e) = self.ledger.record(entry) {
+            tracing::error!(runtime = name, "cannot write the ledger: {e}");
+        }
+    }
+
+    /// Record runtime `name` again after a change of its view.
+    pub(crate) fn ledger_update(&self, name: &str) {
+        let cgroup = self
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|b| (b.cgroup.clone(), b.root.as_ref().map_or(0, |r| r.pid)));
+        if let Some((cgroup, pid)) = cgroup {
+            self.ledger_record(name, &cgroup, pid);
+        }
+    }
+
+    /// Take over the runtimes of the ledger whose processes still live
+    /// (with the view ids the kernel knows, and the inode tables in
+    /// `tables` for editable ones); drop the others, and the records of
+    /// runtimes of this mount point that nothing serves.
+    fn take_over(&self, tables: &[(String, Vec<u8>)]) {
+        self.vfs
+            .registry
+            .skip_view_ids_to(self.ledger.view_ids_below());
+        for entry in self.ledger.runtimes() {
+            let alive = self.cgroups.is_populated(&entry.cgroup).unwrap_or(false);
+            let taken = alive
+                && match self.take_over_one(&entry, tables) {
+                    Ok(view) => {
+                        tracing::info!(runtime = %entry.name, view, "runtime taken over");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(runtime = %entry.name, "cannot take the runtime over: {e}");
+                        false
+                    }
+                };
+            if taken {
+                continue;
+            }
+            let _ = self.ledger.forget(&entry.name);
+            match self.repo().read_runtime(&entry.name) {
+                Ok(r) if !r.keep && r.owner_uid == entry.owner_uid => {
+                    let _ = self.repo().remove_runtime(&entry.name);
+                }
+                _ => {}
+            }
+            if !self.cgroups.is_populated(&entry.cgroup).unwrap_or(true) {
+                let _ = self.cgroups.remove(&entry.cgroup);
+            }
+        }
+        // Records of this mount point's runtimes that nothing serves now:
+        // gone (a durable runtime's stays, to be run again), and so are
+        // their cgroups once empty.
+        let mut stale = self.cgroups.under_root();
+        for record in self.repo().runtimes().unwrap_or_default() {
+            if record.mountpoint != self.mountpoint || self.vfs.registry.get(&record.name).is_some()
+            {
+                continue;
+            }
+            if !record.keep {
+                let _ = self.repo().remove_runtime(&record.name);
+            }
+            if !record.cgroup.is_empty() {
+                stale.push(record.cgroup);
+            }
+        }
+        for path in stale {
+            if !self.cgroups.is_populated(&path).unwrap_or(true) {
+                let _ = self.cgroups.remove(&path);
+            }
+        }
+    }
+
+    /// Take over one runtime of the ledger; its view's id.
+    fn take_over_one(&self, e: &Entry, tables: &[(String, Vec<u8>)]) -> Result<u32, String> {
+        let layers = e
+            .layers
+            .iter()
+            .map(|d| spfs_model::Digest::parse(d).map_err(|err| err.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = spfs_vfs::RuntimeSpec {
+            name: e.name.clone(),
+            root_pid: e.root_pid,
+            owner_uid: e.owner_uid,
+            bound: e.bound,
+            edit: e.edit.as_ref().map(|ed| spfs_vfs::EditSpec {
+                upper: ed.upper.clone(),
+                owner_gid: ed.owner_gid,
+                writable: ed.writable,
+            }),
+            view_id: Some(e.view_id),
+        };
+        let rt = self
+            .vfs
+            .registry
+            .register(spec, layers.clone(), self.view_builder(layers))
+            .map_err(|err| err.to_string())?;
+        if let Some(ed) = &rt.view.edit {
+            if let Some((_, table)) = tables.iter().find(|(n, _)| *n == e.name)
+                && let Err(err) = ed.import_inodes(table)
+            {
+                tracing::warn!(runtime = %e.name, "{err}; names the kernel holds answer ESTALE");
+            }
+            *self.editing.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        }
+        let id = crate::cgroup::cgroup_id(&e.cgroup).map_err(|err| err.to_string())?;
+        self.router.bind(&e.name, &e.cgroup, id);
+        if let Some(w) = self.watcher.get() {
+            w.watch(&e.name, &e.cgroup).map_err(|err| err.to_string())?;
+        }
+        if e.durable {
+            self.durable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(e.name.clone());
+        }
+        // The root process, if it is still the one in the runtime's cgroup
+        // (its PID may name another process now).
+        let root = Process::open(e.root_pid).filter(|p| {
+            p.cgroup_path()
+                .is_some_and(|c| c == e.cgroup || c.starts_with(&format!("{}/", e.cgroup)))
+        });
+        self.bind_runtime(&e.name, root, &e.cgroup);
+        Ok(rt.view.id)
+    }
+
+    /// What builds the merged tree of `layers` for a view.
+    pub(crate) fn view_builder(
+        &self,
+        layers: Vec<spfs_model::Digest>,
+    ) -> impl FnOnce() -> Result<(spfs_model::Tree, std::time::SystemTime), StorageError> + use<>
+    {
+        let repo = self.repo().clone();
+        move || {
+            let tree = repo.merged_tree(&layers)?;
+            let mtime = layers
+                .iter()
+                .filter_map(|d| repo.object_mtime(d).ok())
+                .max()
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+            Ok((tree, mtime))
+        }
+    }
+
+    /// Make the mount writable if an editable runtime exists, read-only if
+    /// none does.
+    fn settle_read_only(&self) {
+        let n = *self.editing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = crate::mounts::set_read_only(&self.mountpoint, n == 0) {
+            tracing::warn!("cannot set the mount's read-only state: {e}");
+        }
+    }
+
     /// One more editable runtime: the mount becomes writable with the first.
     pub(crate) fn editing_begins(&self) -> std::io::Result<()> {
         let mut n = self.editing.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,6 +415,9 @@ impl State {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        if let Err(e) = self.ledger.forget(name) {
+            tracing::error!(runtime = name, "cannot write the ledger: {e}");
+        }
         if let Some(rt) = self.vfs.registry.remove(name) {
             tracing::info!(
                 runtime = name,
@@ -256,6 +466,7 @@ impl State {
             requests: self.requests.load(Ordering::Relaxed),
             passthrough: self.passthrough.load(Ordering::Relaxed),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            keeper_pid: self.keeper_pid,
         }
     }
 }
@@ -278,15 +489,26 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub use crate::locks::mountpoint_lock_path;
 
-/// Run the service until it is told to stop. Blocks.
-pub fn run(config: &Config) -> Result<(), ServiceError> {
-    let listen: Listen = config
-        .vfs
-        .listen
-        .parse()
-        .map_err(|e: spfs_control::ControlError| {
-            ServiceError::BadListen(config.vfs.listen.clone(), e.to_string())
-        })?;
+/// Run the service: the keeper, which runs workers (see [`crate::keeper`]),
+/// or the worker if this process is one. Blocks until stopped.
+pub fn run(config: &Config, worker_args: Vec<String>) -> Result<(), ServiceError> {
+    match Inherited::from_env()? {
+        Some(inherited) => run_worker(config, inherited),
+        None => crate::keeper::run(config, worker_args),
+    }
+}
+
+/// How the worker stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Asked to stop: the keeper unmounts.
+    Stop,
+    /// Asked to hand over to a new worker.
+    HandOver,
+}
+
+/// Serve as a worker until told to stop or hand over.
+fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError> {
     raise_open_file_limit();
     let repo = match FsRepository::open(&config.storage.root) {
         Err(StorageError::NoRepository(_)) => FsRepository::create(&config.storage.root)?,
@@ -297,68 +519,44 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         .enable_all()
         .build()
         .map_err(io_err("cannot start the control plane"))?;
-    // 1. One service per control address and per mount point: a second
-    //    one stops here, before it changes anything. The locks are released
-    //    by the kernel if this process dies.
-    //    The lock files go when the service stops.
-    let _locks = ServiceLocks::take(
-        &address_lock_path(&listen, &config.vfs.token_file),
-        &mountpoint_lock_path(&config.vfs.mountpoint),
-    )
-    .map_err(|e| match e {
-        LockError::AlreadyRunning(p) => ServiceError::AlreadyRunning(p.display().to_string()),
-        e => ServiceError::Lock(e),
-    })?;
+    let Inherited {
+        fuse,
+        listen_fd,
+        listen,
+        ready,
+        takeover,
+        keeper_pid,
+    } = inherited;
     let token = match &listen {
         Listen::Tcp(_) => Some(
-            spfs_control::create_token_file(&config.vfs.token_file).map_err(io_err(format!(
-                "cannot write token file {}",
+            spfs_control::read_token_file(&config.vfs.token_file).map_err(io_err(format!(
+                "cannot read token file {}",
                 config.vfs.token_file.display()
             )))?,
         ),
         Listen::Unix(_) => None,
     };
-    let bound = match runtime.block_on(spfs_control::bind(&listen, token)) {
-        Err(spfs_control::ControlError::AlreadyRunning(l)) => {
-            return Err(ServiceError::AlreadyRunning(l.to_string()));
-        }
-        other => other?,
+    let bound = {
+        let _in = runtime.enter();
+        spfs_control::adopt(listen, token, listen_fd)?
     };
-    // 2. cgroups, and this process out of any runtime.
     let cgroups =
         Cgroups::open(&config.vfs.cgroup_root).map_err(io_err("cannot set up runtime cgroups"))?;
-    cgroups
-        .adopt_self()
-        .map_err(io_err("cannot move the service into its own cgroup"))?;
-    // Runtimes of a previous service on this mount point are gone: their
-    // records go (not a durable runtime's: it is run again from its
-    // record), and so do their cgroups once empty.
-    let mut stale = cgroups.under_root();
-    for record in repo.runtimes()? {
-        if record.mountpoint == config.vfs.mountpoint {
-            if !record.keep {
-                let _ = repo.remove_runtime(&record.name);
-            }
-            if !record.cgroup.is_empty() {
-                stale.push(record.cgroup);
-            }
-        }
-    }
-    for path in stale {
-        if !cgroups.is_populated(&path).unwrap_or(true) {
-            let _ = cgroups.remove(&path);
-        }
-    }
-    // 3. The mount.
     let mountpoint = config.vfs.mountpoint.clone();
-    crate::mounts::prepare_mountpoint(&mountpoint).map_err(io_err(format!(
-        "cannot prepare mount point {}",
+    let state_dir = crate::ledger::state_dir(&mountpoint).map_err(io_err(format!(
+        "cannot prepare the state directory of {}",
         mountpoint.display()
     )))?;
+    let journal = |name: &str, len| {
+        spfs_vfs::journal::Journal::open(&state_dir.join(name), len)
+            .map_err(io_err(format!("cannot open the journal {name}")))
+    };
     let vfs = Arc::new(Vfs::new(repo).with_read_through(
         spfs_remote::read_through(config),
         config.vfs.remote_ranged_reads,
     ));
+    vfs.content
+        .keep_in(journal("content.journal", spfs_vfs::content::KEY_BYTES)?);
     let router = Arc::new(Router::new(vfs.registry.clone()));
     let host = FuseHost::new(
         vfs.clone(),
@@ -366,35 +564,12 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         config.vfs.passthrough,
         config.vfs.cache_opens,
     );
+    host.keep_backing_in(journal("backing.journal", crate::host::BACKING_RECORD)?);
     let passthrough = host.passthrough_flag();
     let notifier_slot = host.notifier_slot();
+    let init_slot = host.init_record_slot();
+    let gate = host.gate.clone();
     let requests = host.requests.clone();
-    let mut fuse_config = fuser::Config::default();
-    fuse_config.mount_options = vec![
-        fuser::MountOption::FSName("spfs".into()),
-        fuser::MountOption::Subtype("spfs".into()),
-        // Writable only while an editable runtime exists (see
-        // `State::editing`): a read-only superblock also spares every read
-        // and listing the kernel's atime invalidation (a GETATTR next).
-        fuser::MountOption::RO,
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-        fuser::MountOption::DefaultPermissions,
-    ];
-    fuse_config.acl = fuser::SessionACL::All;
-    fuse_config.n_threads = Some(config.vfs.threads as usize);
-    fuse_config.clone_fd = true;
-    let session = fuser::Session::new(host, &mountpoint, &fuse_config)
-        .map_err(io_err(format!("cannot mount {}", mountpoint.display())))?;
-    let background = session
-        .spawn()
-        .map_err(io_err("cannot start the FUSE workers"))?;
-    // The kernel's default readahead for FUSE (128 KiB) halves a cold
-    // sequential read when file data goes through the service (no
-    // passthrough): ask for larger reads.
-    if let Err(e) = crate::mounts::set_readahead_kb(&mountpoint, READAHEAD_KB) {
-        tracing::debug!("cannot raise the mount's readahead: {e}");
-    }
     let state = Arc::new(State {
         vfs,
         router,
@@ -415,6 +590,8 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_millis),
+        ledger: Ledger::open(&state_dir),
+        keeper_pid,
     });
     let (weak, weak2) = (Arc::downgrade(&state), Arc::downgrade(&state));
     let watcher = Watcher::start(
@@ -435,29 +612,86 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     )
     .map_err(io_err("cannot watch runtime cgroups"))?;
     let _ = state.watcher.set(watcher);
-    let _ = state.notifier.set(background.notifier());
+    // The runtimes still alive, before any request is read: requests the
+    // kernel sends again are answered from their views.
+    let tables = match takeover {
+        true => crate::handover::take_edit_tables(&state_dir),
+        false => Vec::new(),
+    };
+    state.take_over(&tables);
     state.remove_stale_edits();
+    // The FUSE session: a new connection's INIT, or the first worker's
+    // replayed (see crate::handover).
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.acl = fuser::SessionACL::All;
+    fuse_config.n_threads = Some(config.vfs.threads as usize);
+    // Every worker reads the keeper's descriptor, never a clone: a
+    // clone's unanswered requests would fail when this process goes.
+    fuse_config.clone_fd = false;
+    let session = match takeover {
+        false => {
+            let session = fuser::Session::from_fd(host, fuse, fuser::SessionACL::All, fuse_config)
+                .map_err(io_err("cannot start the FUSE session"))?;
+            if let Some(record) = init_slot.get()
+                && let Err(e) = record.save(&state_dir)
+            {
+                tracing::warn!("cannot keep the FUSE session's parameters: {e}");
+            }
+            session
+        }
+        true => {
+            let record = InitRecord::load(&state_dir)
+                .map_err(io_err("cannot read the FUSE session's parameters"))?;
+            let session = crate::handover::adopt_session(&fuse, &record, |fd| {
+                fuser::Session::from_fd(host, fd, fuser::SessionACL::All, fuse_config)
+            })
+            .map_err(io_err("cannot take over the FUSE session"))?;
+            drop(fuse);
+            crate::handover::resend_pending(&session)
+                .map_err(io_err("cannot ask the kernel for pending requests"))?;
+            session
+        }
+    };
+    let background = session
+        .spawn()
+        .map_err(io_err("cannot start the FUSE workers"))?;
+    let _ = state.notifier.set(background.notifier());
     let _ = notifier_slot.set(background.notifier());
-    tracing::info!(mountpoint = %mountpoint.display(), listen = %state.listen, "VFS service ready");
-    // 4. Serve until stopped. Connections in flight get a few seconds to
-    //    finish; a client that never finishes cannot keep the service up.
+    // The mount is writable while an editable runtime exists (changed only
+    // now: a remount may need the session).
+    state.settle_read_only();
+    tracing::info!(mountpoint = %mountpoint.display(), listen = %state.listen, takeover, runtimes = state.vfs.registry.len(), "VFS service ready");
+    let _ = rustix::io::write(&ready, b"r");
+    drop(ready);
+    // Serve until stopped. Connections in flight get a few seconds to
+    // finish; a client that never finishes cannot keep the service up.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_state = state.clone();
     let handler = Arc::new(Handler(state.clone(), Default::default()));
+    let how = Arc::new(Mutex::new(Stop::Stop));
+    let how2 = how.clone();
     let served = runtime.block_on(async move {
         tokio::spawn(async move {
-            let reason =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut term) => tokio::select! {
-                        _ = stop_state.shutdown.notified() => "shutdown requested",
-                        _ = term.recv() => "SIGTERM received",
-                        _ = tokio::signal::ctrl_c() => "SIGINT received",
-                    },
-                    Err(_) => {
-                        stop_state.shutdown.notified().await;
-                        "shutdown requested"
+            use tokio::signal::unix::{SignalKind, signal};
+            let (term, usr1) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::user_defined1()),
+            );
+            let reason = match (term, usr1) {
+                (Ok(mut term), Ok(mut usr1)) => tokio::select! {
+                    _ = stop_state.shutdown.notified() => "shutdown requested",
+                    _ = term.recv() => "SIGTERM received",
+                    _ = tokio::signal::ctrl_c() => "SIGINT received",
+                    _ = usr1.recv() => {
+                        *how2.lock().unwrap_or_else(|p| p.into_inner()) = Stop::HandOver;
+                        "handing over to a new worker"
                     }
-                };
+                },
+                _ => {
+                    stop_state.shutdown.notified().await;
+                    "shutdown requested"
+                }
+            };
             tracing::info!("{reason}; stopping");
             let _ = stop_tx.send(true);
         });
@@ -478,17 +712,32 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
             }
         }
     });
-    // 5. Stop: drop every view and record, unmount, remove empty cgroups.
-    for rt in state.vfs.registry.list() {
-        state.drop_runtime(&rt.name, "the service is stopping");
+    // Stop between requests: those under way are answered, those read
+    // from now on are left for the next worker (the kernel sends them
+    // again). Runtimes, records and the ledger stay.
+    if !gate.close(GATE_TIMEOUT) {
+        tracing::warn!("requests still under way after {GATE_TIMEOUT:?}; stopping anyway");
     }
-    drop(background);
-    // A busy mount (a process's working directory in it) refuses a plain
-    // unmount: detach it, so nothing is left answering ENOTCONN.
-    if let Err(e) = crate::mounts::detach_fuse(&mountpoint) {
-        tracing::error!("{e}");
+    let how = *how.lock().unwrap_or_else(|p| p.into_inner());
+    if how == Stop::HandOver {
+        let tables: Vec<(String, Vec<u8>)> = state
+            .vfs
+            .registry
+            .list()
+            .iter()
+            .filter_map(|rt| Some((rt.name.clone(), rt.view.edit.as_ref()?.export_inodes())))
+            .collect();
+        if let Err(e) = crate::handover::write_edit_tables(&state_dir, &tables) {
+            tracing::error!("cannot keep the inode tables of editable views: {e}");
+        }
+        tracing::info!("handed over");
+        std::process::exit(crate::keeper::EXIT_HANDED_OVER);
     }
-    tracing::info!(mountpoint = %mountpoint.display(), "unmounted; VFS service stopped");
     served?;
-    Ok(())
+    tracing::info!("worker stopped");
+    // Exit now: the FUSE threads are parked or reading.
+    std::process::exit(0);
 }
+
+/// How long a stopping worker waits for requests under way.
+const GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -33,14 +33,29 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run the service in the foreground (or stop the running one).
+    /// Run the service in the foreground (or stop or restart the running one).
+    ///
+    /// The service is two processes: the keeper, which holds the mount and
+    /// the control socket and lives until the service stops, and a worker
+    /// it runs, which serves every request. `--restart` (root only) makes
+    /// the keeper hand the mount and every runtime to a new worker started
+    /// from the program's path, so an upgrade takes effect without a
+    /// running program noticing; a worker that crashes is replaced the same
+    /// way. Under systemd, see `scripts/install.sh` and `docs/service.md`.
     Service {
         /// Where to mount (config vfs.mountpoint, default /spfs).
         #[arg(long, value_name = "DIR")]
         mountpoint: Option<PathBuf>,
-        /// Stop the running service and unmount.
-        #[arg(long)]
+        /// Stop the running service and unmount (runtimes still running
+        /// are taken over by the next service).
+        #[arg(long, conflicts_with = "restart")]
         stop: bool,
+        /// Hand the running service over to a new worker (root only).
+        #[arg(long)]
+        restart: bool,
+        /// Internal: run as the keeper's worker.
+        #[arg(long, hide = true)]
+        worker: bool,
     },
     /// Register a view for a process tree, starting the service if needed.
     Mount {
@@ -77,7 +92,14 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     // The service sets up its logging once its configuration is loaded.
-    if !matches!(cli.command, Cmd::Service { stop: false, .. }) {
+    if !matches!(
+        cli.command,
+        Cmd::Service {
+            stop: false,
+            restart: false,
+            ..
+        }
+    ) {
         output::init_logging(cli.verbose);
     }
     let code = match run(cli) {
@@ -88,6 +110,34 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `spfs-vfs service --restart`: signal the keeper, then wait until a new
+/// worker answers.
+async fn restart_service(config: &Config) -> anyhow::Result<i32> {
+    let client = connected(config).await?;
+    let status = client.status().await.map_err(status_error)?;
+    if status.keeper_pid == 0 {
+        anyhow::bail!("the running VFS service cannot be restarted in place (it has no keeper)");
+    }
+    let keeper = rustix::process::Pid::from_raw(status.keeper_pid as i32)
+        .context("the service reported no keeper")?;
+    rustix::process::kill_process(keeper, rustix::process::Signal::HUP).map_err(|e| match e {
+        rustix::io::Errno::PERM => anyhow::anyhow!("only root may restart the VFS service"),
+        e => anyhow::anyhow!("cannot signal the VFS service's keeper: {e}"),
+    })?;
+    let old = status.pid;
+    for _ in 0..1500 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if let Ok(Some(c)) = launch::connect(config).await
+            && let Ok(s) = c.status().await
+            && s.pid != old
+        {
+            println!("VFS service restarted (worker {old} → {})", s.pid);
+            return Ok(0);
+        }
+    }
+    anyhow::bail!("the VFS service did not restart within 30 s (see its log)")
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -115,9 +165,17 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         config.vfs.listen = l;
     }
     match cli.command {
-        Cmd::Service { mountpoint, stop } => {
+        Cmd::Service {
+            mountpoint,
+            stop,
+            restart,
+            worker: _,
+        } => {
             if let Some(m) = mountpoint {
                 config.vfs.mountpoint = m;
+            }
+            if restart {
+                return runtime()?.block_on(restart_service(&config));
             }
             if stop {
                 let rt = runtime()?;
@@ -126,7 +184,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         println!("no VFS service is running");
                         return Ok(0);
                     };
-                    let pid = client.status().await.map_err(status_error)?.pid;
+                    let status = client.status().await.map_err(status_error)?;
+                    // The keeper unmounts after its worker stopped.
+                    let pid = match status.keeper_pid {
+                        0 => status.pid,
+                        keeper => keeper,
+                    };
                     // A pidfd names the service process even if its PID is reused.
                     let pidfd = spfs_fuse::route::pidfd_open(pid, false).ok();
                     client.shutdown().await.map_err(status_error)?;
@@ -146,7 +209,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 });
             }
             output::init_service_logging(cli.verbose.max(1), config.vfs.log_max_bytes);
-            spfs_fuse::service::run(&config)?;
+            // A worker is started with this configuration.
+            let mut args = vec!["--listen".to_string(), config.vfs.listen.clone()];
+            args.extend((0..cli.verbose).map(|_| "-v".to_string()));
+            args.extend([
+                "service".to_string(),
+                "--worker".to_string(),
+                "--mountpoint".to_string(),
+                config.vfs.mountpoint.display().to_string(),
+            ]);
+            spfs_fuse::service::run(&config, args)?;
             Ok(0)
         }
         Cmd::Mount {
@@ -247,9 +319,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         "pid": s.pid, "mountpoint": s.mountpoint, "listen": s.listen,
                         "uptime_seconds": s.uptime_seconds, "runtimes": s.runtimes,
                         "requests": s.requests, "passthrough": s.passthrough, "version": s.version,
+                        "keeper_pid": s.keeper_pid,
                     }))?;
                 } else {
-                    println!("pid:         {}", s.pid);
+                    println!("pid:         {} (worker; keeper {})", s.pid, s.keeper_pid);
                     println!("mountpoint:  {}", s.mountpoint);
                     println!("listen:      {}", s.listen);
                     println!("uptime:      {} s", s.uptime_seconds);

@@ -246,6 +246,7 @@ fn users_may_not_register_processes_that_are_not_wholly_theirs() {
     let mut bs = b.command(&w, "sleep").arg("30").spawn().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let service = w.service_pid().unwrap();
+    let keeper = w.keeper_pid().unwrap();
     let mount_as_a = |pid: u32| {
         a.command(&w, SPFS_VFS)
             .args(["mount", "--root-process", &pid.to_string(), "who/a"])
@@ -257,6 +258,7 @@ fn users_may_not_register_processes_that_are_not_wholly_theirs() {
         (bs.id(), "another user's process"),
         (1, "PID 1"),
         (service, "the service"),
+        (keeper, "the service's keeper"),
     ] {
         let before = cgroup_of(pid);
         let out = mount_as_a(pid);

@@ -55,6 +55,9 @@ fn sigkill_of_spfs_run_cleans_up_when_the_tree_exits() {
     eprintln!("cleanup took {:?}", start.elapsed());
 }
 
+/// The whole service gone (its keeper killed: the worker stops with it,
+/// and nothing holds the mount's connection): readers get errors at once,
+/// never hang, and the next run starts a new service.
 #[test]
 fn killed_service_gives_errors_not_hangs_and_is_replaced() {
     require_vfs!();
@@ -68,8 +71,11 @@ fn killed_service_gives_errors_not_hangs_and_is_replaced() {
     );
     assert!(wait_for(Duration::from_secs(10), || w.list().len() == 1));
     std::thread::sleep(Duration::from_millis(200));
-    let pid = w.service_pid().expect("service");
-    kill9(pid);
+    let (keeper, worker) = (
+        w.keeper_pid().expect("keeper"),
+        w.service_pid().expect("worker"),
+    );
+    kill9(keeper);
     let start = Instant::now();
     // The reader must see an error promptly, never hang.
     let done = wait_for(Duration::from_secs(10), || {
@@ -87,11 +93,18 @@ fn killed_service_gives_errors_not_hangs_and_is_replaced() {
         stderr(&out)
     );
     eprintln!("reader failed {:?} after the kill", start.elapsed());
+    assert!(
+        wait_for(Duration::from_secs(10), || !std::path::Path::new(&format!(
+            "/proc/{worker}"
+        ))
+        .exists()),
+        "the worker outlived its keeper"
+    );
     // The mount is stale now; the next run starts a fresh service.
     let out = w.run_sh("svc/a", &format!("wc -c < {mnt}/data"));
     ok(&out, "run after service death");
     assert_eq!(stdout(&out).trim(), (1 << 20).to_string());
-    assert_ne!(w.service_pid(), Some(pid));
+    assert_ne!(w.keeper_pid(), Some(keeper));
 }
 
 #[test]
@@ -99,7 +112,7 @@ fn sigterm_stops_the_service_and_unmounts() {
     require_vfs!();
     let w = World::new();
     w.start_service();
-    let pid = w.service_pid().expect("service");
+    let pid = w.keeper_pid().expect("service");
     assert!(
         spfs_fuse::mounts::mounted_type(&w.mnt).unwrap().is_some(),
         "mounted"

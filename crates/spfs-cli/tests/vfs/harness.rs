@@ -243,6 +243,14 @@ impl World {
             .map(|p| p as u32)
     }
 
+    /// The keeper's pid (the service's long-lived process), if one runs.
+    pub fn keeper_pid(&self) -> Option<u32> {
+        self.status()
+            .and_then(|s| s["keeper_pid"].as_u64())
+            .filter(|p| *p != 0)
+            .map(|p| p as u32)
+    }
+
     /// Start the service in the background, logging to the world's log.
     pub fn start_service(&self) {
         self.start_service_with(&[]);
@@ -290,7 +298,8 @@ impl Drop for World {
                 self.log_text()
             );
         }
-        if let Some(pid) = self.service_pid() {
+        // The keeper (it unmounts after its worker stopped).
+        if let Some(pid) = self.keeper_pid() {
             let _ = self.vfs(&["service", "--stop"]);
             let gone = wait_for(Duration::from_secs(5), || {
                 !Path::new(&format!("/proc/{pid}")).exists()
@@ -318,7 +327,9 @@ impl Drop for World {
                 .unwrap_or(true)
         });
         let _ = std::fs::remove_dir(&self.cgroups);
-        let _ = std::fs::remove_file(spfs_fuse::service::mountpoint_lock_path(&self.mnt));
+        let lock = spfs_fuse::service::mountpoint_lock_path(&self.mnt);
+        let _ = std::fs::remove_dir_all(lock.with_extension("d"));
+        let _ = std::fs::remove_file(lock);
         let _ = spfs_fuse::mounts::detach_fuse(&self.mnt);
     }
 }

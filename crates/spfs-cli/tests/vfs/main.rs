@@ -9,6 +9,7 @@ mod harness;
 mod bound;
 mod edit;
 mod faults;
+mod handover;
 mod isolation;
 mod mtimes;
 mod pagecache;

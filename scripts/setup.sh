@@ -16,6 +16,9 @@ command -v useradd >/dev/null || need+=(passwd)
 # setcap gives the spfs-enter helper its file capability (scripts/install.sh,
 # and the tests of bound views for users).
 command -v setcap >/dev/null || need+=(libcap2-bin)
+# systemd's tools check the service's units and stand in for systemd in
+# the tests (socket activation, notifications); systemd need not run.
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
 if [ "${1:-}" = "--bench" ]; then
   command -v squashfuse >/dev/null || need+=(squashfuse)
   command -v mksquashfs >/dev/null || need+=(squashfs-tools)

@@ -35,6 +35,9 @@ pub fn init_logging(verbose: u8) {
 /// private and rotated past `max_bytes`.
 #[allow(dead_code)] // Used by spfs-vfs only.
 pub fn init_service_logging(verbose: u8, max_bytes: u32) {
+    if stderr_is_journal() {
+        return init_journal(verbose);
+    }
     match spfs_fuse::logfile::LogFile::from_stderr(max_bytes.into()) {
         Ok(Some(log)) => {
             // The service logs until it exits.
@@ -49,18 +52,80 @@ pub fn init_service_logging(verbose: u8, max_bytes: u32) {
     }
 }
 
-/// Install the global subscriber: a level filter, the rate limit, and
-/// lines written to `writer`.
-fn init(verbose: u8, writer: BoxMakeWriter, ansi: bool) {
+/// Whether stderr is systemd's journal (`JOURNAL_STREAM` names it).
+#[allow(dead_code)]
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", st.st_dev, st.st_ino)
+}
+
+/// Lines for the journal: a syslog priority prefix (`<3>` error … `<7>`
+/// debug), which the journal keeps as the entry's priority, and no time
+/// (the journal records it).
+#[allow(dead_code)]
+struct JournalFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing::Level;
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// The service's logging under systemd: to the journal, on stderr.
+#[allow(dead_code)]
+fn init_journal(verbose: u8) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .event_format(JournalFormat);
+    let _ = tracing_subscriber::registry()
+        .with(level_filter(verbose))
+        .with(logging::RateLimit::default())
+        .with(lines)
+        .try_init();
+}
+
+/// The level filter: `RUST_LOG`, else by `-v` count.
+fn level_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
     let default = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
+/// Install the global subscriber: a level filter, the rate limit, and
+/// lines written to `writer`.
+fn init(verbose: u8, writer: BoxMakeWriter, ansi: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = level_filter(verbose);
     let lines = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_target(false)

@@ -16,3 +16,4 @@ mod pagecache;
 mod readthrough;
 mod routing;
 mod runtimes;
+mod systemd;

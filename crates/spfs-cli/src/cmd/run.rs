@@ -411,8 +411,20 @@ fn prune(
     })?;
     let uid = rustix::process::getuid().as_raw();
     let mut removed = 0;
+    // A runtime whose cgroup still has processes lives too, served or not:
+    // the next service takes it over (docs/service.md).
+    let populated = |cgroup: &str| {
+        !cgroup.is_empty()
+            && spfs_fuse::cgroup::cgroup_dir(cgroup)
+                .and_then(|d| std::fs::read_to_string(d.join("cgroup.events")))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "populated 1"))
+    };
     for r in records {
-        if (uid != 0 && r.owner_uid != uid) || r.keep || live.contains(&r.name) {
+        if (uid != 0 && r.owner_uid != uid)
+            || r.keep
+            || live.contains(&r.name)
+            || populated(&r.cgroup)
+        {
             continue;
         }
         if dry_run {

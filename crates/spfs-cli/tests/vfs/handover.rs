@@ -230,43 +230,59 @@ fn a_new_service_takes_over_live_runtimes_and_drops_gone_ones() {
     w.start_service();
     let d = w.dir.path().display().to_string();
     let mnt = w.mnt.display().to_string();
-    let live = w.spawn_sh(
+    let named = |name: &str, spec: &str, script: String| {
+        w.command(SPFS)
+            .args([
+                "run",
+                "--runtime-name",
+                name,
+                spec,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spfs run")
+    };
+    let live = named(
+        "live-rt",
         "hand/a",
-        &format!(
+        format!(
             "touch {d}/live; while [ ! -e {d}/go ]; do sleep 0.05; done; cat {mnt}/dir/f1; echo"
         ),
     );
-    let gone = w.spawn_sh(
+    let gone = named(
+        "gone-rt",
         "hand/b",
-        &format!("touch {d}/gone; while [ ! -e {d}/go-gone ]; do sleep 0.05; done"),
+        format!("touch {d}/gone; while [ ! -e {d}/go-gone ]; do sleep 0.05; done"),
     );
     assert!(wait_for(Duration::from_secs(20), || {
         w.list().len() == 2 && std::path::Path::new(&format!("{d}/gone")).exists()
     }));
-    let names: Vec<String> = w
-        .list()
-        .iter()
-        .map(|r| r["runtime"].as_str().unwrap_or_default().to_string())
-        .collect();
-    let ls_before = stdout(&w.spfs(&["runtime", "ls"]));
-    assert!(names.iter().all(|n| ls_before.contains(n)), "{ls_before}");
     // The service stops (its records stay); one runtime exits meanwhile.
     ok(&w.vfs(&["service", "--stop"]), "stop");
+    let ls = stdout(&w.spfs(&["runtime", "ls"]));
+    assert!(ls.contains("live-rt") && ls.contains("gone-rt"), "{ls}");
     std::fs::write(format!("{d}/go-gone"), b"").expect("go");
     let out = gone.wait_with_output().expect("wait");
     assert!(out.status.success(), "{}", stderr(&out));
+    // With no service, `spfs runtime prune` keeps the runtime whose
+    // processes live (the next service takes it over).
+    let prune = w.spfs(&["runtime", "prune", "--dry-run"]);
+    ok(&prune, "prune");
+    assert_eq!(stdout(&prune), "would remove gone-rt\n");
     w.start_service();
     let listed: Vec<String> = w
         .list()
         .iter()
         .map(|r| r["runtime"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(listed.len(), 1, "{listed:?}\n{}", w.log_text());
-    assert!(names.contains(&listed[0]));
-    let ls_after = stdout(&w.spfs(&["runtime", "ls"]));
-    let gone_name = names.iter().find(|n| **n != listed[0]).expect("the other");
-    assert!(!ls_after.contains(gone_name.as_str()), "{ls_after}");
-    assert!(ls_after.contains(listed[0].as_str()), "{ls_after}");
+    assert_eq!(listed, vec!["live-rt".to_string()], "{}", w.log_text());
+    let ls = stdout(&w.spfs(&["runtime", "ls"]));
+    assert!(ls.contains("live-rt") && !ls.contains("gone-rt"), "{ls}");
     // The live runtime reads through the new mount.
     std::fs::write(format!("{d}/go"), b"").expect("go");
     let out = live.wait_with_output().expect("wait");

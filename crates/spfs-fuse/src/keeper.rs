@@ -26,10 +26,16 @@
 //!
 //! Under systemd the keeper reports readiness, reloads and stopping
 //! (`sd_notify`) and stays in its unit's cgroup; otherwise it moves into
-//! `<cgroup_root>/service`, out of any runtime.
+//! `<cgroup_root>/service`, out of any runtime. It also puts the mount's
+//! FUSE descriptor into systemd's descriptor store (`FDSTORE=1`, named
+//! `fuse`): if the keeper itself dies, systemd restarts it with that
+//! descriptor, and the new keeper takes the mount over instead of making
+//! a new one, so even then running programs only pause. Without systemd,
+//! nothing outlives the keeper: its death ends the mount (the next service
+//! takes the runtimes over).
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -141,22 +147,44 @@ fn unsafe_remove_env() {
 
 /// Tell systemd (if it started this process) about `state`.
 pub fn notify_systemd(state: &str) {
+    notify_systemd_with(state, &[]);
+}
+
+/// Tell systemd about `state`, passing it `fds` (for its descriptor
+/// store: `FDSTORE=1`).
+fn notify_systemd_with(state: &str, fds: &[BorrowedFd<'_>]) {
+    use rustix::net::{
+        AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
+        SocketFlags, SocketType,
+    };
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => return tracing::warn!("cannot notify systemd: {e}"),
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = match bytes.strip_prefix(b"@") {
-        Some(name) => {
-            use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(name)
-                .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    let sent = (|| -> std::io::Result<()> {
+        let addr = match path.as_encoded_bytes().strip_prefix(b"@") {
+            Some(name) => SocketAddrUnix::new_abstract_name(name)?,
+            None => SocketAddrUnix::new(Path::new(&path))?,
+        };
+        let sock = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(std::io::Error::other("too many descriptors"));
         }
-        None => sock.send_to(state.as_bytes(), Path::new(&path)),
-    };
+        rustix::net::sendmsg_addr(
+            &sock,
+            &addr,
+            &[std::io::IoSlice::new(state.as_bytes())],
+            &mut control,
+            SendFlags::empty(),
+        )?;
+        Ok(())
+    })();
     if let Err(e) = sent {
         tracing::warn!("cannot notify systemd: {e}");
     }
@@ -167,21 +195,41 @@ fn under_systemd() -> bool {
     std::env::var_os("INVOCATION_ID").is_some()
 }
 
-/// The listening socket systemd passed (socket activation), if any.
-fn systemd_socket() -> Option<OwnedFd> {
-    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    if pid != std::process::id() || fds < 1 {
-        return None;
-    }
-    // SAFETY: systemd passed descriptor 3 to this process (LISTEN_PID), and
+/// The name of the FUSE descriptor in systemd's descriptor store.
+const FDSTORE_NAME: &str = "fuse";
+
+/// The descriptors systemd passed (socket activation, and its descriptor
+/// store): the control socket, and the FUSE connection of a previous
+/// keeper of this service.
+fn systemd_fds() -> (Option<OwnedFd>, Option<OwnedFd>) {
+    let passed = || -> Option<(u32, Vec<String>)> {
+        let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+        let n: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+        let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+        (pid == std::process::id()).then(|| (n, names.split(':').map(String::from).collect()))
+    };
+    let Some((n, names)) = passed() else {
+        return (None, None);
+    };
+    // SAFETY: systemd passed descriptors 3.. to this process (LISTEN_PID);
     // these variables must not reach a child.
     unsafe {
         std::env::remove_var("LISTEN_PID");
         std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
-        Some(OwnedFd::from_raw_fd(3))
     }
+    let (mut control, mut fuse) = (None, None);
+    for i in 0..n.min(16) {
+        // SAFETY: as above; each is taken once.
+        let fd = unsafe { OwnedFd::from_raw_fd(3 + i as i32) };
+        let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+        match names.get(i as usize).map(String::as_str) {
+            Some(FDSTORE_NAME) => fuse = Some(fd),
+            _ if control.is_none() => control = Some(fd),
+            _ => {}
+        }
+    }
+    (control, fuse)
 }
 
 /// Open `/dev/fuse` and mount it at `mountpoint`: read-only (an editable
@@ -357,7 +405,8 @@ pub fn run(config: &Config, program_args: Vec<String>) -> Result<(), ServiceErro
         .map_err(io_err("cannot start the keeper"))?;
     // The control socket: systemd's, or bound here (a second service
     // fails here, before it changes anything).
-    let (listen, listen_fd, _socket) = match systemd_socket() {
+    let (systemd_control, stored_fuse) = systemd_fds();
+    let (listen, listen_fd, _socket) = match systemd_control {
         Some(fd) => (listen, fd, None),
         None => {
             let bound = match runtime.block_on(spfs_control::bind(&listen, token)) {
@@ -383,15 +432,35 @@ pub fn run(config: &Config, program_args: Vec<String>) -> Result<(), ServiceErro
         "cannot prepare the state directory of {}",
         mountpoint.display()
     )))?;
-    crate::mounts::prepare_mountpoint(&mountpoint).map_err(io_err(format!(
-        "cannot prepare mount point {}",
-        mountpoint.display()
-    )))?;
-    for f in CONNECTION_FILES {
-        let _ = std::fs::remove_file(state_dir.join(f));
-    }
-    let fuse = mount_fuse(&mountpoint)
-        .map_err(io_err(format!("cannot mount {}", mountpoint.display())))?;
+    // The connection a previous keeper left in systemd's descriptor store
+    // (it died): taken over while its mount lives. Otherwise a new mount,
+    // whose connection goes into the store.
+    let mounted = crate::mounts::mounted_type(&mountpoint)
+        .ok()
+        .flatten()
+        .is_some_and(|t| t == "fuse.spfs");
+    let (fuse, takeover) = match stored_fuse.filter(|_| mounted) {
+        Some(fd) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "taking over the mount of a previous keeper");
+            (fd, true)
+        }
+        None => {
+            crate::mounts::prepare_mountpoint(&mountpoint).map_err(io_err(format!(
+                "cannot prepare mount point {}",
+                mountpoint.display()
+            )))?;
+            for f in CONNECTION_FILES {
+                let _ = std::fs::remove_file(state_dir.join(f));
+            }
+            let fuse = mount_fuse(&mountpoint)
+                .map_err(io_err(format!("cannot mount {}", mountpoint.display())))?;
+            notify_systemd_with(
+                &format!("FDSTORE=1\nFDNAME={FDSTORE_NAME}"),
+                &[fuse.as_fd()],
+            );
+            (fuse, false)
+        }
+    };
     // The program's path as started: a restart runs what is there now.
     let program = std::env::current_exe()
         .ok()
@@ -407,8 +476,10 @@ pub fn run(config: &Config, program_args: Vec<String>) -> Result<(), ServiceErro
         listen,
         listen_fd,
     };
-    let result = runtime.block_on(supervise(&keeper, &mountpoint));
-    // Stopped: nothing is left answering ENOTCONN.
+    let result = runtime.block_on(supervise(&keeper, &mountpoint, takeover));
+    // Stopped: nothing is left answering ENOTCONN, nor kept for a next
+    // keeper.
+    notify_systemd(&format!("FDSTOREREMOVE=1\nFDNAME={FDSTORE_NAME}"));
     if let Err(e) = crate::mounts::detach_fuse(&mountpoint) {
         tracing::error!("{e}");
     }
@@ -417,7 +488,7 @@ pub fn run(config: &Config, program_args: Vec<String>) -> Result<(), ServiceErro
 }
 
 /// Run workers until the service stops.
-async fn supervise(keeper: &Keeper, mountpoint: &Path) -> Result<(), ServiceError> {
+async fn supervise(keeper: &Keeper, mountpoint: &Path, takeover: bool) -> Result<(), ServiceError> {
     use tokio::signal::unix::{SignalKind, signal as on};
     let sig = |kind| on(kind).map_err(io_err("cannot handle signals"));
     let (mut hup, mut term, mut int) = (
@@ -425,7 +496,7 @@ async fn supervise(keeper: &Keeper, mountpoint: &Path) -> Result<(), ServiceErro
         sig(SignalKind::terminate())?,
         sig(SignalKind::interrupt())?,
     );
-    let mut worker = keeper.spawn(false)?;
+    let mut worker = keeper.spawn(takeover)?;
     let mut ever_ready = false;
     let mut crashes: VecDeque<Instant> = VecDeque::new();
     loop {

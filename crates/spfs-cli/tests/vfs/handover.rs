@@ -49,7 +49,7 @@ print(reads, errors, wrong, notes)
 "#;
 
 /// Stacks `hand/a` and `hand/b`, with contents told apart by their tag.
-fn commit_stacks(w: &World) {
+pub fn commit_stacks(w: &World) {
     for tag in ["a", "b"] {
         let big: Vec<u8> = (0..1u32 << 22)
             .map(|i| ((i * 7 + tag.len() as u32) % 251) as u8)
@@ -67,7 +67,7 @@ fn commit_stacks(w: &World) {
 }
 
 /// A reader of `hand/TAG` (see [`READER`]).
-fn spawn_reader(w: &World, tag: &str) -> Child {
+pub fn spawn_reader(w: &World, tag: &str) -> Child {
     let stop = w.dir.path().join("stop");
     w.command(SPFS)
         .args(["run", &format!("hand/{tag}"), "--", "python3", "-c", READER])
@@ -80,8 +80,22 @@ fn spawn_reader(w: &World, tag: &str) -> Child {
         .expect("spawn reader")
 }
 
+/// Wait until each reader is in its loop, its working directory and big
+/// file held.
+pub fn wait_readers(w: &World) {
+    let stop = w.dir.path().join("stop");
+    assert!(
+        wait_for(Duration::from_secs(20), || ["a", "b"]
+            .iter()
+            .all(|t| stop.with_extension(t).exists())),
+        "readers started: {}",
+        w.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 /// Stop the readers and check what they saw.
-fn check_readers(w: &World, readers: Vec<Child>) {
+pub fn check_readers(w: &World, readers: Vec<Child>) {
     std::fs::write(w.dir.path().join("stop"), b"").expect("stop file");
     for mut r in readers {
         // A request lost in a handover would hang its reader for good.
@@ -106,7 +120,7 @@ fn check_readers(w: &World, readers: Vec<Child>) {
 /// Make the kernel forget what it cached of the mount (names, attributes,
 /// pages), except what is in use (the readers' working directories and open
 /// files): it asks the new worker about the node ids it kept.
-fn drop_caches() {
+pub fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", b"3").expect("drop caches");
 }
 
@@ -122,16 +136,7 @@ fn kill9(pid: u32) {
 fn restarts_and_crashes_are_invisible(w: &World) {
     commit_stacks(w);
     let readers = vec![spawn_reader(w, "a"), spawn_reader(w, "b")];
-    // Each reader is in its loop, its working directory and big file held.
-    let stop = w.dir.path().join("stop");
-    assert!(
-        wait_for(Duration::from_secs(20), || ["a", "b"]
-            .iter()
-            .all(|t| stop.with_extension(t).exists())),
-        "readers started: {}",
-        w.log_text()
-    );
-    std::thread::sleep(Duration::from_millis(200));
+    wait_readers(w);
     let keeper = w.keeper_pid().expect("keeper");
     for _ in 0..5 {
         let out = w.vfs(&["service", "--restart"]);

@@ -121,6 +121,7 @@ fn socket_activation_notifications_and_journal() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let keeper = w.keeper_pid().expect("keeper");
+    assert_eq!(next(), "FDSTORE=1\nFDNAME=fuse");
     let ready = next();
     assert!(ready.starts_with("READY=1\n"), "{ready}");
     assert!(ready.contains(&format!("MAINPID={keeper}\n")), "{ready}");
@@ -134,6 +135,7 @@ fn socket_activation_notifications_and_journal() {
     assert!(next().starts_with("READY=1\n"));
     ok(&w.vfs(&["service", "--stop"]), "stop");
     assert_eq!(next(), "STOPPING=1");
+    assert_eq!(next(), "FDSTOREREMOVE=1\nFDNAME=fuse");
     assert!(wait_for(Duration::from_secs(10), || matches!(
         activator.try_wait(),
         Ok(Some(_))
@@ -152,4 +154,114 @@ fn socket_activation_notifications_and_journal() {
             .all(|l| l.starts_with('<') && !l.contains("Z ")),
         "{log}"
     );
+}
+
+/// The keeper killed under systemd: systemd keeps the mount's FUSE
+/// descriptor (the keeper put it into its descriptor store) and starts the
+/// keeper again with it, which takes the mount over; readers only pause.
+/// This test plays systemd: it receives the descriptor from the keeper's
+/// `FDSTORE=1` and passes it to the next keeper as systemd does
+/// (`LISTEN_FDS`, `LISTEN_FDNAMES=fuse`).
+#[test]
+fn a_killed_keeper_is_replaced_from_the_descriptor_store() {
+    crate::require_vfs!();
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let w = World::with_mode(Mode::Bound);
+    crate::handover::commit_stacks(&w);
+    let notify_path = w.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    // The next notification, and the descriptors it carries.
+    let next = || {
+        let mut buf = [0u8; 512];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            &notify,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .expect("a notification");
+        let mut fds = Vec::new();
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = msg {
+                fds.extend(rights);
+            }
+        }
+        (String::from_utf8_lossy(&buf[..got.bytes]).into_owned(), fds)
+    };
+    let log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&w.log)
+            .expect("log")
+    };
+    let keeper = w
+        .command(SPFS_VFS)
+        .arg("service")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(log())
+        .spawn()
+        .expect("service");
+    let (store, fds) = next();
+    assert_eq!(store, "FDSTORE=1\nFDNAME=fuse");
+    let fuse: std::os::fd::OwnedFd = fds.into_iter().next().expect("the FUSE descriptor");
+    assert!(next().0.starts_with("READY=1\n"));
+    let readers = vec![
+        crate::handover::spawn_reader(&w, "a"),
+        crate::handover::spawn_reader(&w, "b"),
+    ];
+    crate::handover::wait_readers(&w);
+    let worker = w.service_pid().expect("worker");
+    // The keeper dies; its worker stops with it.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(keeper.id() as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    assert!(wait_for(Duration::from_secs(10), || !std::path::Path::new(
+        &format!("/proc/{worker}")
+    )
+    .exists()));
+    // systemd starts it again with the stored descriptor as fd 3.
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fuse);
+    let mut again = w.command("sh");
+    again
+        .args([
+            "-c",
+            "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=fuse; exec \"$0\" service",
+            SPFS_VFS,
+        ])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(log());
+    // SAFETY: dup2 is async-signal-safe; `raw` is open in the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut again, move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut again = again.spawn().expect("service again");
+    let ready = next().0;
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    crate::handover::drop_caches();
+    std::thread::sleep(Duration::from_millis(500));
+    crate::handover::check_readers(&w, readers);
+    let text = w.log_text();
+    assert!(
+        text.contains("taking over the mount of a previous keeper"),
+        "{text}"
+    );
+    ok(&w.vfs(&["service", "--stop"]), "stop");
+    let _ = again.wait();
+    assert_eq!(next().0, "STOPPING=1");
+    assert_eq!(next().0, "FDSTOREREMOVE=1\nFDNAME=fuse");
 }

@@ -200,7 +200,7 @@ fn a_killed_keeper_is_replaced_from_the_descriptor_store() {
             .open(&w.log)
             .expect("log")
     };
-    let keeper = w
+    let mut keeper = w
         .command(SPFS_VFS)
         .arg("service")
         .env("NOTIFY_SOCKET", &notify_path)
@@ -224,6 +224,7 @@ fn a_killed_keeper_is_replaced_from_the_descriptor_store() {
         rustix::process::Signal::KILL,
     )
     .expect("kill");
+    let _ = keeper.wait();
     assert!(wait_for(Duration::from_secs(10), || !std::path::Path::new(
         &format!("/proc/{worker}")
     )

@@ -18,8 +18,8 @@
 //! runtime whose cgroup still has processes ([`crate::service`]); the
 //! others are dropped.
 
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -154,17 +154,8 @@ impl Ledger {
     }
 
     fn save(&self, c: &Contents) -> io::Result<()> {
-        let tmp = self.path.with_extension("new");
         let bytes = serde_json::to_vec(c).map_err(io::Error::other)?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        std::fs::rename(&tmp, &self.path)
+        crate::handover::write_private(&self.path, &bytes)
     }
 }
 

@@ -310,6 +310,8 @@ impl ControlHandler for Handler {
         caller: &Caller,
         req: proto::MountRequest,
     ) -> Result<proto::MountResponse, Status> {
+        // A stopping worker lets this finish first (see `State::changes`).
+        let _in = self.0.changes.enter();
         let s = &self.0;
         let pid = req.root_pid;
         if pid == 0 {
@@ -547,6 +549,8 @@ impl ControlHandler for Handler {
         caller: &Caller,
         req: proto::UnmountRequest,
     ) -> Result<proto::UnmountResponse, Status> {
+        // A stopping worker lets this finish first (see `State::changes`).
+        let _in = self.0.changes.enter();
         let s = &self.0;
         let rt = if !req.runtime.is_empty() {
             s.vfs.registry.get(&req.runtime)
@@ -642,6 +646,8 @@ impl ControlHandler for Handler {
         caller: &Caller,
         req: proto::EditRequest,
     ) -> Result<proto::EditResponse, Status> {
+        // A stopping worker lets this finish first (see `State::changes`).
+        let _in = self.0.changes.enter();
         let rt = self.editable_runtime(caller, &req.runtime)?;
         if let Some(ed) = &rt.view.edit {
             ed.set_writable(req.on);
@@ -656,6 +662,8 @@ impl ControlHandler for Handler {
         caller: &Caller,
         req: proto::ResetRequest,
     ) -> Result<proto::ResetResponse, Status> {
+        // A stopping worker lets this finish first (see `State::changes`).
+        let _in = self.0.changes.enter();
         let rt = self.editable_runtime(caller, &req.runtime)?;
         let paths: Vec<Vec<u8>> = req.paths.iter().map(|p| p.as_bytes().to_vec()).collect();
         if paths
@@ -681,6 +689,8 @@ impl ControlHandler for Handler {
         caller: &Caller,
         req: proto::CommitRequest,
     ) -> Result<proto::CommitResponse, Status> {
+        // A stopping worker lets this finish first (see `State::changes`).
+        let _in = self.0.changes.enter();
         let rt = self.editable_runtime(caller, &req.runtime)?;
         let committed = self.0.vfs.commit_edits(&rt.view).map_err(|e| {
             Status::internal(format!("cannot commit the edits of {}: {e}", rt.name))

@@ -106,6 +106,10 @@ pub(crate) struct State {
     pub(crate) ledger: Ledger,
     /// The keeper's process id (0: none).
     keeper_pid: u32,
+    /// Control requests that change runtimes (register, drop, edit,
+    /// reset, commit) under way: a stopping worker waits for them, however
+    /// long a commit takes, so that none is cut short.
+    pub(crate) changes: crate::handover::Gate,
 }
 
 impl State {
@@ -592,6 +596,7 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
             .map(std::time::Duration::from_millis),
         ledger: Ledger::open(&state_dir),
         keeper_pid,
+        changes: Default::default(),
     });
     let (weak, weak2) = (Arc::downgrade(&state), Arc::downgrade(&state));
     let watcher = Watcher::start(
@@ -712,6 +717,12 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
             }
         }
     });
+    // Changes under way finish (a commit may take long; a change that
+    // arrives now waits for the next worker: its client's connection
+    // drops and it tries again).
+    if !state.changes.close(CHANGES_TIMEOUT) {
+        tracing::warn!("control requests still under way after {CHANGES_TIMEOUT:?}; stopping anyway");
+    }
     // Stop between requests: those under way are answered, those read
     // from now on are left for the next worker (the kernel sends them
     // again). Runtimes, records and the ledger stay.
@@ -738,6 +749,9 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
     // Exit now: the FUSE threads are parked or reading.
     std::process::exit(0);
 }
+
+/// How long a stopping worker waits for changes of runtimes under way.
+const CHANGES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// How long a stopping worker waits for requests under way.
 const GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

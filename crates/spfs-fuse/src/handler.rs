@@ -523,6 +523,11 @@ impl ControlHandler for Handler {
         }
         // In the ledger before any process joins: a worker that dies from
         // here on leaves its successor what it needs to take over.
+        if let Some(ed) = &rt.view.edit
+            && !ed.reserve_inodes(0, s.inode_reserve(&name))
+        {
+            return Err(Status::internal("cannot write the service's ledger"));
+        }
         s.ledger_record(&name, &path, pid);
         // 3. The root process, then its descendants.
         s.cgroups
@@ -692,6 +697,9 @@ impl ControlHandler for Handler {
         // A stopping worker lets this finish first (see `State::changes`).
         let _in = self.0.changes.enter();
         let rt = self.editable_runtime(caller, &req.runtime)?;
+        if let Some(delay) = self.0.test_commit_delay {
+            std::thread::sleep(delay);
+        }
         let committed = self.0.vfs.commit_edits(&rt.view).map_err(|e| {
             Status::internal(format!("cannot commit the edits of {}: {e}", rt.name))
         })?;

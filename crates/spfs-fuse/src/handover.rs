@@ -176,6 +176,11 @@ impl Gate {
         InFlight(self)
     }
 
+    /// Whether a request is being carried out.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
+    }
+
     /// Close: wait (at most `limit`) until no request is being carried
     /// out. Whether they all finished.
     pub fn close(&self, limit: Duration) -> bool {

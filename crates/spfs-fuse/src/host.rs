@@ -591,7 +591,7 @@ impl Filesystem for FuseHost {
                         "passthrough refused ({e}); serving reads in user space from now on"
                     );
                     self.passthrough.store(false, Ordering::Relaxed);
-                    let fh = self.vfs.handles.insert(opened.file);
+                    let fh = self.vfs.handles.insert(ino.0, opened.file);
                     return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
                 }
             }
@@ -603,7 +603,7 @@ impl Filesystem for FuseHost {
             Ok(f) => f,
             Err(e) => return reply.error(errno(e)),
         };
-        let fh = self.vfs.handles.insert(opened.file);
+        let fh = self.vfs.handles.insert(ino.0, opened.file);
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
@@ -621,7 +621,7 @@ impl Filesystem for FuseHost {
         let _in = self.gate.enter();
         let handle = match self.cache_opens || fh.0 == 0 {
             true => None,
-            false => self.vfs.handles.get(fh.0),
+            false => self.vfs.handles.get(fh.0, ino.0),
         };
         let res = match handle {
             // The handle was made for this caller's view at open.
@@ -662,7 +662,7 @@ impl Filesystem for FuseHost {
                 }
             }
         } else {
-            self.vfs.handles.remove(fh.0);
+            self.vfs.handles.remove(fh.0, ino.0);
         }
         reply.ok();
     }
@@ -690,13 +690,13 @@ impl Filesystem for FuseHost {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
-        self.vfs.release_dir_handle(fh.0);
+        self.vfs.release_dir_handle(fh.0, ino.0);
         reply.ok();
     }
 
@@ -774,12 +774,14 @@ impl Filesystem for FuseHost {
         // content next; see spfs_vfs::content).
         let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         let mut node_files = self.node_files.lock().unwrap_or_else(|p| p.into_inner());
-        self.vfs.forget(ino.0, nlookup);
-        node_files.remove(&ino.0);
-        drop(node_files);
+        // The backing file is unrecorded before the content slot is freed:
+        // a worker that dies in between must not leave the next one a
+        // backing file for a slot that names other content.
         if backing.get(&ino.0).is_some_and(|b| b.opens == 0) {
             self.drop_backing(&mut backing, ino.0);
         }
+        self.vfs.forget(ino.0, nlookup);
+        node_files.remove(&ino.0);
     }
 
     fn flush(

@@ -498,6 +498,9 @@ async fn supervise(keeper: &Keeper, mountpoint: &Path, takeover: bool) -> Result
     );
     let mut worker = keeper.spawn(takeover)?;
     let mut ever_ready = false;
+    // A restart asked while the worker is still starting waits until it
+    // serves (it cannot hand over before).
+    let mut restart_pending = false;
     let mut crashes: VecDeque<Instant> = VecDeque::new();
     loop {
         tokio::select! {
@@ -539,20 +542,67 @@ async fn supervise(keeper: &Keeper, mountpoint: &Path, takeover: bool) -> Result
                 }
                 tracing::info!(worker = worker.pid, "worker ready");
                 notify_systemd(&format!("READY=1\nMAINPID={}\nSTATUS=serving (worker {})", std::process::id(), worker.pid));
+                if std::mem::take(&mut restart_pending) {
+                    worker = hand_over(keeper, worker).await?;
+                }
             }
             _ = hup.recv() => {
-                tracing::info!(worker = worker.pid, "restart requested: handing over to a new worker");
-                notify_systemd("RELOADING=1");
-                let code = stop_worker(&mut worker, rustix::process::Signal::USR1).await;
-                if code != Some(EXIT_HANDED_OVER) {
-                    tracing::warn!(worker = worker.pid, ?code, "the worker did not hand over cleanly");
+                if worker.was_ready {
+                    worker = hand_over(keeper, worker).await?;
+                } else {
+                    restart_pending = true;
                 }
-                worker = keeper.spawn(true)?;
             }
             _ = term.recv() => return stop(&mut worker).await,
             _ = int.recv() => return stop(&mut worker).await,
         }
     }
+}
+
+/// Hand over from `worker` to a new one (unless the program to run does
+/// not run: then `worker` goes on).
+async fn hand_over(keeper: &Keeper, mut worker: Worker) -> Result<Worker, ServiceError> {
+    let runs = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(&keeper.program)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status(),
+    )
+    .await;
+    if !matches!(runs, Ok(Ok(s)) if s.success()) {
+        tracing::error!(
+            program = %keeper.program.display(),
+            "restart refused: the program does not run; the current worker goes on"
+        );
+        return Ok(worker);
+    }
+    tracing::info!(
+        worker = worker.pid,
+        "restart requested: handing over to a new worker"
+    );
+    notify_systemd(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+    let code = stop_worker(&mut worker, rustix::process::Signal::USR1).await;
+    if code != Some(EXIT_HANDED_OVER) {
+        tracing::warn!(
+            worker = worker.pid,
+            ?code,
+            "the worker did not hand over cleanly"
+        );
+    }
+    keeper.spawn(true)
+}
+
+/// CLOCK_MONOTONIC in microseconds (systemd's `MONOTONIC_USEC`).
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 async fn stop(worker: &mut Worker) -> Result<(), ServiceError> {

@@ -40,6 +40,11 @@ pub struct Entry {
     #[serde(default)]
     pub edit: Option<EditEntry>,
     pub cgroup: String,
+    /// The cgroup's id (its directory's inode number): a cgroup made again
+    /// at the same path (by a user it is delegated to, say) is not this
+    /// runtime's.
+    #[serde(default)]
+    pub cgroup_id: u64,
     pub root_pid: u32,
     #[serde(default)]
     pub durable: bool,
@@ -51,6 +56,9 @@ pub struct EditEntry {
     pub upper: PathBuf,
     pub owner_gid: u32,
     pub writable: bool,
+    /// No inode number at or above this was handed out in the view.
+    #[serde(default)]
+    pub inodes_below: u32,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -142,6 +150,25 @@ impl Ledger {
         self.save(&c)
     }
 
+    /// Record that editable runtime `name` may hand out inode numbers
+    /// below `until` (an unrecorded runtime: its entry will say so).
+    pub fn reserve_inodes(&self, name: &str, until: u32) -> io::Result<()> {
+        let mut c = self.lock();
+        let Some(edit) = c
+            .runtimes
+            .iter_mut()
+            .find(|e| e.name == name)
+            .and_then(|e| e.edit.as_mut())
+        else {
+            return Ok(());
+        };
+        if edit.inodes_below >= until {
+            return Ok(());
+        }
+        edit.inodes_below = until;
+        self.save(&c)
+    }
+
     /// Forget runtime `name`.
     pub fn forget(&self, name: &str) -> io::Result<()> {
         let mut c = self.lock();
@@ -172,6 +199,7 @@ mod tests {
             bound: false,
             edit: None,
             cgroup: format!("/spfs/spfs-{name}"),
+            cgroup_id: 7,
             root_pid: 42,
             durable: false,
         }

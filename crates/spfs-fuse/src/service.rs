@@ -102,8 +102,11 @@ pub(crate) struct State {
     /// Tests widen the window between a registration's checks and its move
     /// (`SPFS_VFS_TEST_REGISTER_DELAY_MS`), to race PID reuse against it.
     pub(crate) test_register_delay: Option<std::time::Duration>,
+    /// Tests make a commit slow (`SPFS_VFS_TEST_COMMIT_DELAY_MS`), to
+    /// restart the service during one.
+    pub(crate) test_commit_delay: Option<std::time::Duration>,
     /// The service's own record of its runtimes, for the next worker.
-    pub(crate) ledger: Ledger,
+    pub(crate) ledger: Arc<Ledger>,
     /// The keeper's process id (0: none).
     keeper_pid: u32,
     /// Control requests that change runtimes (register, drop, edit,
@@ -188,6 +191,10 @@ impl State {
         }
     }
 
+    fn ledger_handle(&self) -> Arc<Ledger> {
+        self.ledger.clone()
+    }
+
     /// The keeper's process id (0: none).
     pub(crate) fn keeper_pid(&self) -> u32 {
         self.keeper_pid
@@ -214,14 +221,29 @@ impl State {
                 upper: ed.upper().path().to_path_buf(),
                 owner_gid: ed.owner_gid(),
                 writable: ed.is_writable(),
+                inodes_below: ed.inodes_reserved(),
             }),
             cgroup: cgroup.to_string(),
+            cgroup_id: crate::cgroup::cgroup_id(cgroup).unwrap_or(0),
             root_pid,
             durable,
         };
         if let Err(e) = self.ledger.record(entry) {
             tracing::error!(runtime = name, "cannot write the ledger: {e}");
         }
+    }
+
+    /// What records the inode numbers editable runtime `name` may hand
+    /// out (see `Editable::reserve_inodes`).
+    pub(crate) fn inode_reserve(&self, name: &str) -> Arc<spfs_vfs::edit::Reserve> {
+        let (state, name) = (self.ledger_handle(), name.to_string());
+        Arc::new(move |until| match state.reserve_inodes(&name, until) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(runtime = %name, "cannot write the ledger: {e}");
+                false
+            }
+        })
     }
 
     /// Record runtime `name` again after a change of its view.
@@ -246,7 +268,11 @@ impl State {
             .registry
             .skip_view_ids_to(self.ledger.view_ids_below());
         for entry in self.ledger.runtimes() {
-            let alive = self.cgroups.is_populated(&entry.cgroup).unwrap_or(false);
+            // Its own cgroup still (not one made again at its path), with
+            // processes in it.
+            let ours = crate::cgroup::cgroup_id(&entry.cgroup).ok() == Some(entry.cgroup_id)
+                && entry.cgroup_id != 0;
+            let alive = ours && self.cgroups.is_populated(&entry.cgroup).unwrap_or(false);
             let taken = alive
                 && match self.take_over_one(&entry, tables) {
                     Ok(view) => {
@@ -268,29 +294,50 @@ impl State {
                 }
                 _ => {}
             }
-            if !self.cgroups.is_populated(&entry.cgroup).unwrap_or(true) {
+            if ours && !self.cgroups.is_populated(&entry.cgroup).unwrap_or(true) {
                 let _ = self.cgroups.remove(&entry.cgroup);
             }
         }
-        // Records of this mount point's runtimes that nothing serves now:
-        // gone (a durable runtime's stays, to be run again), and so are
-        // their cgroups once empty.
-        let mut stale = self.cgroups.under_root();
+        // Records of this mount point's runtimes that nothing serves now
+        // go (a durable runtime's stays, to be run again). Their cgroups
+        // are not touched: a record is its user's word, not the service's.
         for record in self.repo().runtimes().unwrap_or_default() {
-            if record.mountpoint != self.mountpoint || self.vfs.registry.get(&record.name).is_some()
+            if record.mountpoint == self.mountpoint
+                && self.vfs.registry.get(&record.name).is_none()
+                && !record.keep
             {
-                continue;
-            }
-            if !record.keep {
                 let _ = self.repo().remove_runtime(&record.name);
             }
-            if !record.cgroup.is_empty() {
-                stale.push(record.cgroup);
+        }
+        // The service's own empty runtime cgroups under its root.
+        for path in self.cgroups.under_root() {
+            let serving = self
+                .bound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|b| b.cgroup == path);
+            if !serving && !self.cgroups.is_populated(&path).unwrap_or(true) {
+                let _ = self.cgroups.remove(&path);
             }
         }
-        for path in stale {
-            if !self.cgroups.is_populated(&path).unwrap_or(true) {
-                let _ = self.cgroups.remove(&path);
+    }
+
+    /// Drop the runtimes whose processes exited while they were taken over
+    /// (their cgroups are watched from then on; they emptied before). Once
+    /// the session serves: dropping may remount.
+    fn drop_exited(&self) {
+        for rt in self.vfs.registry.list() {
+            let cgroup = self
+                .bound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&rt.name)
+                .map(|b| b.cgroup.clone());
+            if let Some(cgroup) = cgroup
+                && !self.cgroups.is_populated(&cgroup).unwrap_or(true)
+            {
+                self.drop_runtime(&rt.name, "its processes exited while it was taken over");
             }
         }
     }
@@ -323,7 +370,14 @@ impl State {
             if let Some((_, table)) = tables.iter().find(|(n, _)| *n == e.name)
                 && let Err(err) = ed.import_inodes(table)
             {
-                tracing::warn!(runtime = %e.name, "{err}; names the kernel holds answer ESTALE");
+                tracing::warn!(runtime = %e.name, "{err}; names the kernel holds answer ENOENT");
+            }
+            // Above every number the kernel may hold (with no table, after
+            // a crash: those it holds answer ENOENT, never another file).
+            let floor = e.edit.as_ref().map_or(0, |ed| ed.inodes_below);
+            if !ed.reserve_inodes(floor, self.inode_reserve(&e.name)) {
+                self.vfs.registry.remove(&e.name);
+                return Err("cannot write the ledger".into());
             }
             *self.editing.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         }
@@ -513,6 +567,14 @@ enum Stop {
 
 /// Serve as a worker until told to stop or hand over.
 fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError> {
+    // A panic anywhere is a crash: the keeper replaces the worker (a FUSE
+    // thread that unwound would leave its request unanswered for good).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("worker panicked: {info}");
+        default_hook(info);
+        std::process::abort();
+    }));
     raise_open_file_limit();
     let repo = match FsRepository::open(&config.storage.root) {
         Err(StorageError::NoRepository(_)) => FsRepository::create(&config.storage.root)?,
@@ -523,6 +585,16 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
         .enable_all()
         .build()
         .map_err(io_err("cannot start the control plane"))?;
+    // The signals that stop or hand over are caught from now on (one that
+    // comes while this worker starts is acted on once it serves).
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _in = runtime.enter();
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::user_defined1()),
+        )
+    };
     let Inherited {
         fuse,
         listen_fd,
@@ -594,7 +666,11 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
             .ok()
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_millis),
-        ledger: Ledger::open(&state_dir),
+        test_commit_delay: std::env::var("SPFS_VFS_TEST_COMMIT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis),
+        ledger: Arc::new(Ledger::open(&state_dir)),
         keeper_pid,
         changes: Default::default(),
     });
@@ -664,6 +740,7 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
     let _ = notifier_slot.set(background.notifier());
     // The mount is writable while an editable runtime exists (changed only
     // now: a remount may need the session).
+    state.drop_exited();
     state.settle_read_only();
     tracing::info!(mountpoint = %mountpoint.display(), listen = %state.listen, takeover, runtimes = state.vfs.registry.len(), "VFS service ready");
     let _ = rustix::io::write(&ready, b"r");
@@ -675,14 +752,10 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
     let handler = Arc::new(Handler(state.clone(), Default::default()));
     let how = Arc::new(Mutex::new(Stop::Stop));
     let how2 = how.clone();
+    let state_for_drain = state.clone();
     let served = runtime.block_on(async move {
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (term, usr1) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::user_defined1()),
-            );
-            let reason = match (term, usr1) {
+            let reason = match signals {
                 (Ok(mut term), Ok(mut usr1)) => tokio::select! {
                     _ = stop_state.shutdown.notified() => "shutdown requested",
                     _ = term.recv() => "SIGTERM received",
@@ -702,6 +775,7 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
         });
         let mut stopped = stop_rx.clone();
         let mut drained = stop_rx;
+        let busy = state_for_drain;
         let serve = bound.serve(handler, async move {
             let _ = stopped.wait_for(|s| *s).await;
         });
@@ -711,6 +785,11 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
             _ = async {
                 let _ = drained.wait_for(|s| *s).await;
                 tokio::time::sleep(DRAIN_TIMEOUT).await;
+                // A change under way (a long commit) is answered first.
+                let until = Instant::now() + CHANGES_TIMEOUT;
+                while busy.changes.busy() && Instant::now() < until {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
             } => {
                 tracing::warn!("clients did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
                 Ok(())
@@ -721,7 +800,9 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
     // arrives now waits for the next worker: its client's connection
     // drops and it tries again).
     if !state.changes.close(CHANGES_TIMEOUT) {
-        tracing::warn!("control requests still under way after {CHANGES_TIMEOUT:?}; stopping anyway");
+        tracing::warn!(
+            "control requests still under way after {CHANGES_TIMEOUT:?}; stopping anyway"
+        );
     }
     // Stop between requests: those under way are answered, those read
     // from now on are left for the next worker (the kernel sends them

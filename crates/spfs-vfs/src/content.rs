@@ -55,6 +55,8 @@ struct Inner {
     by_key: HashMap<ContentKey, u32>,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
+    /// Slots found in a journal (never freed).
+    recovered: usize,
 }
 
 /// References counted for a slot found in a journal: never all forgotten.
@@ -129,6 +131,7 @@ impl ContentNodes {
             });
             inner.by_key.insert(key, slot);
         }
+        inner.recovered = inner.slots.iter().filter(|s| s.is_some()).count();
         inner.free = (0..inner.slots.len() as u32)
             .filter(|i| inner.slots[*i as usize].is_none())
             .collect();
@@ -161,7 +164,9 @@ impl ContentNodes {
         let slot = match inner.by_key.get(&key) {
             Some(&slot) => slot,
             None => {
-                if inner.free.is_empty() && inner.slots.len() >= UNREFERENCED_MAX {
+                // (Slots found in a journal are never swept: not counted.)
+                if inner.free.is_empty() && inner.slots.len() >= UNREFERENCED_MAX + inner.recovered
+                {
                     for slot in Self::sweep(&mut inner) {
                         self.journal_remove(slot);
                     }
@@ -192,6 +197,7 @@ impl ContentNodes {
             by_key,
             slots,
             free,
+            ..
         } = inner;
         let mut freed = Vec::new();
         for (i, s) in slots.iter_mut().enumerate() {

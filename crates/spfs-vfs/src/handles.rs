@@ -22,37 +22,58 @@ pub fn read_at(file: &File, offset: u64, size: usize) -> std::io::Result<Vec<u8>
     Ok(buf)
 }
 
-/// A table of open payload files, indexed by handle number.
-#[derive(Default)]
+/// The first handle number of a table: random in bits 40 to 62, so that
+/// the numbers of one service process are not those of the one before it
+/// (the kernel keeps handles across a handover, see `docs/service.md`; bit
+/// 63 is the host's).
+pub fn first_number() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    (u64::from_le_bytes(b) & ((1 << 23) - 1)) << 40
+}
+
+/// A table of open payload files, indexed by handle number; each handle
+/// is of one node, and serves that node only.
 pub struct Handles {
     next: AtomicU64,
-    open: RwLock<HashMap<u64, Arc<File>>>,
+    open: RwLock<HashMap<u64, (u64, Arc<File>)>>,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            next: AtomicU64::new(first_number()),
+            open: RwLock::default(),
+        }
+    }
 }
 
 impl Handles {
-    /// Keep `file` open; returns its handle (never 0).
-    pub fn insert(&self, file: File) -> u64 {
+    /// Keep `file` open for `node`; returns its handle (never 0).
+    pub fn insert(&self, node: u64, file: File) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut map) = self.open.write() {
-            map.insert(fh, Arc::new(file));
+            map.insert(fh, (node, Arc::new(file)));
         }
         fh
     }
 
-    pub fn get(&self, fh: u64) -> Option<Arc<File>> {
-        self.open.read().ok()?.get(&fh).cloned()
+    /// The file of handle `fh`, if it is one of `node` (a handle of a
+    /// previous service process may have the number of another node's).
+    pub fn get(&self, fh: u64, node: u64) -> Option<Arc<File>> {
+        self.open
+            .read()
+            .ok()?
+            .get(&fh)
+            .filter(|(n, _)| *n == node)
+            .map(|(_, f)| f.clone())
     }
 
-    /// Read up to `size` bytes at `offset` of handle `fh`.
-    pub fn read(&self, fh: u64, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
-        let file = self
-            .get(fh)
-            .ok_or_else(|| std::io::Error::from_raw_os_error(9))?;
-        read_at(&file, offset, size)
-    }
-
-    pub fn remove(&self, fh: u64) {
-        if let Ok(mut map) = self.open.write() {
+    /// Close handle `fh` of `node`.
+    pub fn remove(&self, fh: u64, node: u64) {
+        if let Ok(mut map) = self.open.write()
+            && map.get(&fh).is_some_and(|(n, _)| *n == node)
+        {
             map.remove(&fh);
         }
     }

@@ -210,7 +210,9 @@ pub struct Vfs {
     ranged_reads: bool,
     started: SystemTime,
     /// The listings of open directories of editable views, by handle.
-    dir_snapshots: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<Vec<u8>>>>>,
+    /// Listings of open directories of editable views: handle → (node,
+    /// names).
+    dir_snapshots: std::sync::Mutex<std::collections::HashMap<u64, (u64, Arc<Vec<Vec<u8>>>)>>,
     next_dir_handle: std::sync::atomic::AtomicU64,
 }
 
@@ -240,7 +242,7 @@ impl Vfs {
             ranged_reads: false,
             started: SystemTime::now(),
             dir_snapshots: Default::default(),
-            next_dir_handle: Default::default(),
+            next_dir_handle: std::sync::atomic::AtomicU64::new(crate::handles::first_number()),
         }
     }
 
@@ -624,7 +626,7 @@ impl Vfs {
         // The names as the directory was opened (offsets stay valid while
         // entries come and go: a loop that removes what it lists sees
         // every entry once), each with what it is now (skipped if gone).
-        let names: Arc<Vec<Vec<u8>>> = match self.dir_snapshot(fh) {
+        let names: Arc<Vec<Vec<u8>>> = match self.dir_snapshot(fh, node) {
             Some(names) => names,
             None => Arc::new(self.edit_names(v, ed, node)?),
         };
@@ -670,14 +672,16 @@ impl Vfs {
         Ok(())
     }
 
-    /// The names of directory handle `fh` of an editable view, as it was
-    /// opened.
-    fn dir_snapshot(&self, fh: u64) -> Option<Arc<Vec<Vec<u8>>>> {
+    /// The names of directory handle `fh` of an editable view's directory
+    /// `node`, as it was opened (none for a handle of another node: one a
+    /// previous service process made).
+    fn dir_snapshot(&self, fh: u64, node: u64) -> Option<Arc<Vec<Vec<u8>>>> {
         self.dir_snapshots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
-            .cloned()
+            .filter(|(n, _)| *n == node)
+            .map(|(_, names)| names.clone())
     }
 
     /// Open directory `node` of an editable view: a handle whose listing
@@ -697,17 +701,15 @@ impl Vfs {
             let oldest = *snaps.keys().min().unwrap_or(&0);
             snaps.retain(|k, _| *k > oldest + (MAX_DIR_HANDLES as u64 / 2));
         }
-        snaps.insert(fh, names);
+        snaps.insert(fh, (node, names));
         Ok(fh)
     }
 
-    /// Close a directory handle of [`Vfs::open_dir_handle`].
-    pub fn release_dir_handle(&self, fh: u64) {
-        if fh != 0 {
-            self.dir_snapshots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&fh);
+    /// Close directory handle `fh` of `node` ([`Vfs::open_dir_handle`]).
+    pub fn release_dir_handle(&self, fh: u64, node: u64) {
+        let mut snaps = self.dir_snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if fh != 0 && snaps.get(&fh).is_some_and(|(n, _)| *n == node) {
+            snaps.remove(&fh);
         }
     }
 

@@ -2,7 +2,7 @@
 //! (`spfs-vfs service --restart`), crashes (`kill -9` of the worker), and a
 //! new service taking over the runtimes still alive.
 
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::*;
@@ -317,4 +317,225 @@ fn a_worker_that_cannot_start_leaves_nothing_mounted() {
             .is_none(),
         "left mounted"
     );
+}
+
+/// The review's cases: handles and listings opened before a restart serve
+/// their own file and directory (handle numbers of two workers may meet);
+/// an editable runtime's files held open across a crash never read or
+/// write another file; a commit under way when a restart comes finishes
+/// and keeps every edit; two quick restarts hand over cleanly.
+#[test]
+fn handles_listings_and_commits_across_restarts_and_crashes() {
+    crate::require_vfs!();
+    let w = World::with_mode(Mode::Router);
+    let files: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("l{i}"), format!("low-{i}\n").into_bytes()))
+        .chain([
+            ("a.bin".to_string(), vec![b'A'; 1 << 20]),
+            ("b.bin".to_string(), vec![b'B'; 1 << 20]),
+        ])
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    w.commit("rv/e", &refs);
+    // Handles through the service: no passthrough, opens asked for.
+    w.start_service_with(&[
+        ("SPFS_VFS_PASSTHROUGH", "false"),
+        ("SPFS_VFS_CACHE_OPENS", "false"),
+        ("SPFS_VFS_TEST_COMMIT_DELAY_MS", "6500"),
+    ]);
+    let d = w.dir.path().display().to_string();
+    let step = |n: u32| {
+        let path = format!("{d}/step{n}");
+        assert!(
+            wait_for(Duration::from_secs(30), || std::path::Path::new(&path)
+                .exists()),
+            "step {n}: {}",
+            w.log_text()
+        );
+    };
+    let go = |n: u32| std::fs::write(format!("{d}/go{n}"), b"").expect("go");
+    let script = format!(
+        r#"
+import os, time
+d = "{d}"
+def step(n):
+    open(f"{{d}}/step{{n}}", "w").close()
+    while not os.path.exists(f"{{d}}/go{{n}}"):
+        time.sleep(0.02)
+os.chdir(os.environ["SPFS_VFS_MOUNTPOINT"])
+fa = os.open("a.bin", os.O_RDONLY)
+os.makedirs("d1"); os.makedirs("d2")
+for i in range(5):
+    open(f"d1/a{{i}}", "w").close(); open(f"d2/b{{i}}", "w").close()
+fd1 = os.open("d1", os.O_RDONLY | os.O_DIRECTORY)
+held = []
+for i in range(10):
+    with open(f"n{{i}}", "w") as f:
+        f.write(f"new-{{i}}\n")
+    held.append(os.open(f"n{{i}}", os.O_RDWR))
+step(1)  # restarted twice, quickly
+fb = os.open("b.bin", os.O_RDONLY)
+fd2 = os.open("d2", os.O_RDONLY | os.O_DIRECTORY)
+print("a", os.pread(fa, 8, 1 << 19))
+print("d1", sorted(os.listdir(fd1)))
+step(2)  # the worker crashed
+for i, fd in enumerate(held):
+    try:
+        print("held", i, os.pread(fd, 16, 0))
+    except OSError as e:
+        print("held", i, "error", e.errno)
+try:
+    os.pwrite(held[0], b"XXXX", 0)
+except OSError as e:
+    print("write error", e.errno)
+print("l0", open("l0", "rb").read())
+os.makedirs("many")
+for i in range(200):
+    with open(f"many/f{{i}}", "w") as f:
+        f.write(f"m{{i}}")
+step(3)  # a restart during the commit
+print("commit", os.system("{spfs} commit layer > /dev/null"))
+print("many", len(os.listdir("many")), open("many/f7").read())
+"#,
+        spfs = SPFS
+    );
+    let child = w
+        .command(SPFS)
+        .args(["run", "--edit", "rv/e", "--", "python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    step(1);
+    let keeper = w.keeper_pid().expect("keeper");
+    let hup = || {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(keeper as i32).expect("pid"),
+            rustix::process::Signal::HUP,
+        )
+        .expect("hup")
+    };
+    let first = w.service_pid().expect("worker");
+    hup();
+    std::thread::sleep(Duration::from_millis(10));
+    hup();
+    assert!(wait_for(Duration::from_secs(20), || w
+        .log_text()
+        .matches("worker ready")
+        .count()
+        >= 3));
+    assert_ne!(w.service_pid(), Some(first));
+    drop_caches();
+    go(1);
+    step(2);
+    kill9(w.service_pid().expect("worker"));
+    assert!(wait_for(Duration::from_secs(20), || w
+        .log_text()
+        .matches("worker ready")
+        .count()
+        >= 4));
+    drop_caches();
+    go(2);
+    step(3);
+    go(3);
+    // The commit is under way (slowed down): restart now.
+    std::thread::sleep(Duration::from_millis(1500));
+    ok(&w.vfs(&["service", "--restart"]), "restart during a commit");
+    let out = child.wait_with_output().expect("wait");
+    ok(&out, "runtime");
+    let text = stdout(&out);
+    let log = w.log_text();
+    assert!(!log.contains("did not hand over cleanly"), "{log}");
+    assert!(text.contains("a b'AAAAAAAA'"), "{text}");
+    assert!(text.contains("d1 ['a0', 'a1', 'a2', 'a3', 'a4']"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("held") && l.contains("low-")),
+        "a held file read another's bytes: {text}"
+    );
+    assert!(
+        text.contains("l0 b'low-0\\n'"),
+        "a stack file changed: {text}"
+    );
+    assert!(text.contains("commit 0"), "{text}");
+    assert!(text.contains("many 200 m7"), "{text}");
+}
+
+/// A runtime record names a cgroup; the service never removes a cgroup
+/// for a record's word (anyone may write a record).
+#[test]
+fn a_record_cannot_make_the_service_remove_a_cgroup() {
+    crate::require_vfs!();
+    let w = World::with_mode(Mode::Router);
+    let victim = w.cgroups.join("victim");
+    std::fs::create_dir_all(&victim).expect("victim cgroup");
+    let cg_root = spfs_fuse::cgroup::cgroup2_mount().expect("cgroup2");
+    let rel = format!(
+        "/{}",
+        victim.strip_prefix(&cg_root).expect("under").display()
+    );
+    for keep in [false, true] {
+        let record = serde_json::json!({
+            "name": format!("evil-{keep}"), "spec": "-", "layers": [], "root_pid": 1,
+            "owner_uid": 1001, "created": 0, "mountpoint": w.mnt, "command": ["x"],
+            "cgroup": rel, "keep": keep,
+        });
+        std::fs::create_dir_all(w.repo.join("runtimes")).expect("runtimes");
+        std::fs::write(
+            w.repo.join(format!("runtimes/evil-{keep}.json")),
+            record.to_string(),
+        )
+        .expect("record");
+    }
+    w.start_service();
+    ok(&w.vfs(&["service", "--restart"]), "restart");
+    assert!(
+        victim.exists(),
+        "the service removed a cgroup a record named"
+    );
+    let _ = std::fs::remove_dir(&victim);
+}
+
+/// A cgroup made again at a runtime's path (by a user it is delegated
+/// to, say) is not that runtime's: a new service does not take it over.
+#[test]
+fn a_cgroup_made_again_is_not_taken_over() {
+    crate::require_vfs!();
+    let w = World::with_mode(Mode::Router);
+    commit_stacks(&w);
+    w.start_service();
+    let d = w.dir.path().display().to_string();
+    let mut rt = w
+        .command(SPFS)
+        .args(["run", "--runtime-name", "orig", "hand/a", "--", "sh", "-c"])
+        .arg(format!("touch {d}/up; exec sleep 60"))
+        .spawn()
+        .expect("spawn");
+    assert!(wait_for(Duration::from_secs(20), || std::path::Path::new(
+        &format!("{d}/up")
+    )
+    .exists()));
+    let info = stdout(&w.spfs(&["runtime", "info", "orig", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&info).expect("json");
+    let cgroup = v["cgroup"].as_str().expect("cgroup").to_string();
+    ok(&w.vfs(&["service", "--stop"]), "stop");
+    let _ = rt.kill();
+    let _ = rt.wait();
+    let dir = spfs_fuse::cgroup::cgroup_dir(&cgroup).expect("dir");
+    assert!(wait_for(Duration::from_secs(10), || std::fs::remove_dir(
+        &dir
+    )
+    .is_ok()));
+    std::fs::create_dir(&dir).expect("made again");
+    let mut squatter = Command::new("sleep").arg("60").spawn().expect("sleep");
+    std::fs::write(dir.join("cgroup.procs"), squatter.id().to_string()).expect("move");
+    w.start_service();
+    let listed = w.list();
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    assert!(listed.is_empty(), "taken over: {listed:?}");
 }

@@ -11,6 +11,7 @@ mod edit;
 mod faults;
 mod handover;
 mod isolation;
+mod load;
 mod mtimes;
 mod pagecache;
 mod readthrough;

@@ -135,6 +135,12 @@ struct State {
     inodes: HashMap<u32, Inode>,
     names: HashMap<(u32, Box<[u8]>), u32>,
     next: u32,
+    /// Numbers below this may be handed out without asking `reserve`.
+    reserved_until: u32,
+    /// Records that numbers up to its argument may be handed out (in the
+    /// service's ledger, so a process taking the view over after a crash
+    /// starts above every number the kernel may hold); false: refused.
+    reserve: Option<Arc<Reserve>>,
     /// Upper files kept open for reads and writes by inode.
     files: HashMap<u32, Arc<File>>,
 }
@@ -162,6 +168,12 @@ impl State {
         self.files.insert(ino, file);
     }
 }
+
+/// Records that inode numbers below its argument may be handed out.
+pub type Reserve = dyn Fn(u32) -> bool + Send + Sync;
+
+/// Inode numbers reserved at a time (see [`Editable::reserve_inodes`]).
+const INODE_BLOCK: u32 = 1 << 16;
 
 /// Opens the payload of a lower file (verified), for copy-up.
 pub type OpenLower<'a> = &'a dyn Fn(&Entry) -> Result<File>;
@@ -344,6 +356,8 @@ impl Editable {
                 inodes,
                 names: HashMap::new(),
                 next: 1,
+                reserved_until: u32::MAX,
+                reserve: None,
                 files: HashMap::new(),
             }),
             owner,
@@ -360,6 +374,30 @@ impl Editable {
     /// The group shown as the owner of the layers' entries.
     pub fn owner_gid(&self) -> u32 {
         self.owner.1
+    }
+
+    /// Hand out inode numbers from `floor` up only (a previous service
+    /// process may have handed out every number below it), each block
+    /// recorded by `reserve` first. False if `reserve` refused.
+    pub fn reserve_inodes(&self, floor: u32, reserve: Arc<Reserve>) -> bool {
+        let mut st = self.lock();
+        st.next = st.next.max(floor);
+        let until = st.next.saturating_add(INODE_BLOCK).min(MAX_INODE);
+        if !reserve(until) {
+            return false;
+        }
+        st.reserved_until = until;
+        st.reserve = Some(reserve);
+        true
+    }
+
+    /// No inode number at or above this was handed out.
+    pub fn inodes_reserved(&self) -> u32 {
+        let st = self.lock();
+        match st.reserve {
+            Some(_) => st.reserved_until,
+            None => st.next,
+        }
     }
 
     pub fn upper(&self) -> &Upper {
@@ -591,6 +629,15 @@ impl Editable {
             None => {
                 if st.next >= MAX_INODE {
                     return Err(VfsError::Io(Errno::NOSPC.into()));
+                }
+                if st.next >= st.reserved_until {
+                    let until = st.next.saturating_add(INODE_BLOCK).min(MAX_INODE);
+                    match &st.reserve {
+                        Some(reserve) if !reserve(until) => {
+                            return Err(VfsError::Io(Errno::IO.into()));
+                        }
+                        _ => st.reserved_until = until,
+                    }
                 }
                 let ino = st.next;
                 st.next += 1;

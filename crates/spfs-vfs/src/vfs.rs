@@ -55,6 +55,9 @@ use crate::view::View;
 /// name at the top of a bound view.
 pub const VIEW_DOOR: &[u8] = b".spfs-view";
 
+/// A listing of an open directory: its node, and its names when opened.
+type DirSnapshot = (u64, Arc<Vec<Vec<u8>>>);
+
 /// How long answers about content-addressed nodes may be cached.
 pub const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The cache lifetime of answers that differ between views.
@@ -212,7 +215,7 @@ pub struct Vfs {
     /// The listings of open directories of editable views, by handle.
     /// Listings of open directories of editable views: handle → (node,
     /// names).
-    dir_snapshots: std::sync::Mutex<std::collections::HashMap<u64, (u64, Arc<Vec<Vec<u8>>>)>>,
+    dir_snapshots: std::sync::Mutex<std::collections::HashMap<u64, DirSnapshot>>,
     next_dir_handle: std::sync::atomic::AtomicU64,
 }
 

@@ -32,6 +32,7 @@ use spfs_vfs::edit::{SetAttr, SetTime};
 use spfs_vfs::{Attr, DirItem, NodeKind, OpenedPayload, PayloadCopy, Runtime, Vfs, VfsError, View};
 
 use crate::route::Router;
+use crate::stats::{Op, Stats, Timer};
 
 /// The filesystem served on the mount.
 pub struct FuseHost {
@@ -51,6 +52,8 @@ pub struct FuseHost {
     backing: Mutex<HashMap<u64, Backing>>,
     /// Every request answered.
     pub requests: Arc<AtomicU64>,
+    /// Per-operation counts and latencies, bytes served, passthrough opens.
+    stats: Arc<Stats>,
     /// Tells the kernel to forget names (set once the session runs).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
@@ -65,12 +68,16 @@ struct Backing {
     opens: u32,
     /// Only a caller whose user may read this copy may use it.
     copy: PayloadCopy,
+    /// The file's size (reported with each passthrough open).
+    size: u64,
 }
 
 impl Backing {
     /// Answer an open with this backing file.
-    fn open(&mut self, reply: ReplyOpen) {
+    fn open(&mut self, stats: &Stats, reply: ReplyOpen) {
         self.opens += 1;
+        Stats::add(&stats.passthrough_opens, 1);
+        Stats::add(&stats.passthrough_opened_bytes, self.size);
         reply.opened_passthrough(FileHandle(PASSTHROUGH_FH), FopenFlags::empty(), &self.id);
     }
 }
@@ -213,8 +220,14 @@ impl FuseHost {
             passthrough: Arc::new(AtomicBool::new(false)),
             backing: Mutex::new(HashMap::new()),
             requests: Arc::new(AtomicU64::new(0)),
+            stats: Arc::default(),
             notifier: Arc::default(),
         }
+    }
+
+    /// The request-path figures (see [`crate::stats`]).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// Where the session's notifier goes once the session runs.
@@ -317,35 +330,49 @@ impl FuseHost {
         id: BackingId,
         reply: ReplyOpen,
     ) {
+        Stats::add(&self.stats.backing_registered, 1);
+        let size = opened.file.metadata().map_or(0, |m| m.len());
         let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         let copy = opened.copy;
+        let new = Backing {
+            id,
+            opens: 0,
+            copy,
+            size,
+        };
         match backing.entry(node) {
             Entry::Occupied(mut o) if o.get().opens == 0 && !o.get().copy.readable_by(owner) => {
                 // The idle one is unregistered when dropped.
-                o.insert(Backing { id, opens: 0, copy });
-                o.get_mut().open(reply)
+                o.insert(new);
+                o.get_mut().open(&self.stats, reply)
             }
-            Entry::Occupied(mut o) => o.get_mut().open(reply),
-            Entry::Vacant(v) => v.insert(Backing { id, opens: 0, copy }).open(reply),
+            Entry::Occupied(mut o) => o.get_mut().open(&self.stats, reply),
+            Entry::Vacant(v) => v.insert(new).open(&self.stats, reply),
         }
     }
 
     /// Answer a request that made an entry in `parent`: a name in the
     /// shared root is never cached (another view may not have it).
-    fn entry(&self, parent: INodeNo, made: Result<Attr, VfsError>, reply: ReplyEntry) {
+    fn entry(
+        &self,
+        t: &Timer<'_>,
+        parent: INodeNo,
+        made: Result<Attr, VfsError>,
+        reply: ReplyEntry,
+    ) {
         match made {
             Ok(attr) => {
                 reply.entry_with_ttls(&LONG, &entry_ttl(parent), &file_attr(&attr), Generation(0))
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
     /// Answer a request that changed something.
-    fn done(&self, done: Result<(), VfsError>, reply: ReplyEmpty) {
+    fn done(&self, t: &Timer<'_>, done: Result<(), VfsError>, reply: ReplyEmpty) {
         match done {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -353,8 +380,9 @@ impl FuseHost {
     fn caller(&self, req: &Request) -> Option<Arc<Runtime>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let rt = self.router.route(req.pid());
-        if let Some(rt) = &rt {
-            rt.count_request();
+        match &rt {
+            Some(rt) => rt.count_request(),
+            None => Stats::add(&self.stats.unrouted, 1),
         }
         rt
     }
@@ -385,6 +413,7 @@ impl Filesystem for FuseHost {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t = self.stats.start(Op::Lookup);
         let rt = self.caller(req);
         let view = view_of(&rt);
         match self.vfs.lookup(view, parent.0, name.as_bytes()) {
@@ -392,7 +421,7 @@ impl Filesystem for FuseHost {
                 reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&attr), Generation(0))
             }
             Err(VfsError::NotFound) => match self.vfs.miss_ttl(view, parent.0, name.as_bytes()) {
-                ttl if ttl.is_zero() => reply.error(Errno::ENOENT),
+                ttl if ttl.is_zero() => t.fail(reply, Errno::ENOENT),
                 // A negative entry (node id 0): the kernel remembers the
                 // miss and stops asking.
                 ttl => reply.entry_with_ttls(
@@ -402,31 +431,34 @@ impl Filesystem for FuseHost {
                     Generation(0),
                 ),
             },
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let t = self.stats.start(Op::Getattr);
         let rt = self.caller(req);
         match self.vfs.getattr(view_of(&rt), ino.0) {
             Ok((attr, ttl)) => reply.attr(&ttl, &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let t = self.stats.start(Op::Readlink);
         let rt = self.caller(req);
         match self.vfs.readlink(view_of(&rt), ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let t = self.stats.start(Op::Open);
         if self.cache_opens {
             // The kernel takes ENOSYS as "opens always succeed": it never
             // asks again, and keeps each node's pages cached.
-            return reply.error(Errno::ENOSYS);
+            return t.fail(reply, Errno::ENOSYS);
         }
         let rt = self.caller(req);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
@@ -436,11 +468,11 @@ impl Filesystem for FuseHost {
             // kernel-kept opens: one inode, one way to its data.
             return match self.vfs.open_edit(view, ino.0, write) {
                 Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => t.fail(reply, errno(e)),
             };
         }
         if write {
-            return reply.error(Errno::EROFS);
+            return t.fail(reply, Errno::EROFS);
         }
         if self.passthrough.load(Ordering::Relaxed) {
             // The kernel wants every open file of an inode to use the same
@@ -453,19 +485,19 @@ impl Filesystem for FuseHost {
                 if let Some(b) = backing.get_mut(&ino.0) {
                     // Registered means: a file of a view. Check it is the caller's.
                     if let Err(e) = self.vfs.getattr(view, ino.0) {
-                        return reply.error(errno(e));
+                        return t.fail(reply, errno(e));
                     }
                     if write {
-                        return reply.error(Errno::EROFS);
+                        return t.fail(reply, Errno::EROFS);
                     }
                     if b.copy.readable_by(owner) {
-                        return b.open(reply);
+                        return b.open(&self.stats, reply);
                     }
                 }
             }
             let opened = match self.vfs.open(view, owner, ino.0, write) {
                 Ok(f) => f,
-                Err(e) => return reply.error(errno(e)),
+                Err(e) => return t.fail(reply, errno(e)),
             };
             match reply.open_backing(&opened.file) {
                 Ok(id) => return self.open_passthrough(ino.0, owner, opened, id, reply),
@@ -484,7 +516,7 @@ impl Filesystem for FuseHost {
         // caller who gets this far may read from a copy of their own.)
         let opened = match self.vfs.open(view, owner, ino.0, write) {
             Ok(f) => f,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return t.fail(reply, errno(e)),
         };
         let fh = self.vfs.handles.insert(opened.file);
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
@@ -501,6 +533,7 @@ impl Filesystem for FuseHost {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let t = self.stats.start(Op::Read);
         let res = if self.cache_opens || fh.0 == 0 {
             self.read_node(req, ino.0, offset, size as usize)
         } else {
@@ -511,8 +544,11 @@ impl Filesystem for FuseHost {
                 .map_err(Errno::from)
         };
         match res {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+            Ok(data) => {
+                Stats::add(&self.stats.read_bytes, data.len() as u64);
+                reply.data(&data)
+            }
+            Err(e) => t.fail(reply, e),
         }
     }
 
@@ -526,7 +562,9 @@ impl Filesystem for FuseHost {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.start(Op::Release);
         if fh.0 & PASSTHROUGH_FH != 0 {
+            Stats::add(&self.stats.passthrough_releases, 1);
             let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(b) = backing.get_mut(&ino.0) {
                 b.opens = b.opens.saturating_sub(1);
@@ -545,6 +583,7 @@ impl Filesystem for FuseHost {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let t = self.stats.start(Op::Opendir);
         let rt = self.caller(req);
         let opened = self
             .vfs
@@ -559,7 +598,7 @@ impl Filesystem for FuseHost {
                 };
                 reply.opened(FileHandle(fh), flags)
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -571,6 +610,7 @@ impl Filesystem for FuseHost {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.start(Op::Releasedir);
         self.vfs.release_dir_handle(fh.0);
         reply.ok();
     }
@@ -583,6 +623,7 @@ impl Filesystem for FuseHost {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let t = self.stats.start(Op::Readdir);
         let res = self.list(req, ino, fh, offset, false, |item| {
             reply.add(
                 INodeNo(item.attr.node),
@@ -593,7 +634,7 @@ impl Filesystem for FuseHost {
         });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => t.fail(reply, e),
         }
     }
 
@@ -605,6 +646,7 @@ impl Filesystem for FuseHost {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let t = self.stats.start(Op::Readdirplus);
         // Names and attributes in one answer: a `find`-style walk needs no
         // separate lookup per entry.
         let res = self.list(req, ino, fh, offset, true, |item| {
@@ -620,11 +662,12 @@ impl Filesystem for FuseHost {
         });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => t.fail(reply, e),
         }
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.stats.start(Op::Statfs);
         let rt = self.caller(req);
         let s = self.vfs.statfs(view_of(&rt));
         reply.statfs(
@@ -640,6 +683,7 @@ impl Filesystem for FuseHost {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = self.stats.start(Op::Forget);
         // The kernel evicted the inode: what is kept for it goes, under the
         // lock an open of it takes (a content node's id may name other
         // content next; see spfs_vfs::content).
@@ -661,9 +705,10 @@ impl Filesystem for FuseHost {
         _owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let t = self.stats.start(Op::Flush);
         // Writes reach the upper area as they come: nothing to flush.
         // ENOSYS makes the kernel stop asking.
-        reply.error(Errno::ENOSYS);
+        t.fail(reply, Errno::ENOSYS);
     }
 
     fn getxattr(
@@ -674,16 +719,19 @@ impl Filesystem for FuseHost {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        let t = self.stats.start(Op::Getxattr);
         // No extended attributes: ENOSYS makes the kernel stop asking.
-        reply.error(Errno::ENOSYS);
+        t.fail(reply, Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+        let t = self.stats.start(Op::Listxattr);
+        t.fail(reply, Errno::ENOSYS);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+        let t = self.stats.start(Op::Access);
+        t.fail(reply, Errno::ENOSYS);
     }
 
     // Changes: served in editable views, EROFS in read-only ones.
@@ -706,6 +754,7 @@ impl Filesystem for FuseHost {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let t = self.stats.start(Op::Setattr);
         let rt = self.caller(req);
         let set = SetAttr {
             mode,
@@ -720,7 +769,7 @@ impl Filesystem for FuseHost {
             .setattr(view_of(&rt), reader_of(req, &rt), ino.0, &set)
         {
             Ok(attr) => reply.attr(&LONG, &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -734,9 +783,10 @@ impl Filesystem for FuseHost {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let t = self.stats.start(Op::Mknod);
         // Regular files only (a fifo or device has no place in a layer).
         if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.error(Errno::EPERM);
+            return t.fail(reply, Errno::EPERM);
         }
         let rt = self.caller(req);
         let made = self.vfs.create(
@@ -747,7 +797,7 @@ impl Filesystem for FuseHost {
             req.uid(),
             req.gid(),
         );
-        self.entry(parent, made, reply)
+        self.entry(&t, parent, made, reply)
     }
 
     fn mkdir(
@@ -759,6 +809,7 @@ impl Filesystem for FuseHost {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let t = self.stats.start(Op::Mkdir);
         let rt = self.caller(req);
         let made = self.vfs.mkdir(
             view_of(&rt),
@@ -768,12 +819,14 @@ impl Filesystem for FuseHost {
             req.uid(),
             req.gid(),
         );
-        self.entry(parent, made, reply)
+        self.entry(&t, parent, made, reply)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let t = self.stats.start(Op::Unlink);
         let rt = self.caller(req);
         self.done(
+            &t,
             self.vfs
                 .remove(view_of(&rt), parent.0, name.as_bytes(), false),
             reply,
@@ -781,8 +834,10 @@ impl Filesystem for FuseHost {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let t = self.stats.start(Op::Rmdir);
         let rt = self.caller(req);
         self.done(
+            &t,
             self.vfs
                 .remove(view_of(&rt), parent.0, name.as_bytes(), true),
             reply,
@@ -797,6 +852,7 @@ impl Filesystem for FuseHost {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        let t = self.stats.start(Op::Symlink);
         let rt = self.caller(req);
         let made = self.vfs.symlink(
             view_of(&rt),
@@ -806,7 +862,7 @@ impl Filesystem for FuseHost {
             req.uid(),
             req.gid(),
         );
-        self.entry(parent, made, reply)
+        self.entry(&t, parent, made, reply)
     }
 
     fn rename(
@@ -819,11 +875,12 @@ impl Filesystem for FuseHost {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let t = self.stats.start(Op::Rename);
         // Exchanging and whiteouts are not offered (`mv` does not need them).
         if flags
             .intersects(fuser::RenameFlags::RENAME_EXCHANGE | fuser::RenameFlags::RENAME_WHITEOUT)
         {
-            return reply.error(Errno::EINVAL);
+            return t.fail(reply, Errno::EINVAL);
         }
         let rt = self.caller(req);
         let done = self.vfs.rename(
@@ -836,7 +893,7 @@ impl Filesystem for FuseHost {
             flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
         );
         let into_root = done.is_ok() && newparent.0 == spfs_vfs::node::ROOT;
-        self.done(done, reply);
+        self.done(&t, done, reply);
         if into_root && let Some(n) = self.notifier.get() {
             // The kernel moved its cached name, lifetime and all, into the
             // shared root: make it ask again (once the rename is done,
@@ -856,6 +913,7 @@ impl Filesystem for FuseHost {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let t = self.stats.start(Op::Link);
         let rt = self.caller(req);
         let made = self.vfs.link(
             view_of(&rt),
@@ -864,7 +922,7 @@ impl Filesystem for FuseHost {
             newparent.0,
             newname.as_bytes(),
         );
-        self.entry(newparent, made, reply)
+        self.entry(&t, newparent, made, reply)
     }
 
     fn create(
@@ -877,6 +935,7 @@ impl Filesystem for FuseHost {
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        let t = self.stats.start(Op::Create);
         let rt = self.caller(req);
         match self.vfs.create(
             view_of(&rt),
@@ -893,7 +952,7 @@ impl Filesystem for FuseHost {
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -909,6 +968,7 @@ impl Filesystem for FuseHost {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
+        let t = self.stats.start(Op::Write);
         let rt = self.caller(req);
         let written = match (&rt, req.pid()) {
             // The kernel writing back pages of a shared writable mapping
@@ -928,8 +988,11 @@ impl Filesystem for FuseHost {
                 .write(view_of(&rt), reader_of(req, &rt), ino.0, offset, data),
         };
         match written {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
+            Ok(n) => {
+                Stats::add(&self.stats.write_bytes, n as u64);
+                reply.written(n as u32)
+            }
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -943,11 +1006,13 @@ impl Filesystem for FuseHost {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Unsupported::SetXattr.answer());
+        let t = self.stats.start(Op::Setxattr);
+        t.fail(reply, Unsupported::SetXattr.answer());
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Unsupported::RemoveXattr.answer());
+        let t = self.stats.start(Op::Removexattr);
+        t.fail(reply, Unsupported::RemoveXattr.answer());
     }
 
     fn fallocate(
@@ -960,7 +1025,8 @@ impl Filesystem for FuseHost {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Unsupported::Fallocate.answer());
+        let t = self.stats.start(Op::Fallocate);
+        t.fail(reply, Unsupported::Fallocate.answer());
     }
 
     fn fsync(
@@ -971,8 +1037,9 @@ impl Filesystem for FuseHost {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let t = self.stats.start(Op::Fsync);
         let rt = self.caller(req);
-        self.done(self.vfs.fsync(view_of(&rt), ino.0), reply)
+        self.done(&t, self.vfs.fsync(view_of(&rt), ino.0), reply)
     }
 
     fn fsyncdir(
@@ -983,6 +1050,7 @@ impl Filesystem for FuseHost {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.start(Op::Fsyncdir);
         // Names change under the service's lock, on the upper area's disk.
         reply.ok()
     }
@@ -999,7 +1067,8 @@ impl Filesystem for FuseHost {
         _pid: u32,
         reply: fuser::ReplyLock,
     ) {
-        reply.error(Unsupported::GetLk.answer());
+        let t = self.stats.start(Op::Getlk);
+        t.fail(reply, Unsupported::GetLk.answer());
     }
 
     fn setlk(
@@ -1015,7 +1084,8 @@ impl Filesystem for FuseHost {
         _sleep: bool,
         reply: ReplyEmpty,
     ) {
-        reply.error(Unsupported::SetLk.answer());
+        let t = self.stats.start(Op::Setlk);
+        t.fail(reply, Unsupported::SetLk.answer());
     }
 
     fn bmap(
@@ -1026,7 +1096,8 @@ impl Filesystem for FuseHost {
         _idx: u64,
         reply: fuser::ReplyBmap,
     ) {
-        reply.error(Unsupported::Bmap.answer());
+        let t = self.stats.start(Op::Bmap);
+        t.fail(reply, Unsupported::Bmap.answer());
     }
 
     fn ioctl(
@@ -1040,7 +1111,8 @@ impl Filesystem for FuseHost {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        reply.error(Unsupported::Ioctl.answer());
+        let t = self.stats.start(Op::Ioctl);
+        t.fail(reply, Unsupported::Ioctl.answer());
     }
 
     fn poll(
@@ -1053,7 +1125,8 @@ impl Filesystem for FuseHost {
         _flags: fuser::PollFlags,
         reply: fuser::ReplyPoll,
     ) {
-        reply.error(Unsupported::Poll.answer());
+        let t = self.stats.start(Op::Poll);
+        t.fail(reply, Unsupported::Poll.answer());
     }
 
     fn lseek(
@@ -1065,7 +1138,8 @@ impl Filesystem for FuseHost {
         _whence: i32,
         reply: fuser::ReplyLseek,
     ) {
-        reply.error(Unsupported::Lseek.answer());
+        let t = self.stats.start(Op::Lseek);
+        t.fail(reply, Unsupported::Lseek.answer());
     }
 
     fn copy_file_range(
@@ -1081,6 +1155,7 @@ impl Filesystem for FuseHost {
         _flags: fuser::CopyFileRangeFlags,
         reply: fuser::ReplyWrite,
     ) {
-        reply.error(Unsupported::CopyFileRange.answer());
+        let t = self.stats.start(Op::CopyFileRange);
+        t.fail(reply, Unsupported::CopyFileRange.answer());
     }
 }

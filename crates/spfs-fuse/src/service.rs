@@ -38,6 +38,8 @@ pub enum ServiceError {
     #[error(transparent)]
     Lock(LockError),
     #[error(transparent)]
+    Metrics(#[from] crate::exporter::ExporterError),
+    #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("{context}: {source}")]
     Io {
@@ -71,6 +73,7 @@ pub(crate) struct State {
     started: Instant,
     passthrough: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
+    stats: Arc<crate::stats::Stats>,
     pub(crate) shutdown: tokio::sync::Notify,
     pub(crate) service_uid: u32,
     /// Each runtime's root process (by pidfd: a root PID that a new
@@ -247,7 +250,7 @@ impl State {
     }
 
     pub(crate) fn status(&self) -> proto::StatusResponse {
-        proto::StatusResponse {
+        let mut status = proto::StatusResponse {
             pid: std::process::id(),
             mountpoint: self.mountpoint.display().to_string(),
             listen: self.listen.clone(),
@@ -256,7 +259,10 @@ impl State {
             requests: self.requests.load(Ordering::Relaxed),
             passthrough: self.passthrough.load(Ordering::Relaxed),
             version: env!("CARGO_PKG_VERSION").to_string(),
-        }
+            ..Default::default()
+        };
+        crate::stats::report(&mut status, &self.stats, &self.vfs, &self.router);
+        status
     }
 }
 
@@ -324,6 +330,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         }
         other => other?,
     };
+    let metrics = crate::exporter::bind(&runtime, &config.vfs.metrics_listen)?;
     // 2. cgroups, and this process out of any runtime.
     let cgroups =
         Cgroups::open(&config.vfs.cgroup_root).map_err(io_err("cannot set up runtime cgroups"))?;
@@ -369,6 +376,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     let passthrough = host.passthrough_flag();
     let notifier_slot = host.notifier_slot();
     let requests = host.requests.clone();
+    let stats = host.stats();
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::FSName("spfs".into()),
@@ -405,6 +413,7 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
         started: Instant::now(),
         passthrough,
         requests,
+        stats,
         shutdown: tokio::sync::Notify::new(),
         service_uid: rustix::process::getuid().as_raw(),
         bound: Mutex::new(HashMap::new()),
@@ -444,6 +453,11 @@ pub fn run(config: &Config) -> Result<(), ServiceError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_state = state.clone();
     let handler = Arc::new(Handler(state.clone(), Default::default()));
+    if let Some(listener) = metrics {
+        let s = state.clone();
+        let render = move || spfs_control::metrics::render(&s.status());
+        runtime.spawn(crate::exporter::serve(listener, Arc::new(render)));
+    }
     let served = runtime.block_on(async move {
         tokio::spawn(async move {
             let reason =

@@ -11,6 +11,7 @@ mod edit;
 mod faults;
 mod isolation;
 mod mtimes;
+mod observability;
 mod pagecache;
 mod readthrough;
 mod routing;

@@ -151,6 +151,50 @@ fn status_counts_what_a_runtime_read(mode: Mode) {
     }
 }
 
+#[test]
+fn passthrough_opens_are_counted_and_their_reads_are_not() {
+    require_vfs!();
+    let w = World::with_mode(Mode::Router);
+    commit(&w, "obs/files");
+    // Opens asked of the service: passthrough when the kernel offers it.
+    w.start_service_with(&[("SPFS_VFS_CACHE_OPENS", "false")]);
+    let before = w.status().expect("status");
+    let mnt = w.mnt.display();
+    let out = w.run_sh("obs/files", &format!("cat {mnt}/a {mnt}/sub/c > /dev/null"));
+    ok(&out, "spfs run");
+    let after = w.status().expect("status");
+    let grew = |k: &str| {
+        after["passthrough_files"][k].as_u64().unwrap_or(0)
+            - before["passthrough_files"][k].as_u64().unwrap_or(0)
+    };
+    let read =
+        after["read_bytes"].as_u64().unwrap_or(0) - before["read_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        count(&after, "open") >= count(&before, "open") + 2,
+        "{}",
+        after["ops"]
+    );
+    if after["passthrough"] == true {
+        // Both files opened with passthrough: their sizes are reported,
+        // their bytes never reach the service.
+        assert!(grew("opens") >= 2, "{after}");
+        assert!(grew("opened_bytes") >= 105_000, "{after}");
+        assert_eq!(read, 0, "passthrough reads went through the service");
+    } else {
+        // No passthrough on this kernel: the bytes go through the service.
+        assert_eq!(grew("opens"), 0, "{after}");
+        assert!(read >= 105_000, "{after}");
+    }
+    // Released once the reader closed them (RELEASE comes after close).
+    assert!(
+        wait_for(Duration::from_secs(10), || w
+            .status()
+            .is_some_and(|s| s["passthrough_files"]["open_files"] == 0)),
+        "{:?}",
+        w.status()
+    );
+}
+
 /// The samples of a Prometheus text exposition (format 0.0.4), by
 /// `name{labels}`; panics at the first line that is not well formed, at a
 /// sample of a family without HELP and TYPE before it, and at a family
@@ -386,11 +430,22 @@ fn the_loopback_port_serves_the_same_metrics() {
     let out = w.vfs(&["metrics"]);
     ok(&out, "metrics");
     let asked = parse_prometheus(&stdout(&out));
-    // The same samples (values move on between the two).
-    assert_eq!(
-        served.keys().collect::<Vec<_>>(),
-        asked.keys().collect::<Vec<_>>()
-    );
+    // The same samples (values move on between the two, and an operation
+    // first asked meanwhile gains quantiles).
+    let samples = |m: &BTreeMap<String, f64>| -> Vec<String> {
+        m.keys()
+            .filter(|k| !k.contains("quantile="))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(samples(&served), samples(&asked));
+    for q in ["0.5", "0.9", "0.99", "0.999"] {
+        let key = format!("spfs_vfs_request_duration_seconds{{op=\"read\",quantile=\"{q}\"}}");
+        assert!(
+            served.contains_key(&key) && asked.contains_key(&key),
+            "{key}"
+        );
+    }
     assert!(
         served["spfs_vfs_requests_total{op=\"read\"}"] > 0.0,
         "{body}"

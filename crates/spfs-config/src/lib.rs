@@ -86,6 +86,10 @@ pub struct VfsConfig {
     /// come at once, but they are the remote's word. Off: a first read
     /// waits for the whole, checked payload.
     pub remote_ranged_reads: bool,
+    /// A loopback `IP:PORT` on which the service answers `GET /metrics`
+    /// with its status in the Prometheus text format; empty (the default):
+    /// none (the control socket's `spfs-vfs metrics` gives the same text).
+    pub metrics_listen: String,
 }
 
 /// When `spfs run` binds its runtime's view (see [`VfsConfig::bind_views`]).
@@ -174,6 +178,7 @@ impl Default for VfsConfig {
             remotes: vec!["origin".into()],
             remote_timeout: 30,
             remote_ranged_reads: false,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -204,6 +209,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("vfs", "enter_helper", Kind::Text),
     ("vfs", "remote_timeout", Kind::Int),
     ("vfs", "remote_ranged_reads", Kind::Bool),
+    ("vfs", "metrics_listen", Kind::Text),
 ];
 
 /// The environment variable that overrides `section.key`.
@@ -367,6 +373,26 @@ impl Config {
                 &format!("must be at least {LOG_MAX_BYTES_MIN}"),
             ));
         }
+        let metrics = self.vfs.metrics_listen.trim();
+        if !metrics.is_empty() {
+            match metrics.parse::<std::net::SocketAddr>() {
+                Err(_) => {
+                    return Err(bad(
+                        "vfs.metrics_listen",
+                        &format!("'{metrics}' is not IP:PORT (e.g. 127.0.0.1:9464)"),
+                    ));
+                }
+                Ok(a) if !a.ip().is_loopback() => {
+                    return Err(bad(
+                        "vfs.metrics_listen",
+                        &format!(
+                            "{a} is not a loopback address: the metrics port listens on loopback only (127.0.0.1:PORT or [::1]:PORT)"
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -426,6 +452,30 @@ mod tests {
             err.contains("SPFS_VFS_BIND_VIEWS") && err.contains("sometimes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_off_or_a_loopback_address() {
+        let c = Config::load_with(&env_from(&[("HOME", "/nonexistent")])).unwrap();
+        assert_eq!(c.vfs.metrics_listen, "");
+        let c =
+            Config::load_with(&env_from(&[("SPFS_VFS_METRICS_LISTEN", "127.0.0.1:9464")])).unwrap();
+        assert_eq!(c.vfs.metrics_listen, "127.0.0.1:9464");
+        assert!(Config::load_with(&env_from(&[("SPFS_VFS_METRICS_LISTEN", "[::1]:1")])).is_ok());
+        for (value, says) in [
+            ("0.0.0.0:9464", "not a loopback address"),
+            ("192.168.1.2:9464", "not a loopback address"),
+            ("localhost:9464", "not IP:PORT"),
+            ("9464", "not IP:PORT"),
+        ] {
+            let err = Config::load_with(&env_from(&[("SPFS_VFS_METRICS_LISTEN", value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("vfs.metrics_listen") && err.contains(says) && !err.contains('\n'),
+                "{value}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -17,8 +17,8 @@ use crate::auth::AUTHORIZATION;
 use crate::proto::vfs_client::VfsClient;
 use crate::proto::{
     CommitRequest, CommitResponse, EditRequest, EditResponse, ListRequest, ListResponse,
-    MountRequest, MountResponse, ResetRequest, ResetResponse, ShutdownRequest, StatusRequest,
-    StatusResponse, UnmountRequest, UnmountResponse,
+    MetricsRequest, MountRequest, MountResponse, ResetRequest, ResetResponse, ShutdownRequest,
+    StatusRequest, StatusResponse, UnmountRequest, UnmountResponse,
 };
 use crate::{ControlError, Listen};
 
@@ -139,6 +139,19 @@ impl Client {
             .status(StatusRequest {})
             .await?
             .into_inner())
+    }
+
+    /// The status in the Prometheus text format. A service that predates
+    /// the call answers `Unimplemented`: then [`crate::metrics::render`]
+    /// of [`Client::status`] gives the same text from what it reports.
+    pub async fn metrics(&self) -> Result<String, Status> {
+        Ok(self
+            .inner
+            .clone()
+            .metrics(MetricsRequest {})
+            .await?
+            .into_inner()
+            .text)
     }
 
     /// Turn editing of a runtime on or off.

@@ -9,10 +9,12 @@
 //!
 //! Server side: [`bind`] then [`Bound::serve`] (or [`serve`] in one go).
 //! Client side: [`Client::connect`] / [`Client::try_connect`].
+//! [`metrics::render`] turns a status into the Prometheus text format.
 
 pub mod auth;
 pub mod client;
 pub mod listen;
+pub mod metrics;
 pub mod server;
 
 /// The code generated from `proto/vfs.proto`: messages, `vfs_client` and

@@ -18,8 +18,9 @@ use crate::auth::{Caller, identify};
 use crate::proto::vfs_server::{Vfs, VfsServer};
 use crate::proto::{
     CommitRequest, CommitResponse, EditRequest, EditResponse, ListRequest, ListResponse,
-    MountRequest, MountResponse, ResetRequest, ResetResponse, ShutdownRequest, ShutdownResponse,
-    StatusRequest, StatusResponse, UnmountRequest, UnmountResponse,
+    MetricsRequest, MetricsResponse, MountRequest, MountResponse, ResetRequest, ResetResponse,
+    ShutdownRequest, ShutdownResponse, StatusRequest, StatusResponse, UnmountRequest,
+    UnmountResponse,
 };
 use crate::{ControlError, Listen};
 
@@ -38,6 +39,13 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn list(&self, caller: &Caller) -> Result<ListResponse, Status>;
     /// Describe the service.
     fn status(&self, caller: &Caller) -> Result<StatusResponse, Status>;
+    /// The status in the Prometheus text format (by default: rendered from
+    /// [`ControlHandler::status`] by [`crate::metrics::render`]).
+    fn metrics(&self, caller: &Caller) -> Result<MetricsResponse, Status> {
+        self.status(caller).map(|s| MetricsResponse {
+            text: crate::metrics::render(&s),
+        })
+    }
     /// Stop the service. The handler is expected to make the `shutdown`
     /// future given to [`Bound::serve`] complete; in-flight requests (this
     /// one included) are answered before the server stops.
@@ -413,6 +421,13 @@ impl Vfs for Service {
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         self.run(req, |h, c, _| h.status(c)).await
+    }
+
+    async fn metrics(
+        &self,
+        req: Request<MetricsRequest>,
+    ) -> Result<Response<MetricsResponse>, Status> {
+        self.run(req, |h, c, _| h.metrics(c)).await
     }
 
     async fn shutdown(

@@ -217,6 +217,11 @@ async fn unix_round_trip() {
     assert_eq!(status.requests, 99);
     assert!(status.passthrough);
 
+    // Metrics: the status in the Prometheus format (the default handler).
+    let metrics = client.metrics().await.unwrap();
+    assert_eq!(metrics, spfs_control::metrics::render(&status));
+    assert!(metrics.contains("spfs_vfs_identified_requests_total 99\n"));
+
     // Errors of the handler reach the client as they are.
     let denied = client
         .mount(MountRequest {
@@ -240,7 +245,9 @@ async fn unix_round_trip() {
     let names: Vec<_> = calls.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names,
-        ["mount", "unmount", "list", "status", "mount", "shutdown"]
+        [
+            "mount", "unmount", "list", "status", "status", "mount", "shutdown"
+        ]
     );
     for (_, caller) in calls {
         assert_eq!(caller, me());

@@ -2,7 +2,8 @@
 //! manifest of N entries (default 1,000,000: 1,000 directories of 1,000
 //! files) is built and encoded by a first process; a fresh process then
 //! decodes it and registers it as a view, and prints the growth of its
-//! resident set divided by the number of entries.
+//! resident set divided by the number of entries, beside the estimate the
+//! service's status reports for the same tree.
 //!
 //! `cargo run --release -p spfs-fuse --example view_memory [ENTRIES]`
 
@@ -93,5 +94,10 @@ fn load(path: &str) {
     let per_entry = (after.saturating_sub(before)) as f64 / entries as f64;
     println!("view_entries {entries}");
     println!("view_bytes_per_entry {per_entry:.0}");
+    // What the status reports for the same tree (memory.bytes_per_entry).
+    if let Ok(rt) = &rt {
+        let estimate = spfs_fuse::stats::tree_bytes(&rt.view.tree) as f64 / entries as f64;
+        println!("view_bytes_per_entry_estimated {estimate:.0}");
+    }
     drop(rt);
 }

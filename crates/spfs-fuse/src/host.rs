@@ -32,6 +32,7 @@ use spfs_vfs::{Attr, DirItem, NodeKind, OpenedPayload, PayloadCopy, Runtime, Vfs
 
 use crate::handover::{Gate, InitRecord};
 use crate::route::Router;
+use crate::stats::{Op, Stats, Timer};
 use spfs_vfs::journal::Journal;
 
 /// The filesystem served on the mount.
@@ -52,6 +53,8 @@ pub struct FuseHost {
     backing: Mutex<HashMap<u64, Backing>>,
     /// Every request answered.
     pub requests: Arc<AtomicU64>,
+    /// Per-operation counts and latencies, bytes served, passthrough opens.
+    stats: Arc<Stats>,
     /// Tells the kernel to forget names (set once the session runs).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// Counts requests under way, so that a worker handing over to the
@@ -77,6 +80,8 @@ struct Backing {
     opens: u32,
     /// Only a caller whose user may read this copy may use it.
     copy: PayloadCopy,
+    /// The file's size (reported with each passthrough open).
+    size: u64,
 }
 
 /// Open files counted for a backing file a previous worker registered (how
@@ -87,7 +92,7 @@ const INHERITED_OPENS: u32 = u32::MAX / 2;
 pub(crate) const BACKING_RECORD: usize = 4 + 5;
 
 impl Backing {
-    fn new(id: BackingId, copy: PayloadCopy) -> (Backing, [u8; BACKING_RECORD]) {
+    fn new(id: BackingId, copy: PayloadCopy, size: u64) -> (Backing, [u8; BACKING_RECORD]) {
         let raw = id.into_raw();
         let mut rec = [0u8; BACKING_RECORD];
         rec[..4].copy_from_slice(&raw.to_le_bytes());
@@ -100,6 +105,7 @@ impl Backing {
             raw,
             opens: 0,
             copy,
+            size,
         };
         (b, rec)
     }
@@ -116,12 +122,16 @@ impl Backing {
             raw,
             opens: INHERITED_OPENS,
             copy,
+            // Not recorded: a passthrough open of it counts no bytes.
+            size: 0,
         })
     }
 
     /// Answer an open with this backing file.
-    fn open(&mut self, reply: ReplyOpen) {
+    fn open(&mut self, stats: &Stats, reply: ReplyOpen) {
         self.opens = self.opens.saturating_add(1);
+        Stats::add(&stats.passthrough_opens, 1);
+        Stats::add(&stats.passthrough_opened_bytes, self.size);
         let raw = self.raw;
         // SAFETY: `raw` was registered on this connection (by this worker,
         // or by a previous one of this mount, which recorded it before its
@@ -272,6 +282,7 @@ impl FuseHost {
             passthrough: Arc::new(AtomicBool::new(false)),
             backing: Mutex::new(HashMap::new()),
             requests: Arc::new(AtomicU64::new(0)),
+            stats: Arc::default(),
             notifier: Arc::default(),
             gate: Arc::default(),
             backing_journal: std::sync::OnceLock::new(),
@@ -305,6 +316,11 @@ impl FuseHost {
             tracing::warn!("cannot unrecord a backing file: {e}");
         }
         backing.remove(&node);
+    }
+
+    /// The request-path figures (see [`crate::stats`]).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// Where the session's notifier goes once the session runs.
@@ -407,6 +423,8 @@ impl FuseHost {
         id: BackingId,
         reply: ReplyOpen,
     ) {
+        Stats::add(&self.stats.backing_registered, 1);
+        let size = opened.file.metadata().map_or(0, |m| m.len());
         let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         let copy = opened.copy;
         let use_new = match backing.get(&node) {
@@ -416,11 +434,11 @@ impl FuseHost {
         if !use_new {
             // Another open registered one meanwhile: `id` goes unused.
             if let Some(b) = backing.get_mut(&node) {
-                b.open(reply);
+                b.open(&self.stats, reply);
             }
             return;
         }
-        let (new, rec) = Backing::new(id, copy);
+        let (new, rec) = Backing::new(id, copy, size);
         // Recorded before the kernel learns of it.
         if let Some(j) = self.backing_journal.get()
             && let Err(e) = j.put(node, &rec)
@@ -430,27 +448,33 @@ impl FuseHost {
         // An idle one replaced is unregistered when dropped.
         let old = backing.insert(node, new);
         if let Some(b) = backing.get_mut(&node) {
-            b.open(reply);
+            b.open(&self.stats, reply);
         }
         drop(old);
     }
 
     /// Answer a request that made an entry in `parent`: a name in the
     /// shared root is never cached (another view may not have it).
-    fn entry(&self, parent: INodeNo, made: Result<Attr, VfsError>, reply: ReplyEntry) {
+    fn entry(
+        &self,
+        t: &Timer<'_>,
+        parent: INodeNo,
+        made: Result<Attr, VfsError>,
+        reply: ReplyEntry,
+    ) {
         match made {
             Ok(attr) => {
                 reply.entry_with_ttls(&LONG, &entry_ttl(parent), &file_attr(&attr), Generation(0))
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
     /// Answer a request that changed something.
-    fn done(&self, done: Result<(), VfsError>, reply: ReplyEmpty) {
+    fn done(&self, t: &Timer<'_>, done: Result<(), VfsError>, reply: ReplyEmpty) {
         match done {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -458,8 +482,9 @@ impl FuseHost {
     fn caller(&self, req: &Request) -> Option<Arc<Runtime>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let rt = self.router.route(req.pid());
-        if let Some(rt) = &rt {
-            rt.count_request();
+        match &rt {
+            Some(rt) => rt.count_request(),
+            None => Stats::add(&self.stats.unrouted, 1),
         }
         rt
     }
@@ -499,6 +524,7 @@ impl Filesystem for FuseHost {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Lookup);
         let rt = self.caller(req);
         let view = view_of(&rt);
         match self.vfs.lookup(view, parent.0, name.as_bytes()) {
@@ -506,7 +532,7 @@ impl Filesystem for FuseHost {
                 reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&attr), Generation(0))
             }
             Err(VfsError::NotFound) => match self.vfs.miss_ttl(view, parent.0, name.as_bytes()) {
-                ttl if ttl.is_zero() => reply.error(Errno::ENOENT),
+                ttl if ttl.is_zero() => t.fail(reply, Errno::ENOENT),
                 // A negative entry (node id 0): the kernel remembers the
                 // miss and stops asking.
                 ttl => reply.entry_with_ttls(
@@ -516,34 +542,37 @@ impl Filesystem for FuseHost {
                     Generation(0),
                 ),
             },
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Getattr);
         let rt = self.caller(req);
         match self.vfs.getattr(view_of(&rt), ino.0) {
             Ok((attr, ttl)) => reply.attr(&ttl, &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Readlink);
         let rt = self.caller(req);
         match self.vfs.readlink(view_of(&rt), ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Open);
         if self.cache_opens {
             // The kernel takes ENOSYS as "opens always succeed": it never
             // asks again, and keeps each node's pages cached.
-            return reply.error(Errno::ENOSYS);
+            return t.fail(reply, Errno::ENOSYS);
         }
         let rt = self.caller(req);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
@@ -553,11 +582,11 @@ impl Filesystem for FuseHost {
             // kernel-kept opens: one inode, one way to its data.
             return match self.vfs.open_edit(view, ino.0, write) {
                 Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => t.fail(reply, errno(e)),
             };
         }
         if write {
-            return reply.error(Errno::EROFS);
+            return t.fail(reply, Errno::EROFS);
         }
         if self.passthrough.load(Ordering::Relaxed) {
             // The kernel wants every open file of an inode to use the same
@@ -570,19 +599,19 @@ impl Filesystem for FuseHost {
                 if let Some(b) = backing.get_mut(&ino.0) {
                     // Registered means: a file of a view. Check it is the caller's.
                     if let Err(e) = self.vfs.getattr(view, ino.0) {
-                        return reply.error(errno(e));
+                        return t.fail(reply, errno(e));
                     }
                     if write {
-                        return reply.error(Errno::EROFS);
+                        return t.fail(reply, Errno::EROFS);
                     }
                     if b.copy.readable_by(owner) {
-                        return b.open(reply);
+                        return b.open(&self.stats, reply);
                     }
                 }
             }
             let opened = match self.vfs.open(view, owner, ino.0, write) {
                 Ok(f) => f,
-                Err(e) => return reply.error(errno(e)),
+                Err(e) => return t.fail(reply, errno(e)),
             };
             match reply.open_backing(&opened.file) {
                 Ok(id) => return self.open_passthrough(ino.0, owner, opened, id, reply),
@@ -601,7 +630,7 @@ impl Filesystem for FuseHost {
         // caller who gets this far may read from a copy of their own.)
         let opened = match self.vfs.open(view, owner, ino.0, write) {
             Ok(f) => f,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return t.fail(reply, errno(e)),
         };
         let fh = self.vfs.handles.insert(ino.0, opened.file);
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
@@ -619,6 +648,7 @@ impl Filesystem for FuseHost {
         reply: ReplyData,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Read);
         let handle = match self.cache_opens || fh.0 == 0 {
             true => None,
             false => self.vfs.handles.get(fh.0, ino.0),
@@ -633,8 +663,11 @@ impl Filesystem for FuseHost {
             None => self.read_node(req, ino.0, offset, size as usize),
         };
         match res {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+            Ok(data) => {
+                Stats::add(&self.stats.read_bytes, data.len() as u64);
+                reply.data(&data)
+            }
+            Err(e) => t.fail(reply, e),
         }
     }
 
@@ -649,7 +682,9 @@ impl Filesystem for FuseHost {
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
+        let _t = self.stats.start(Op::Release);
         if fh.0 & PASSTHROUGH_FH != 0 {
+            Stats::add(&self.stats.passthrough_releases, 1);
             let mut backing = self.backing.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(b) = backing.get_mut(&ino.0) {
                 b.opens = b.opens.saturating_sub(1);
@@ -669,6 +704,7 @@ impl Filesystem for FuseHost {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Opendir);
         let rt = self.caller(req);
         let opened = self
             .vfs
@@ -683,7 +719,7 @@ impl Filesystem for FuseHost {
                 };
                 reply.opened(FileHandle(fh), flags)
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -696,6 +732,7 @@ impl Filesystem for FuseHost {
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
+        let _t = self.stats.start(Op::Releasedir);
         self.vfs.release_dir_handle(fh.0, ino.0);
         reply.ok();
     }
@@ -709,6 +746,7 @@ impl Filesystem for FuseHost {
         mut reply: ReplyDirectory,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Readdir);
         let res = self.list(req, ino, fh, offset, false, |item| {
             reply.add(
                 INodeNo(item.attr.node),
@@ -719,7 +757,7 @@ impl Filesystem for FuseHost {
         });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => t.fail(reply, e),
         }
     }
 
@@ -732,6 +770,7 @@ impl Filesystem for FuseHost {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Readdirplus);
         // Names and attributes in one answer: a `find`-style walk needs no
         // separate lookup per entry.
         let res = self.list(req, ino, fh, offset, true, |item| {
@@ -747,12 +786,13 @@ impl Filesystem for FuseHost {
         });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => t.fail(reply, e),
         }
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let _in = self.gate.enter();
+        let _t = self.stats.start(Op::Statfs);
         let rt = self.caller(req);
         let s = self.vfs.statfs(view_of(&rt));
         reply.statfs(
@@ -769,6 +809,7 @@ impl Filesystem for FuseHost {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _in = self.gate.enter();
+        let _t = self.stats.start(Op::Forget);
         // The kernel evicted the inode: what is kept for it goes, under the
         // lock an open of it takes (a content node's id may name other
         // content next; see spfs_vfs::content).
@@ -793,9 +834,10 @@ impl Filesystem for FuseHost {
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Flush);
         // Writes reach the upper area as they come: nothing to flush.
         // ENOSYS makes the kernel stop asking.
-        reply.error(Errno::ENOSYS);
+        t.fail(reply, Errno::ENOSYS);
     }
 
     fn getxattr(
@@ -807,18 +849,21 @@ impl Filesystem for FuseHost {
         reply: ReplyXattr,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Getxattr);
         // No extended attributes: ENOSYS makes the kernel stop asking.
-        reply.error(Errno::ENOSYS);
+        t.fail(reply, Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
         let _in = self.gate.enter();
-        reply.error(Errno::ENOSYS);
+        let t = self.stats.start(Op::Listxattr);
+        t.fail(reply, Errno::ENOSYS);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         let _in = self.gate.enter();
-        reply.error(Errno::ENOSYS);
+        let t = self.stats.start(Op::Access);
+        t.fail(reply, Errno::ENOSYS);
     }
 
     // Changes: served in editable views, EROFS in read-only ones.
@@ -842,6 +887,7 @@ impl Filesystem for FuseHost {
         reply: ReplyAttr,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Setattr);
         let rt = self.caller(req);
         let set = SetAttr {
             mode,
@@ -856,7 +902,7 @@ impl Filesystem for FuseHost {
             .setattr(view_of(&rt), reader_of(req, &rt), ino.0, &set)
         {
             Ok(attr) => reply.attr(&LONG, &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -871,9 +917,10 @@ impl Filesystem for FuseHost {
         reply: ReplyEntry,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Mknod);
         // Regular files only (a fifo or device has no place in a layer).
         if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.error(Errno::EPERM);
+            return t.fail(reply, Errno::EPERM);
         }
         let rt = self.caller(req);
         let made = self.vfs.create(
@@ -884,7 +931,7 @@ impl Filesystem for FuseHost {
             req.uid(),
             req.gid(),
         );
-        self.entry(parent, made, reply)
+        self.entry(&t, parent, made, reply)
     }
 
     fn mkdir(
@@ -897,6 +944,7 @@ impl Filesystem for FuseHost {
         reply: ReplyEntry,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Mkdir);
         let rt = self.caller(req);
         let made = self.vfs.mkdir(
             view_of(&rt),
@@ -906,13 +954,15 @@ impl Filesystem for FuseHost {
             req.uid(),
             req.gid(),
         );
-        self.entry(parent, made, reply)
+        self.entry(&t, parent, made, reply)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Unlink);
         let rt = self.caller(req);
         self.done(
+            &t,
             self.vfs
                 .remove(view_of(&rt), parent.0, name.as_bytes(), false),
             reply,
@@ -921,8 +971,10 @@ impl Filesystem for FuseHost {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Rmdir);
         let rt = self.caller(req);
         self.done(
+            &t,
             self.vfs
                 .remove(view_of(&rt), parent.0, name.as_bytes(), true),
             reply,
@@ -938,6 +990,7 @@ impl Filesystem for FuseHost {
         reply: ReplyEntry,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Symlink);
         let rt = self.caller(req);
         let made = self.vfs.symlink(
             view_of(&rt),
@@ -947,7 +1000,7 @@ impl Filesystem for FuseHost {
             req.uid(),
             req.gid(),
         );
-        self.entry(parent, made, reply)
+        self.entry(&t, parent, made, reply)
     }
 
     fn rename(
@@ -961,11 +1014,12 @@ impl Filesystem for FuseHost {
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Rename);
         // Exchanging and whiteouts are not offered (`mv` does not need them).
         if flags
             .intersects(fuser::RenameFlags::RENAME_EXCHANGE | fuser::RenameFlags::RENAME_WHITEOUT)
         {
-            return reply.error(Errno::EINVAL);
+            return t.fail(reply, Errno::EINVAL);
         }
         let rt = self.caller(req);
         let done = self.vfs.rename(
@@ -978,7 +1032,7 @@ impl Filesystem for FuseHost {
             flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
         );
         let into_root = done.is_ok() && newparent.0 == spfs_vfs::node::ROOT;
-        self.done(done, reply);
+        self.done(&t, done, reply);
         if into_root && let Some(n) = self.notifier.get() {
             // The kernel moved its cached name, lifetime and all, into the
             // shared root: make it ask again (once the rename is done,
@@ -999,6 +1053,7 @@ impl Filesystem for FuseHost {
         reply: ReplyEntry,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Link);
         let rt = self.caller(req);
         let made = self.vfs.link(
             view_of(&rt),
@@ -1007,7 +1062,7 @@ impl Filesystem for FuseHost {
             newparent.0,
             newname.as_bytes(),
         );
-        self.entry(newparent, made, reply)
+        self.entry(&t, newparent, made, reply)
     }
 
     fn create(
@@ -1021,6 +1076,7 @@ impl Filesystem for FuseHost {
         reply: fuser::ReplyCreate,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Create);
         let rt = self.caller(req);
         match self.vfs.create(
             view_of(&rt),
@@ -1037,7 +1093,7 @@ impl Filesystem for FuseHost {
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -1054,6 +1110,7 @@ impl Filesystem for FuseHost {
         reply: fuser::ReplyWrite,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Write);
         let rt = self.caller(req);
         let written = match (&rt, req.pid()) {
             // The kernel writing back pages of a shared writable mapping
@@ -1073,8 +1130,11 @@ impl Filesystem for FuseHost {
                 .write(view_of(&rt), reader_of(req, &rt), ino.0, offset, data),
         };
         match written {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
+            Ok(n) => {
+                Stats::add(&self.stats.write_bytes, n as u64);
+                reply.written(n as u32)
+            }
+            Err(e) => t.fail(reply, errno(e)),
         }
     }
 
@@ -1089,12 +1149,14 @@ impl Filesystem for FuseHost {
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::SetXattr.answer());
+        let t = self.stats.start(Op::Setxattr);
+        t.fail(reply, Unsupported::SetXattr.answer());
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::RemoveXattr.answer());
+        let t = self.stats.start(Op::Removexattr);
+        t.fail(reply, Unsupported::RemoveXattr.answer());
     }
 
     fn fallocate(
@@ -1108,7 +1170,8 @@ impl Filesystem for FuseHost {
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::Fallocate.answer());
+        let t = self.stats.start(Op::Fallocate);
+        t.fail(reply, Unsupported::Fallocate.answer());
     }
 
     fn fsync(
@@ -1120,8 +1183,9 @@ impl Filesystem for FuseHost {
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
+        let t = self.stats.start(Op::Fsync);
         let rt = self.caller(req);
-        self.done(self.vfs.fsync(view_of(&rt), ino.0), reply)
+        self.done(&t, self.vfs.fsync(view_of(&rt), ino.0), reply)
     }
 
     fn fsyncdir(
@@ -1133,6 +1197,7 @@ impl Filesystem for FuseHost {
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
+        let _t = self.stats.start(Op::Fsyncdir);
         // Names change under the service's lock, on the upper area's disk.
         reply.ok()
     }
@@ -1150,7 +1215,8 @@ impl Filesystem for FuseHost {
         reply: fuser::ReplyLock,
     ) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::GetLk.answer());
+        let t = self.stats.start(Op::Getlk);
+        t.fail(reply, Unsupported::GetLk.answer());
     }
 
     fn setlk(
@@ -1167,7 +1233,8 @@ impl Filesystem for FuseHost {
         reply: ReplyEmpty,
     ) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::SetLk.answer());
+        let t = self.stats.start(Op::Setlk);
+        t.fail(reply, Unsupported::SetLk.answer());
     }
 
     fn bmap(
@@ -1179,7 +1246,8 @@ impl Filesystem for FuseHost {
         reply: fuser::ReplyBmap,
     ) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::Bmap.answer());
+        let t = self.stats.start(Op::Bmap);
+        t.fail(reply, Unsupported::Bmap.answer());
     }
 
     fn ioctl(
@@ -1194,7 +1262,8 @@ impl Filesystem for FuseHost {
         reply: fuser::ReplyIoctl,
     ) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::Ioctl.answer());
+        let t = self.stats.start(Op::Ioctl);
+        t.fail(reply, Unsupported::Ioctl.answer());
     }
 
     fn poll(
@@ -1208,7 +1277,8 @@ impl Filesystem for FuseHost {
         reply: fuser::ReplyPoll,
     ) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::Poll.answer());
+        let t = self.stats.start(Op::Poll);
+        t.fail(reply, Unsupported::Poll.answer());
     }
 
     fn lseek(
@@ -1221,7 +1291,8 @@ impl Filesystem for FuseHost {
         reply: fuser::ReplyLseek,
     ) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::Lseek.answer());
+        let t = self.stats.start(Op::Lseek);
+        t.fail(reply, Unsupported::Lseek.answer());
     }
 
     fn copy_file_range(
@@ -1238,6 +1309,7 @@ impl Filesystem for FuseHost {
         reply: fuser::ReplyWrite,
     ) {
         let _in = self.gate.enter();
-        reply.error(Unsupported::CopyFileRange.answer());
+        let t = self.stats.start(Op::CopyFileRange);
+        t.fail(reply, Unsupported::CopyFileRange.answer());
     }
 }

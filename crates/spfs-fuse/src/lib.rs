@@ -19,10 +19,13 @@
 //! - [`mounts`]: finding and clearing stale mounts;
 //! - [`bind`]: bound views, a mount namespace whose mount point shows one
 //!   view, so the kernel caches all of its names;
-//! - [`launch`]: starting the service on demand from a client, without races.
+//! - [`launch`]: starting the service on demand from a client, without races;
+//! - [`stats`]: request counts and latencies, and the status's figures;
+//! - [`exporter`]: the loopback metrics port (`vfs.metrics_listen`).
 
 pub mod bind;
 pub mod cgroup;
+pub mod exporter;
 pub mod handler;
 pub mod handover;
 pub mod host;
@@ -35,3 +38,4 @@ pub mod mounts;
 pub mod process;
 pub mod route;
 pub mod service;
+pub mod stats;

@@ -54,6 +54,21 @@ pub struct Router {
     /// Bumped by [`Router::forget_all`]: an answer computed before a
     /// registration or removal must not be cached after it.
     generation: AtomicU64,
+    /// Requests answered from the cache, looked up, and looked up without
+    /// a pidfd (not cached).
+    hits: AtomicU64,
+    misses: AtomicU64,
+    uncached: AtomicU64,
+}
+
+/// What the router has done (see [`Router::counts`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteCounts {
+    pub hits: u64,
+    pub misses: u64,
+    pub uncached: u64,
+    /// Threads remembered now.
+    pub cached_threads: u64,
 }
 
 /// The cgroup id of the thread a pidfd names: `Ok(None)` when the kernel
@@ -69,6 +84,20 @@ impl Router {
             bindings: RwLock::default(),
             cache: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            uncached: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests routed from the cache, looked up, and looked up without
+    /// caching; threads remembered.
+    pub fn counts(&self) -> RouteCounts {
+        RouteCounts {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            uncached: self.uncached.load(Ordering::Relaxed),
+            cached_threads: self.cache.read().unwrap_or_else(|p| p.into_inner()).len() as u64,
         }
     }
 
@@ -105,10 +134,12 @@ impl Router {
                     Err(_) => false,
                 };
                 if same {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
                     return c.runtime.as_ref().and_then(Weak::upgrade);
                 }
             }
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         self.route_slow(tid)
     }
 
@@ -130,6 +161,7 @@ impl Router {
                 ) =>
             {
                 tracing::debug!("no pidfd for thread {tid} ({e}); routing it uncached");
+                self.uncached.fetch_add(1, Ordering::Relaxed);
                 return cgroup_of(tid).and_then(|c| self.runtime_for(0, Some(&c)));
             }
             // The thread is gone.

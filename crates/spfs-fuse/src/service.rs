@@ -49,6 +49,8 @@ pub enum ServiceError {
     #[error(transparent)]
     Lock(LockError),
     #[error(transparent)]
+    Metrics(#[from] crate::exporter::ExporterError),
+    #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("{context}: {source}")]
     Io {
@@ -83,6 +85,7 @@ pub(crate) struct State {
     started: Instant,
     passthrough: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
+    stats: Arc<crate::stats::Stats>,
     pub(crate) shutdown: tokio::sync::Notify,
     pub(crate) service_uid: u32,
     /// Each runtime's root process (by pidfd: a root PID that a new
@@ -515,7 +518,7 @@ impl State {
     }
 
     pub(crate) fn status(&self) -> proto::StatusResponse {
-        proto::StatusResponse {
+        let mut status = proto::StatusResponse {
             pid: std::process::id(),
             mountpoint: self.mountpoint.display().to_string(),
             listen: self.listen.clone(),
@@ -525,7 +528,10 @@ impl State {
             passthrough: self.passthrough.load(Ordering::Relaxed),
             version: env!("CARGO_PKG_VERSION").to_string(),
             keeper_pid: self.keeper_pid,
-        }
+            ..Default::default()
+        };
+        crate::stats::report(&mut status, &self.stats, &self.vfs, &self.router);
+        status
     }
 }
 
@@ -616,6 +622,7 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
         let _in = runtime.enter();
         spfs_control::adopt(listen, token, listen_fd)?
     };
+    let metrics = crate::exporter::bind(&runtime, &config.vfs.metrics_listen)?;
     let cgroups =
         Cgroups::open(&config.vfs.cgroup_root).map_err(io_err("cannot set up runtime cgroups"))?;
     let mountpoint = config.vfs.mountpoint.clone();
@@ -646,6 +653,7 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
     let init_slot = host.init_record_slot();
     let gate = host.gate.clone();
     let requests = host.requests.clone();
+    let stats = host.stats();
     let state = Arc::new(State {
         vfs,
         router,
@@ -656,6 +664,7 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
         started: Instant::now(),
         passthrough,
         requests,
+        stats,
         shutdown: tokio::sync::Notify::new(),
         service_uid: rustix::process::getuid().as_raw(),
         bound: Mutex::new(HashMap::new()),
@@ -753,6 +762,11 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
     let how = Arc::new(Mutex::new(Stop::Stop));
     let how2 = how.clone();
     let state_for_drain = state.clone();
+    if let Some(listener) = metrics {
+        let s = state.clone();
+        let render = move || spfs_control::metrics::render(&s.status());
+        runtime.spawn(crate::exporter::serve(listener, Arc::new(render)));
+    }
     let served = runtime.block_on(async move {
         tokio::spawn(async move {
             let reason = match signals {

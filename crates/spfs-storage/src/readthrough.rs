@@ -12,6 +12,7 @@
 //! (the fetch goes on in the background, and a later read finds it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,32 @@ pub struct ReadThrough {
     /// Payloads whose bytes on the remotes failed their digest, and why:
     /// ranged reads of them are refused.
     failed: Mutex<HashMap<Digest, String>>,
+    counts: Counters,
+}
+
+/// What the read-through has fetched (see [`ReadThrough::counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchCounts {
+    /// Payloads fetched whole and stored, and their bytes.
+    pub payloads_fetched: u64,
+    pub fetched_bytes: u64,
+    /// Payload fetches that failed.
+    pub fetch_failures: u64,
+    /// Ranged reads answered from a remote, and their bytes.
+    pub ranged_reads: u64,
+    pub ranged_bytes: u64,
+    /// References resolved on a remote (their objects copied in).
+    pub references_resolved: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    payloads_fetched: AtomicU64,
+    fetched_bytes: AtomicU64,
+    fetch_failures: AtomicU64,
+    ranged_reads: AtomicU64,
+    ranged_bytes: AtomicU64,
+    references_resolved: AtomicU64,
 }
 
 impl ReadThrough {
@@ -66,11 +93,30 @@ impl ReadThrough {
             timeout,
             in_flight: Mutex::default(),
             failed: Mutex::default(),
+            counts: Counters::default(),
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.remotes.is_empty()
+    }
+
+    /// The remotes read through.
+    pub fn len(&self) -> usize {
+        self.remotes.len()
+    }
+
+    /// What has been fetched so far.
+    pub fn counts(&self) -> FetchCounts {
+        let c = &self.counts;
+        FetchCounts {
+            payloads_fetched: c.payloads_fetched.load(Relaxed),
+            fetched_bytes: c.fetched_bytes.load(Relaxed),
+            fetch_failures: c.fetch_failures.load(Relaxed),
+            ranged_reads: c.ranged_reads.load(Relaxed),
+            ranged_bytes: c.ranged_bytes.load(Relaxed),
+            references_resolved: c.references_resolved.load(Relaxed),
+        }
     }
 
     /// The digests `spec` names, bottom first, from `local` or else from
@@ -114,6 +160,7 @@ impl ReadThrough {
                     // (a view being registered) holds it until its view
                     // keeps what was copied.
                     copy_graph_scoped(&**repo, local, &[d], Scope::ObjectsOnly, 4, &())?;
+                    self.counts.references_resolved.fetch_add(1, Relaxed);
                     return Ok(d);
                 }
                 Err(e) if is_not_found(&e) => searched.push(remote.name.clone()),
@@ -175,13 +222,22 @@ impl ReadThrough {
             let (this, local, d, o) = (self.clone(), local.clone(), *digest, outcome.clone());
             std::thread::spawn(move || {
                 let result = this.fetch_now(&local, &d);
+                match &result {
+                    Ok(size) => {
+                        this.counts.payloads_fetched.fetch_add(1, Relaxed);
+                        this.counts.fetched_bytes.fetch_add(*size, Relaxed);
+                    }
+                    Err(_) => {
+                        this.counts.fetch_failures.fetch_add(1, Relaxed);
+                    }
+                }
                 if let Err(e @ StorageError::Corrupt { .. }) = &result {
                     this.failed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(d, e.to_string());
                 }
-                let result = result.map_err(|e| e.to_string());
+                let result = result.map(|_| ()).map_err(|e| e.to_string());
                 this.in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -256,7 +312,7 @@ impl ReadThrough {
             }
             let _ = tx.send(Err(last));
         });
-        rx.recv_timeout(self.timeout).unwrap_or_else(|_| {
+        let found = rx.recv_timeout(self.timeout).unwrap_or_else(|_| {
             Err(StorageError::Remote {
                 address: "read-through".into(),
                 message: format!(
@@ -264,13 +320,20 @@ impl ReadThrough {
                     self.timeout.as_secs()
                 ),
             })
-        })
+        });
+        if let Ok((bytes, _)) = &found {
+            self.counts.ranged_reads.fetch_add(1, Relaxed);
+            self.counts
+                .ranged_bytes
+                .fetch_add(bytes.len() as u64, Relaxed);
+        }
+        found
     }
 
     /// Fetch from the remotes that have the payload, asking all of them
     /// at once: one that is slow to answer (or stalls) delays nothing while
     /// another has it. The first to say it has it is fetched from first.
-    fn fetch_now(self: &Arc<Self>, local: &FsRepository, digest: &Digest) -> Result<()> {
+    fn fetch_now(self: &Arc<Self>, local: &FsRepository, digest: &Digest) -> Result<u64> {
         let (tx, rx) = std::sync::mpsc::channel();
         for index in 0..self.remotes.len() {
             let (this, tx, d) = (self.clone(), tx.clone(), *digest);
@@ -307,7 +370,7 @@ impl ReadThrough {
                 })
             });
             match fetched {
-                Ok(_) => return Ok(()),
+                Ok(size) => return Ok(size),
                 Err(e) => last = Some(e),
             }
         }
@@ -451,6 +514,18 @@ mod tests {
             }
         });
         assert!(local.has_payload(&d));
+        // Counted: one reference resolved, payloads of 12 bytes (a reader
+        // that came after the first fetch ended may have fetched again).
+        let c = rt.counts();
+        assert_eq!(c.references_resolved, 1);
+        assert!(c.payloads_fetched >= 1 && c.fetched_bytes == 12 * c.payloads_fetched);
+        let (bytes, _) = rt.read_range(&d, 7, 100).unwrap();
+        assert_eq!(bytes, b"bytes");
+        let c = rt.counts();
+        assert_eq!(
+            (c.ranged_reads, c.ranged_bytes, c.fetch_failures),
+            (1, 5, 0)
+        );
         // Found nowhere: every repository is named.
         let err = rt
             .resolve_spec(&local, &EnvSpec::parse("no/such").unwrap())

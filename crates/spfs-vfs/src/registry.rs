@@ -330,6 +330,15 @@ impl Registry {
         self.len() == 0
     }
 
+    /// The views alive now: those of runtimes and the recent ones kept.
+    pub fn views(&self) -> Vec<Arc<View>> {
+        self.read()
+            .views
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     /// Views alive now (for tests and status).
     pub fn view_count(&self) -> usize {
         self.read()

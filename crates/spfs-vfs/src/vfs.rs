@@ -253,6 +253,11 @@ impl Vfs {
         &self.repo
     }
 
+    /// The remotes read through, if any are configured.
+    pub fn read_through(&self) -> Option<&std::sync::Arc<ReadThrough>> {
+        self.read_through.as_ref()
+    }
+
     /// Read specs and payloads missing locally through these remotes;
     /// `ranged_reads`: see [`Vfs::open_now`].
     pub fn with_read_through(

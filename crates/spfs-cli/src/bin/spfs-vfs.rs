@@ -2,12 +2,15 @@
 //!
 //! One service per host mounts one filesystem (default `/spfs`) and serves
 //! every runtime's view from it. `spfs-vfs service` runs it in the
-//! foreground; `mount`, `unmount`, `list` and `status` talk to it over the
-//! control socket, and `mount` starts it first if it is not running.
+//! foreground; `mount`, `unmount`, `list`, `status` and `metrics` talk to it
+//! over the control socket, and `mount` starts it first if it is not
+//! running.
 
 #[path = "../output.rs"]
 #[allow(dead_code)]
 mod output;
+#[path = "../vfs_status.rs"]
+mod vfs_status;
 
 use std::path::PathBuf;
 
@@ -81,12 +84,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Describe the running service.
+    /// Describe the running service: requests by operation with latencies,
+    /// file data served, routing, views, memory, remote fetches.
     Status {
-        /// One JSON document: {"pid", "mountpoint", "listen", "uptime_seconds", "runtimes", "requests", "passthrough", "version"}.
-        #[arg(long)]
+        /// One JSON document (figures explained in docs/observability.md):
+        /// {"pid" (the worker), "keeper_pid", "mountpoint", "listen",
+        /// "uptime_seconds", "runtimes",
+        /// "requests", "passthrough", "version", "views", "entries",
+        /// "content_nodes", "open_handles", "read_bytes", "write_bytes",
+        /// "ops": {OP: {"count", "errors", "sum_seconds", "p50_seconds",
+        /// "p90_seconds", "p99_seconds", "p999_seconds"}},
+        /// "passthrough_files": {"opens", "opened_bytes", "open_files",
+        /// "backing_registered"}, "routing": {"cache_hits", "cache_misses",
+        /// "uncached", "unrouted", "cached_threads"}, "memory": {"rss_bytes",
+        /// "trees_bytes", "bytes_per_entry"}, "remote": {"remotes",
+        /// "payloads_fetched", "fetched_bytes", "fetch_failures",
+        /// "ranged_reads", "ranged_bytes", "references_resolved"},
+        /// "view_stats": [{"id", "runtimes", "layers", "entries",
+        /// "tree_bytes", "shared_tree", "bound", "editable"}]}.
+        /// OP is a FUSE operation in lowercase (lookup, getattr, read, ...).
+        #[arg(long, verbatim_doc_comment)]
         json: bool,
     },
+    /// Print the status in the Prometheus text format (0.0.4), read through
+    /// the control socket: `spfs_vfs_requests_total{op="lookup"}`,
+    /// `spfs_vfs_request_duration_seconds{op,quantile}`, ... A loopback
+    /// port serving the same at GET /metrics: config vfs.metrics_listen.
+    Metrics,
 }
 
 fn main() {
@@ -315,22 +339,28 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     .await
                     .map_err(status_error)?;
                 if json {
-                    output::print_json(&serde_json::json!({
-                        "pid": s.pid, "mountpoint": s.mountpoint, "listen": s.listen,
-                        "uptime_seconds": s.uptime_seconds, "runtimes": s.runtimes,
-                        "requests": s.requests, "passthrough": s.passthrough, "version": s.version,
-                        "keeper_pid": s.keeper_pid,
-                    }))?;
+                    output::print_json(&vfs_status::to_json(&s))?;
                 } else {
-                    println!("pid:         {} (worker; keeper {})", s.pid, s.keeper_pid);
-                    println!("mountpoint:  {}", s.mountpoint);
-                    println!("listen:      {}", s.listen);
-                    println!("uptime:      {} s", s.uptime_seconds);
-                    println!("runtimes:    {}", s.runtimes);
-                    println!("requests:    {}", s.requests);
-                    println!("passthrough: {}", s.passthrough);
-                    println!("version:     {}", s.version);
+                    vfs_status::print_human(&s);
                 }
+                Ok(0)
+            })
+        }
+        Cmd::Metrics => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let client = connected(&config).await?;
+                let text = match client.metrics().await {
+                    Ok(text) => text,
+                    // A service from before the call: the same text from
+                    // what its status says.
+                    Err(s) if s.code() == tonic::Code::Unimplemented => {
+                        let status = client.status().await.map_err(status_error)?;
+                        spfs_control::metrics::render(&status)
+                    }
+                    Err(s) => return Err(status_error(s)),
+                };
+                print!("{text}");
                 Ok(0)
             })
         }

@@ -13,6 +13,7 @@ mod handover;
 mod isolation;
 mod load;
 mod mtimes;
+mod observability;
 mod pagecache;
 mod readthrough;
 mod routing;

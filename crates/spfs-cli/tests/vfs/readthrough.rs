@@ -111,6 +111,23 @@ fn a_stack_only_on_a_remote_runs_and_reads_through() {
     let local = spfs_storage::FsRepository::open(&w.repo).unwrap();
     let d = spfs_model::Digest::of(&big);
     assert!(wait_for(Duration::from_secs(20), || local.has_payload(&d)));
+    // The status counts what came from the remote: the ranged reads, then
+    // the whole payloads (`spfs run` resolved the reference itself).
+    let fetched = |s: &serde_json::Value| {
+        let r = &s["remote"];
+        r["remotes"].as_u64() >= Some(1)
+            && r["ranged_reads"].as_u64() >= Some(1)
+            && r["ranged_bytes"].as_u64() >= Some(8)
+            && r["payloads_fetched"].as_u64() >= Some(1)
+            && r["fetched_bytes"].as_u64() >= Some(big.len() as u64)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || w
+            .status()
+            .is_some_and(|s| fetched(&s))),
+        "{:?}",
+        w.status().map(|s| s["remote"].clone())
+    );
     // Found nowhere: every repository searched is named.
     let out = w.run_sh("no/such", "true");
     assert!(!out.status.success());

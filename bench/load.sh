@@ -23,7 +23,7 @@
 # its stack's files and one base file (spread over all of them) and checks
 # every byte; stats each of the two 2 times (warm: just read), timing every
 # stat (clock_gettime around stat(2); 50 ns bins below 1 ms, 10 us bins
-# above) and checking its size; every 50th round lists stack/ and checks
+# to 101 ms, 1 ms bins to 10.1 s) and checking its size; every 50th round lists stack/ and checks
 # the count; then pauses BENCH_PAUSE_MS (default 10) ms. Any failed call is
 # an error, any wrong byte, size or listing a wrong answer; the script exits
 # non-zero if any reader saw one (or failed).
@@ -187,6 +187,8 @@ cat >"$W/reader.c" <<'EOF'
 #define FINE_BINS 20000 /* 0 .. 1 ms */
 #define COARSE_NS 10000 /* bin width from 1 ms */
 #define COARSE_BINS 10000 /* 1 ms .. 101 ms */
+#define SLOW_NS 1000000 /* bin width from 101 ms */
+#define SLOW_BINS 10000 /* 101 ms .. 10.101 s */
 
 static uint64_t now_ns(clockid_t c) {
 	struct timespec t;
@@ -306,8 +308,8 @@ int main(int argc, char **argv) {
 	unsigned char **sexp = calloc((size_t)nstack, sizeof *sexp);
 	size_t *slen = calloc((size_t)nstack, sizeof *slen);
 	unsigned char *over = malloc(BASE_SIZE + 100000), *exp = malloc(BASE_SIZE), *buf = malloc(BASE_SIZE + 200000);
-	uint32_t *fine = calloc(FINE_BINS, 4), *coarse = calloc(COARSE_BINS, 4);
-	if (!spath || !bpath || !sexp || !slen || !over || !exp || !buf || !fine || !coarse) { perror("alloc"); return 2; }
+	uint32_t *fine = calloc(FINE_BINS, 4), *coarse = calloc(COARSE_BINS, 4), *slow = calloc(SLOW_BINS, 4);
+	if (!spath || !bpath || !sexp || !slen || !over || !exp || !buf || !fine || !coarse || !slow) { perror("alloc"); return 2; }
 	for (int i = 0; i < nstack; i++) {
 		snprintf(spath[i], 4096, "%s/stack/f%02d", root, i);
 		sexp[i] = malloc(300 + (size_t)k);
@@ -355,9 +357,10 @@ int main(int argc, char **argv) {
 			uint64_t d = now_ns(CLOCK_MONOTONIC) - a;
 			if (r) { errors++; note("stat", path, errno); continue; }
 			stats++;
-			if (d < (uint64_t)FINE_NS * FINE_BINS) fine[d / FINE_NS]++;
-			else if (d < (uint64_t)FINE_NS * FINE_BINS + (uint64_t)COARSE_NS * COARSE_BINS)
-				coarse[(d - (uint64_t)FINE_NS * FINE_BINS) / COARSE_NS]++;
+			const uint64_t c0 = (uint64_t)FINE_NS * FINE_BINS, s0 = c0 + (uint64_t)COARSE_NS * COARSE_BINS;
+			if (d < c0) fine[d / FINE_NS]++;
+			else if (d < s0) coarse[(d - c0) / COARSE_NS]++;
+			else if (d < s0 + (uint64_t)SLOW_NS * SLOW_BINS) slow[(d - s0) / SLOW_NS]++;
 			else { overflow++; if ((long)d > over_max) over_max = (long)d; }
 			if (!S_ISREG(st.st_mode) || (size_t)st.st_size != sizes[s / 2]) { wrong++; note("wrong stat", path, 0); }
 		}
@@ -389,6 +392,8 @@ int main(int argc, char **argv) {
 		if (fine[i]) fprintf(f, "h %d %d %u\n", i * FINE_NS, FINE_NS, fine[i]);
 	for (int i = 0; i < COARSE_BINS; i++)
 		if (coarse[i]) fprintf(f, "h %d %d %u\n", FINE_NS * FINE_BINS + i * COARSE_NS, COARSE_NS, coarse[i]);
+	for (int i = 0; i < SLOW_BINS; i++)
+		if (slow[i]) fprintf(f, "h %lld %d %u\n", (long long)FINE_NS * FINE_BINS + (long long)COARSE_NS * COARSE_BINS + (long long)i * SLOW_NS, SLOW_NS, slow[i]);
 	if (fclose(f) || rename(tmp, out)) { perror(out); return 2; }
 	/* Stay (the view registered) until the script has read the service's
 	 * memory. */
@@ -606,7 +611,7 @@ for f in glob.glob(out + "/[0-9]*"):
         if p[0] in tot:
             tot[p[0]] += int(p[1])
         elif p[0] == "overflow" and int(p[1]):
-            hist[int(p[2])] = hist.get(int(p[2]), 0) + int(p[1])  # beyond 101 ms: at the worst
+            hist[int(p[2])] = hist.get(int(p[2]), 0) + int(p[1])  # beyond 10.1 s: at the worst
         elif p[0] == "h":
             hist[int(p[1]) + int(p[2]) / 2] = hist.get(int(p[1]) + int(p[2]) / 2, 0) + int(p[3])
 n = sum(hist.values())
@@ -677,7 +682,7 @@ def load(d):
             elif p[0] == "overflow":
                 o, m = map(int, p[1].split())
                 tot["overflow"] += o; tot["over_max"] = max(tot["over_max"], m)
-                hist[m] = hist.get(m, 0) + o  # beyond 101 ms: counted at the worst
+                hist[m] = hist.get(m, 0) + o  # beyond 10.1 s: counted at the worst
             elif p[0] == "note":
                 notes.append(f"reader {name}: {p[1].strip()}")
             elif p[0] == "h":
@@ -755,8 +760,8 @@ for x in rows:
           f" {x['errors']:>6} {x['wrong']:>5} {f2(x['p50_us']):>7} {f2(x['p99_us']):>7} {f2(x['p999_us']):>8}"
           f" {f2(x['max_us']):>8} {ratio:>9} {x['cpu_busy']:>7.0%}")
 print("(p99 ratio: p99 of the N runtimes / p99 of the single runtime, same mode and pinning; target <= 2x;"
-      " cpu busy: share of the CPUs in use (pinned: CPU 0) not idle during the reading, other work on the machine"
-      " included)")
+      " max: the slowest stat's bin; cpu busy: share of the CPUs in use (pinned: CPU 0) not idle during the reading,"
+      " other work on the machine included)")
 
 print()
 print("Service (worker process) memory, from VmRSS of `pid` in `spfs-vfs status --json`:")

@@ -592,6 +592,11 @@ impl ControlHandler for Handler {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&rt.name);
         s.drop_runtime(&rt.name, "unmounted by request");
+        // Its tree may have exited meanwhile, its view dropped as a durable
+        // one's (edits kept): removed by name, the edits go all the same.
+        if !req.runtime.is_empty() {
+            self.remove_kept(caller, &rt.name)?;
+        }
         Ok(proto::UnmountResponse {
             runtime: rt.name.clone(),
         })

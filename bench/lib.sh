@@ -43,3 +43,36 @@ make_small_tree() {
 	rm -f "$dir.rand"
 	[ "$(find "$dir" -type f | wc -l)" = "$count" ] || { echo "data generation failed" >&2; return 1; }
 }
+
+# quick Q FULL: Q with BENCH_QUICK set (a short run), FULL otherwise.
+quick() { if [ -n "${BENCH_QUICK:-}" ]; then echo "$1"; else echo "$2"; fi; }
+
+# bench_options WHY_ROOT ARGS...: the options every bench takes (--quick:
+# a short run; -h: the script's header), and the check that it runs as
+# root (WHY_ROOT says why).
+bench_options() {
+	local why=$1
+	shift
+	for a in "$@"; do
+		case $a in
+		--quick) BENCH_QUICK=1 ;;
+		-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+		*) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+		esac
+	done
+	if [ "$(id -u)" != 0 ]; then
+		echo "$0 must run as root ($why)" >&2
+		exit 1
+	fi
+}
+
+# bench_world_env DIR MOUNTPOINT CGROUP_ROOT: the environment of a bench's
+# own repository, service and mount in DIR (no user configuration).
+bench_world_env() {
+	: >"$1/empty.toml"
+	export SPFS_CONFIG="$1/empty.toml" HOME="$1" \
+		SPFS_STORAGE_ROOT="$1/repo" SPFS_VFS_MOUNTPOINT="$2" \
+		SPFS_VFS_LISTEN="unix:$1/vfs.sock" SPFS_VFS_LOG_FILE="$1/vfs.log" \
+		SPFS_VFS_CGROUP_ROOT="$3" SPFS_VFS_TOKEN_FILE="$1/token"
+	unset SPFS_RUNTIME SPFS_VFS_CACHE_OPENS SPFS_VFS_BIND_VIEWS SPFS_VFS_PASSTHROUGH
+}

@@ -72,18 +72,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-for a in "$@"; do
-	case $a in
-	--quick) BENCH_QUICK=1 ;;
-	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-	*) echo "usage: bench/load.sh [--quick]" >&2; exit 2 ;;
-	esac
-done
-if [ "$(id -u)" != 0 ]; then
-	echo "bench/load.sh must run as root (FUSE, cgroups, mount namespaces)" >&2
-	exit 1
-fi
-quick() { if [ -n "${BENCH_QUICK:-}" ]; then echo "$1"; else echo "$2"; fi; }
+bench_options "FUSE, cgroups, mount namespaces" "$@"
 N=${BENCH_RUNTIMES:-$(quick 20 100)}
 DURATION=${BENCH_DURATION:-$(quick 10 60)}
 BASE_DURATION=${BENCH_BASE_DURATION:-$(quick 5 15)}
@@ -123,12 +112,7 @@ chmod 755 "$W"
 MNT="$W/mnt"
 CGROOT="$CG2/spfs-bench-load-$$"
 mkdir -p "$MNT" "$W/src" "$W/out"
-: >"$W/empty.toml"
-export SPFS_CONFIG="$W/empty.toml" HOME="$W" \
-	SPFS_STORAGE_ROOT="$W/repo" SPFS_VFS_MOUNTPOINT="$MNT" \
-	SPFS_VFS_LISTEN="unix:$W/vfs.sock" SPFS_VFS_LOG_FILE="$W/vfs.log" \
-	SPFS_VFS_CGROUP_ROOT="$CGROOT" SPFS_VFS_TOKEN_FILE="$W/token"
-unset SPFS_RUNTIME SPFS_VFS_CACHE_OPENS SPFS_VFS_BIND_VIEWS SPFS_VFS_PASSTHROUGH
+bench_world_env "$W" "$MNT" "$CGROOT"
 RES="$W/results.tsv" # every result, one line each, for the report at the end
 : >"$RES"
 

@@ -89,7 +89,6 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-quick() { if [ -n "${BENCH_QUICK:-}" ]; then echo "$1"; else echo "$2"; fi; }
 BIG_MB=${BENCH_BIG_MB:-$(quick 64 1024)}
 SMALL_FILES=${BENCH_SMALL_FILES:-$(quick 2000 20000)}
 RUNS=${BENCH_RUNS:-$(quick 1 2)}

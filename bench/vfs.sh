@@ -83,12 +83,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-if [ "$(id -u)" != 0 ]; then
-	echo "bench/vfs.sh must run as root (FUSE passthrough, cgroups, drop_caches, mount namespaces)" >&2
-	exit 1
-fi
-# quick Q FULL: Q with BENCH_QUICK set, FULL otherwise.
-quick() { if [ -n "${BENCH_QUICK:-}" ]; then echo "$1"; else echo "$2"; fi; }
+bench_options "FUSE passthrough, cgroups, drop_caches, mount namespaces" "$@"
 BIG_MB=${BENCH_BIG_MB:-$(quick 64 1024)}
 SMALL_FILES=${BENCH_SMALL_FILES:-$(quick 2000 20000)}
 COLD_RUNS=${BENCH_COLD_RUNS:-$(quick 2 5)}
@@ -142,12 +137,7 @@ MNT="$W/mnt"
 SQ="$W/sq"
 CGROOT="$CG2/spfs-bench-$$"
 mkdir -p "$MNT" "$SQ"
-: >"$W/empty.toml"
-export SPFS_CONFIG="$W/empty.toml" HOME="$W" \
-	SPFS_STORAGE_ROOT="$W/repo" SPFS_VFS_MOUNTPOINT="$MNT" \
-	SPFS_VFS_LISTEN="unix:$W/vfs.sock" SPFS_VFS_LOG_FILE="$W/vfs.log" \
-	SPFS_VFS_CGROUP_ROOT="$CGROOT" SPFS_VFS_TOKEN_FILE="$W/token"
-unset SPFS_RUNTIME SPFS_VFS_CACHE_OPENS SPFS_VFS_BIND_VIEWS SPFS_VFS_PASSTHROUGH
+bench_world_env "$W" "$MNT" "$CGROOT"
 RES="$W/results.tsv" # every result, one line each, for the report at the end
 : >"$RES"
 

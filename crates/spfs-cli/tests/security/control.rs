@@ -5,14 +5,6 @@ use crate::harness::*;
 use crate::require_vfs;
 use crate::users::TestUser;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[test]
 fn tcp_needs_the_right_token_which_other_users_cannot_read() {
     require_vfs!();

@@ -386,14 +386,6 @@ fn metrics_are_prometheus_text() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Send `request` to `port`; the whole answer.
 fn http(port: u16, request: &[u8]) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");

@@ -102,3 +102,53 @@ fn oversized_messages_and_specs_are_refused_and_the_service_lives_on() {
     ok(&out, "run after the oversized requests");
     assert_eq!(stdout(&out), "x");
 }
+
+/// Only root restarts or stops the service; a user's attempts change
+/// nothing, and a user cannot pose as the keeper's worker.
+#[test]
+fn users_cannot_restart_or_stop_the_service_or_pose_as_its_worker() {
+    require_vfs!();
+    let w = World::new();
+    w.start_service();
+    let (worker, keeper) = (
+        w.service_pid().expect("worker"),
+        w.keeper_pid().expect("keeper"),
+    );
+    let user = TestUser::new();
+    let out = user
+        .command(&w, SPFS_VFS)
+        .args(["service", "--restart"])
+        .output()
+        .expect("restart");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("only root may restart"),
+        "{}",
+        stderr(&out)
+    );
+    let out = user
+        .command(&w, SPFS_VFS)
+        .args(["service", "--stop"])
+        .output()
+        .expect("stop");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    // A worker's environment from a process that is not its keeper.
+    let out = user
+        .command(&w, SPFS_VFS)
+        .args(["service", "--worker"])
+        .env(
+            "SPFS_VFS_WORKER",
+            format!("takeover=1,keeper={keeper},listen=unix:/tmp/x.sock"),
+        )
+        .output()
+        .expect("worker");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("started by its keeper"),
+        "{}",
+        stderr(&out)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(w.service_pid(), Some(worker), "the worker changed");
+    assert_eq!(w.keeper_pid(), Some(keeper));
+}

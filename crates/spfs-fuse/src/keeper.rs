@@ -253,6 +253,35 @@ fn mount_fuse(mountpoint: &Path) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Whether the FUSE connection `fd` is alive (not aborted: a dead one
+/// polls as an error).
+fn connection_alive(fd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match rustix::event::poll(&mut fds, Some(&now)) {
+        Ok(_) => !fds[0]
+            .revents()
+            .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL),
+        Err(_) => false,
+    }
+}
+
+/// Whether the mount at `mountpoint` answers (through a worker that
+/// serves): a connection taken over from systemd's store must be the one
+/// mounted there.
+async fn mount_answers(mountpoint: &Path) -> bool {
+    let path = mountpoint.to_path_buf();
+    let probe = tokio::task::spawn_blocking(move || std::fs::metadata(path).is_ok());
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), probe).await,
+        Ok(Ok(true))
+    )
+}
+
 /// A worker and how to hear that it serves.
 struct Worker {
     child: tokio::process::Child,
@@ -439,6 +468,14 @@ pub fn run(config: &Config, program_args: Vec<String>) -> Result<(), ServiceErro
         .ok()
         .flatten()
         .is_some_and(|t| t == "fuse.spfs");
+    let stored_fuse = stored_fuse.filter(|fd| {
+        let alive = connection_alive(fd);
+        if !alive {
+            tracing::warn!("the FUSE connection in systemd's store is dead; mounting afresh");
+            notify_systemd(&format!("FDSTOREREMOVE=1\nFDNAME={FDSTORE_NAME}"));
+        }
+        alive
+    });
     let (fuse, takeover) = match stored_fuse.filter(|_| mounted) {
         Some(fd) => {
             tracing::warn!(mountpoint = %mountpoint.display(), "taking over the mount of a previous keeper");
@@ -534,6 +571,18 @@ async fn supervise(keeper: &Keeper, mountpoint: &Path, takeover: bool) -> Result
                 worker.was_ready = true;
                 if !ever_ready {
                     ever_ready = true;
+                    if takeover && !mount_answers(mountpoint).await {
+                        // The stored connection is not the one mounted
+                        // here: start afresh (systemd starts the keeper
+                        // again, with nothing stored).
+                        tracing::error!("the FUSE connection taken over does not serve {}; starting afresh", mountpoint.display());
+                        notify_systemd(&format!("FDSTOREREMOVE=1\nFDNAME={FDSTORE_NAME}"));
+                        stop_worker(&mut worker, rustix::process::Signal::TERM).await;
+                        return Err(ServiceError::Io {
+                            context: "the VFS service could not take the mount over".into(),
+                            source: std::io::Error::other("its connection does not serve the mount point"),
+                        });
+                    }
                     // Larger reads when file data goes through the service
                     // (no passthrough): the default 128 KiB halves a cold read.
                     if let Err(e) = crate::mounts::set_readahead_kb(mountpoint, crate::service::READAHEAD_KB) {

@@ -810,9 +810,9 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
             }
         }
     });
-    // Changes under way finish (a commit may take long; a change that
-    // arrives now waits for the next worker: its client's connection
-    // drops and it tries again).
+    // Changes under way finish (a commit may take long). A change that
+    // arrives now is never started: its client's connection drops and it
+    // reports the error (docs/service.md, Limits).
     if !state.changes.close(CHANGES_TIMEOUT) {
         tracing::warn!(
             "control requests still under way after {CHANGES_TIMEOUT:?}; stopping anyway"

@@ -160,30 +160,32 @@ fn socket_activation_notifications_and_journal() {
     );
 }
 
-/// The keeper killed under systemd: systemd keeps the mount's FUSE
-/// descriptor (the keeper put it into its descriptor store) and starts the
-/// keeper again with it, which takes the mount over; readers only pause.
-/// This test plays systemd: it receives the descriptor from the keeper's
-/// `FDSTORE=1` and passes it to the next keeper as systemd does
-/// (`LISTEN_FDS`, `LISTEN_FDNAMES=fuse`).
-#[test]
-fn a_killed_keeper_is_replaced_from_the_descriptor_store() {
-    crate::require_vfs!();
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let w = World::with_mode(Mode::Bound);
-    crate::handover::commit_stacks(&w);
-    let notify_path = w.dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    // The next notification, and the descriptors it carries.
-    let next = || {
+/// systemd, as far as the keeper's notifications and descriptor store go:
+/// a notify socket the test reads, and keepers started as systemd would.
+struct Systemd<'w> {
+    w: &'w World,
+    path: std::path::PathBuf,
+    socket: UnixDatagram,
+}
+
+impl<'w> Systemd<'w> {
+    fn new(w: &'w World) -> Self {
+        let path = w.dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Systemd { w, path, socket }
+    }
+
+    /// The next notification, and the descriptors it carries.
+    fn next(&self) -> (String, Vec<std::os::fd::OwnedFd>) {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
         let mut buf = [0u8; 512];
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let got = rustix::net::recvmsg(
-            &notify,
+            &self.socket,
             &mut [std::io::IoSliceMut::new(&mut buf)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
@@ -196,66 +198,87 @@ fn a_killed_keeper_is_replaced_from_the_descriptor_store() {
             }
         }
         (String::from_utf8_lossy(&buf[..got.bytes]).into_owned(), fds)
-    };
-    let log = || {
-        std::fs::OpenOptions::new()
+    }
+
+    /// Start a keeper, with `stored` (the descriptor store's FUSE
+    /// connection) as systemd passes it.
+    fn start(&self, stored: Option<&std::os::fd::OwnedFd>) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&w.log)
-            .expect("log")
-    };
-    let mut keeper = w
-        .command(SPFS_VFS)
-        .arg("service")
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(Stdio::null())
-        .stderr(log())
-        .spawn()
-        .expect("service");
-    let (store, fds) = next();
-    assert_eq!(store, "FDSTORE=1\nFDNAME=fuse");
-    let fuse: std::os::fd::OwnedFd = fds.into_iter().next().expect("the FUSE descriptor");
-    assert!(next().0.starts_with("READY=1\n"));
+            .open(&self.w.log)
+            .expect("log");
+        let mut cmd = self.w.command("sh");
+        let script = match stored {
+            Some(_) => "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=fuse; exec \"$0\" service",
+            None => "exec \"$0\" service",
+        };
+        cmd.args(["-c", script, SPFS_VFS])
+            .env("NOTIFY_SOCKET", &self.path)
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(fd) = stored {
+            let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+            // SAFETY: dup2 is async-signal-safe; `raw` is open in the child.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::dup2(raw, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.spawn().expect("keeper")
+    }
+
+    /// Start a keeper; the FUSE descriptor it stores, once it serves.
+    fn start_storing(&self) -> (std::process::Child, std::os::fd::OwnedFd) {
+        let keeper = self.start(None);
+        let (store, fds) = self.next();
+        assert_eq!(store, "FDSTORE=1\nFDNAME=fuse");
+        let fuse = fds.into_iter().next().expect("the FUSE descriptor");
+        assert!(self.next().0.starts_with("READY=1\n"));
+        (keeper, fuse)
+    }
+
+    /// Kill `keeper` (its worker stops with it).
+    fn kill(&self, mut keeper: std::process::Child) {
+        let worker = self.w.service_pid().expect("worker");
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(keeper.id() as i32).expect("pid"),
+            rustix::process::Signal::KILL,
+        )
+        .expect("kill");
+        let _ = keeper.wait();
+        assert!(wait_for(Duration::from_secs(10), || !std::path::Path::new(
+            &format!("/proc/{worker}")
+        )
+        .exists()));
+    }
+}
+
+/// The keeper killed under systemd: systemd keeps the mount's FUSE
+/// descriptor (the keeper put it into its descriptor store) and starts the
+/// keeper again with it, which takes the mount over; readers only pause.
+/// This test plays systemd: it receives the descriptor from the keeper's
+/// `FDSTORE=1` and passes it to the next keeper as systemd does
+/// (`LISTEN_FDS`, `LISTEN_FDNAMES=fuse`).
+#[test]
+fn a_killed_keeper_is_replaced_from_the_descriptor_store() {
+    crate::require_vfs!();
+    let w = World::with_mode(Mode::Bound);
+    crate::handover::commit_stacks(&w);
+    let systemd = Systemd::new(&w);
+    let (keeper, fuse) = systemd.start_storing();
     let readers = vec![
         crate::handover::spawn_reader(&w, "a"),
         crate::handover::spawn_reader(&w, "b"),
     ];
     crate::handover::wait_readers(&w);
-    let worker = w.service_pid().expect("worker");
-    // The keeper dies; its worker stops with it.
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(keeper.id() as i32).expect("pid"),
-        rustix::process::Signal::KILL,
-    )
-    .expect("kill");
-    let _ = keeper.wait();
-    assert!(wait_for(Duration::from_secs(10), || !std::path::Path::new(
-        &format!("/proc/{worker}")
-    )
-    .exists()));
-    // systemd starts it again with the stored descriptor as fd 3.
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fuse);
-    let mut again = w.command("sh");
-    again
-        .args([
-            "-c",
-            "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=fuse; exec \"$0\" service",
-            SPFS_VFS,
-        ])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(Stdio::null())
-        .stderr(log());
-    // SAFETY: dup2 is async-signal-safe; `raw` is open in the child.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut again, move || {
-            if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut again = again.spawn().expect("service again");
-    let ready = next().0;
+    systemd.kill(keeper);
+    let mut again = systemd.start(Some(&fuse));
+    let ready = systemd.next().0;
     assert!(ready.starts_with("READY=1\n"), "{ready}");
     crate::handover::drop_caches();
     std::thread::sleep(Duration::from_millis(500));
@@ -267,6 +290,50 @@ fn a_killed_keeper_is_replaced_from_the_descriptor_store() {
     );
     ok(&w.vfs(&["service", "--stop"]), "stop");
     let _ = again.wait();
-    assert_eq!(next().0, "STOPPING=1");
-    assert_eq!(next().0, "FDSTOREREMOVE=1\nFDNAME=fuse");
+    assert_eq!(systemd.next().0, "STOPPING=1");
+    assert_eq!(systemd.next().0, "FDSTOREREMOVE=1\nFDNAME=fuse");
+}
+
+/// A stored connection that was aborted meanwhile (`fusectl`'s abort, an
+/// administrator's way out of a hung mount) is not taken over: the new
+/// keeper drops it and mounts afresh, and runtimes work.
+#[test]
+fn a_dead_stored_connection_is_not_taken_over() {
+    crate::require_vfs!();
+    let w = World::with_mode(Mode::Router);
+    w.commit("sd/a", &[("hello", b"hi")]);
+    let systemd = Systemd::new(&w);
+    let (keeper, fuse) = systemd.start_storing();
+    // The connection's number: the minor of the mount's device.
+    let mnt = w.mnt.display().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let dev = info
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some(mnt.as_str()))
+        .and_then(|l| l.split_whitespace().nth(2).map(String::from))
+        .expect("the mount");
+    let minor = dev.split(':').nth(1).expect("minor").to_string();
+    systemd.kill(keeper);
+    let conns = std::path::Path::new("/sys/fs/fuse/connections");
+    if !conns.join(&minor).exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+            .status();
+    }
+    std::fs::write(conns.join(&minor).join("abort"), b"1").expect("abort the connection");
+    let mut again = systemd.start(Some(&fuse));
+    let (first, _) = systemd.next();
+    assert_eq!(first, "FDSTOREREMOVE=1\nFDNAME=fuse");
+    assert_eq!(systemd.next().0, "FDSTORE=1\nFDNAME=fuse");
+    assert!(systemd.next().0.starts_with("READY=1\n"));
+    let out = w.run_sh("sd/a", &format!("cat {mnt}/hello"));
+    ok(&out, "a runtime on the fresh mount");
+    assert_eq!(stdout(&out), "hi");
+    assert!(
+        w.log_text().contains("dead; mounting afresh"),
+        "{}",
+        w.log_text()
+    );
+    ok(&w.vfs(&["service", "--stop"]), "stop");
+    let _ = again.wait();
 }

@@ -315,12 +315,16 @@ fn a_dead_stored_connection_is_not_taken_over() {
     let minor = dev.split(':').nth(1).expect("minor").to_string();
     systemd.kill(keeper);
     let conns = std::path::Path::new("/sys/fs/fuse/connections");
-    if !conns.join(&minor).exists() {
-        let _ = Command::new("mount")
+    let mounted_ctl = !conns.join(&minor).exists()
+        && Command::new("mount")
             .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+    let aborted = std::fs::write(conns.join(&minor).join("abort"), b"1");
+    if mounted_ctl {
+        let _ = Command::new("umount").arg(conns).status();
     }
-    std::fs::write(conns.join(&minor).join("abort"), b"1").expect("abort the connection");
+    aborted.expect("abort the connection");
     let mut again = systemd.start(Some(&fuse));
     let (first, _) = systemd.next();
     assert_eq!(first, "FDSTOREREMOVE=1\nFDNAME=fuse");

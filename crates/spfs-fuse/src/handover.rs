@@ -29,13 +29,14 @@
 //!   ([`write_edit_tables`]; after a crash there is none, and names the
 //!   kernel had of an editable view answer `ESTALE` once).
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use spfs_vfs::journal::write_private;
 
 /// What the kernel offered at `FUSE_INIT`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,22 +84,6 @@ impl InitRecord {
         b.extend_from_slice(&[0u8; 44]);
         b
     }
-}
-
-/// Write `bytes` to `path` (mode 0600, never through a symbolic link),
-/// whole or not at all.
-pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("new");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Make a `fuser` session for a connection another worker initialised:

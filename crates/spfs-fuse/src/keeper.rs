@@ -198,6 +198,12 @@ fn under_systemd() -> bool {
 /// The name of the FUSE descriptor in systemd's descriptor store.
 const FDSTORE_NAME: &str = "fuse";
 
+/// Take the FUSE connection out of systemd's descriptor store (it is dead,
+/// not the mount's, or the mount goes).
+fn unstore_connection() {
+    notify_systemd(&format!("FDSTOREREMOVE=1\nFDNAME={FDSTORE_NAME}"));
+}
+
 /// The descriptors systemd passed (socket activation, and its descriptor
 /// store): the control socket, and the FUSE connection of a previous
 /// keeper of this service.
@@ -472,7 +478,7 @@ pub fn run(config: &Config, program_args: Vec<String>) -> Result<(), ServiceErro
         let alive = connection_alive(fd);
         if !alive {
             tracing::warn!("the FUSE connection in systemd's store is dead; mounting afresh");
-            notify_systemd(&format!("FDSTOREREMOVE=1\nFDNAME={FDSTORE_NAME}"));
+            unstore_connection();
         }
         alive
     });
@@ -516,7 +522,7 @@ pub fn run(config: &Config, program_args: Vec<String>) -> Result<(), ServiceErro
     let result = runtime.block_on(supervise(&keeper, &mountpoint, takeover));
     // Stopped: nothing is left answering ENOTCONN, nor kept for a next
     // keeper.
-    notify_systemd(&format!("FDSTOREREMOVE=1\nFDNAME={FDSTORE_NAME}"));
+    unstore_connection();
     if let Err(e) = crate::mounts::detach_fuse(&mountpoint) {
         tracing::error!("{e}");
     }
@@ -576,7 +582,7 @@ async fn supervise(keeper: &Keeper, mountpoint: &Path, takeover: bool) -> Result
                         // here: start afresh (systemd starts the keeper
                         // again, with nothing stored).
                         tracing::error!("the FUSE connection taken over does not serve {}; starting afresh", mountpoint.display());
-                        notify_systemd(&format!("FDSTOREREMOVE=1\nFDNAME={FDSTORE_NAME}"));
+                        unstore_connection();
                         stop_worker(&mut worker, rustix::process::Signal::TERM).await;
                         return Err(ServiceError::Io {
                             context: "the VFS service could not take the mount over".into(),

@@ -182,7 +182,7 @@ impl Ledger {
 
     fn save(&self, c: &Contents) -> io::Result<()> {
         let bytes = serde_json::to_vec(c).map_err(io::Error::other)?;
-        crate::handover::write_private(&self.path, &bytes)
+        spfs_vfs::journal::write_private(&self.path, &bytes)
     }
 }
 

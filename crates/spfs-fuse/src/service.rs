@@ -194,10 +194,6 @@ impl State {
         }
     }
 
-    fn ledger_handle(&self) -> Arc<Ledger> {
-        self.ledger.clone()
-    }
-
     /// The keeper's process id (0: none).
     pub(crate) fn keeper_pid(&self) -> u32 {
         self.keeper_pid
@@ -239,8 +235,8 @@ impl State {
     /// What records the inode numbers editable runtime `name` may hand
     /// out (see `Editable::reserve_inodes`).
     pub(crate) fn inode_reserve(&self, name: &str) -> Arc<spfs_vfs::edit::Reserve> {
-        let (state, name) = (self.ledger_handle(), name.to_string());
-        Arc::new(move |until| match state.reserve_inodes(&name, until) {
+        let (ledger, name) = (self.ledger.clone(), name.to_string());
+        Arc::new(move |until| match ledger.reserve_inodes(&name, until) {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(runtime = %name, "cannot write the ledger: {e}");
@@ -249,15 +245,19 @@ impl State {
         })
     }
 
-    /// Record runtime `name` again after a change of its view.
-    pub(crate) fn ledger_update(&self, name: &str) {
-        let cgroup = self
-            .bound
+    /// The cgroup runtime `name` is bound to, and its root process's pid
+    /// (0 when it is gone).
+    fn binding(&self, name: &str) -> Option<(String, u32)> {
+        self.bound
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .map(|b| (b.cgroup.clone(), b.root.as_ref().map_or(0, |r| r.pid)));
-        if let Some((cgroup, pid)) = cgroup {
+            .map(|b| (b.cgroup.clone(), b.root.as_ref().map_or(0, |r| r.pid)))
+    }
+
+    /// Record runtime `name` again after a change of its view.
+    pub(crate) fn ledger_update(&self, name: &str) {
+        if let Some((cgroup, pid)) = self.binding(name) {
             self.ledger_record(name, &cgroup, pid);
         }
     }
@@ -331,13 +331,7 @@ impl State {
     /// the session serves: dropping may remount.
     fn drop_exited(&self) {
         for rt in self.vfs.registry.list() {
-            let cgroup = self
-                .bound
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&rt.name)
-                .map(|b| b.cgroup.clone());
-            if let Some(cgroup) = cgroup
+            if let Some((cgroup, _)) = self.binding(&rt.name)
                 && !self.cgroups.is_populated(&cgroup).unwrap_or(true)
             {
                 self.drop_runtime(&rt.name, "its processes exited while it was taken over");
@@ -762,6 +756,10 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
     let how = Arc::new(Mutex::new(Stop::Stop));
     let how2 = how.clone();
     let state_for_drain = state.clone();
+    // When changes under way must have finished: CHANGES_TIMEOUT after the
+    // stop was asked (set then, if the control plane had to drain).
+    let changes_by: Arc<OnceLock<Instant>> = Arc::default();
+    let changes_by2 = changes_by.clone();
     if let Some(listener) = metrics {
         let s = state.clone();
         let render = move || spfs_control::metrics::render(&s.status());
@@ -798,9 +796,9 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
             r = &mut serve => r,
             _ = async {
                 let _ = drained.wait_for(|s| *s).await;
+                let until = *changes_by2.get_or_init(|| Instant::now() + CHANGES_TIMEOUT);
                 tokio::time::sleep(DRAIN_TIMEOUT).await;
                 // A change under way (a long commit) is answered first.
-                let until = Instant::now() + CHANGES_TIMEOUT;
                 while busy.changes.busy() && Instant::now() < until {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
@@ -813,7 +811,11 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
     // Changes under way finish (a commit may take long). A change that
     // arrives now is never started: its client's connection drops and it
     // reports the error (docs/service.md, Limits).
-    if !state.changes.close(CHANGES_TIMEOUT) {
+    let until = *changes_by.get_or_init(|| Instant::now() + CHANGES_TIMEOUT);
+    if !state
+        .changes
+        .close(until.saturating_duration_since(Instant::now()))
+    {
         tracing::warn!(
             "control requests still under way after {CHANGES_TIMEOUT:?}; stopping anyway"
         );

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -83,26 +84,16 @@ impl Journal {
 
     /// Write `live` as the whole journal; the file to append to next.
     fn rewrite(path: &Path, value_len: usize, live: &HashMap<u64, Vec<u8>>) -> io::Result<File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("new");
         let mut out = Vec::with_capacity(live.len() * (9 + value_len));
         for (k, v) in live {
             out.extend_from_slice(&k.to_le_bytes());
             out.push(PUT);
             out.extend_from_slice(v);
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc_nofollow())
-            .open(&tmp)?;
-        f.write_all(&out)?;
-        std::fs::rename(&tmp, path)?;
+        write_private(path, &out)?;
         std::fs::OpenOptions::new()
             .append(true)
-            .custom_flags(libc_nofollow())
+            .custom_flags(nofollow())
             .open(path)
     }
 
@@ -151,8 +142,25 @@ impl Journal {
     }
 }
 
-fn libc_nofollow() -> i32 {
+fn nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// Write `bytes` as the file at `path` (mode 0600, never through a
+/// symbolic link), whole or not at all: a temporary file beside it, then a
+/// rename. The service's other small files (its ledger, what it hands to
+/// the next process) are written so too.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nofollow())
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ fn load(path: &str) {
             bound: false,
             edit: None,
             view_id: None,
+            shared: None,
         },
         vec![],
         move || Ok::<_, std::io::Error>((tree, SystemTime::now())),

@@ -479,6 +479,7 @@ impl ControlHandler for Handler {
                     bound: req.bind,
                     edit,
                     view_id: None,
+                    shared: None,
                 },
                 layers.clone(),
                 s.view_builder(layers.clone()),

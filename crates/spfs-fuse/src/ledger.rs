@@ -48,6 +48,11 @@ pub struct Entry {
     pub root_pid: u32,
     #[serde(default)]
     pub durable: bool,
+    /// The top-level directories shown through subtree views: (entry
+    /// index, subtree view id) (see `spfs_vfs::shared`). `None`: written
+    /// before subtree views were (the view's own ids only).
+    #[serde(default)]
+    pub shared: Option<Vec<(u32, u32)>>,
 }
 
 /// An editable runtime's upper area.
@@ -141,7 +146,15 @@ impl Ledger {
     /// Record `entry` (replacing the runtime's entry, if any).
     pub fn record(&self, entry: Entry) -> io::Result<()> {
         let mut c = self.lock();
-        c.view_ids_below = c.view_ids_below.max(entry.view_id.saturating_add(1));
+        let top = entry
+            .shared
+            .iter()
+            .flatten()
+            .map(|(_, id)| *id)
+            .chain([entry.view_id])
+            .max()
+            .unwrap_or(0);
+        c.view_ids_below = c.view_ids_below.max(top.saturating_add(1));
         match c.runtimes.iter_mut().find(|e| e.name == entry.name) {
             Some(e) if *e == entry => return Ok(()),
             Some(e) => *e = entry,
@@ -202,6 +215,7 @@ mod tests {
             cgroup_id: 7,
             root_pid: 42,
             durable: false,
+            shared: None,
         }
     }
 

@@ -226,6 +226,7 @@ impl State {
             cgroup_id: crate::cgroup::cgroup_id(cgroup).unwrap_or(0),
             root_pid,
             durable,
+            shared: Some(rt.view.shares.ids()),
         };
         if let Err(e) = self.ledger.record(entry) {
             tracing::error!(runtime = name, "cannot write the ledger: {e}");
@@ -357,6 +358,7 @@ impl State {
                 writable: ed.writable,
             }),
             view_id: Some(e.view_id),
+            shared: Some(e.shared.clone().unwrap_or_default()),
         };
         let rt = self
             .vfs

@@ -8,6 +8,7 @@
 //! - [`digest`]: digests, their base32 text form and partial digests;
 //! - [`encoding`]: the versioned binary encoding shared by all objects;
 //! - [`tree`]: a directory tree (the body of a manifest) in a flat, shareable form;
+//! - [`subtree`]: directories named by their content, and copied out of a tree;
 //! - [`object`]: manifests, layers and platforms;
 //! - [`merge`]: merging a stack of trees into one view (later layers win, masks delete);
 //! - [`diff`]: comparing two trees;
@@ -20,6 +21,7 @@ pub mod encoding;
 pub mod merge;
 pub mod object;
 pub mod spec;
+pub mod subtree;
 pub mod time;
 pub mod tree;
 

@@ -35,7 +35,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             EntryKind::File => 1,
             EntryKind::Dir => 2,

@@ -11,6 +11,9 @@
 //! - [`view`]: a merged, immutable tree built from a stack of layers, shared
 //!   by every runtime with the same stack;
 //! - [`registry`]: the registered runtimes and the views they use;
+//! - [`shared`]: subtree views, one node for a top-level directory that
+//!   routed views hold alike, so the kernel's cache of it survives lookups
+//!   from many views;
 //! - [`vfs`]: the filesystem operations (lookup, getattr, readdir, readlink,
 //!   open, read, statfs) with their cache lifetimes;
 //! - [`edit`]: editable views, a runtime's own writable layer over its
@@ -34,6 +37,7 @@ pub mod handles;
 pub mod journal;
 pub mod node;
 pub mod registry;
+pub mod shared;
 pub mod verify;
 pub mod vfs;
 pub mod view;

@@ -24,6 +24,7 @@ use std::time::{Instant, SystemTime};
 
 use spfs_model::{Digest, Tree};
 
+use crate::shared::{Shares, SubtreeKey};
 use crate::view::View;
 
 /// What a platform host registers.
@@ -41,6 +42,11 @@ pub struct RuntimeSpec {
     /// this runtime (a restarted service takes its runtimes over, and the
     /// kernel still knows their node ids). `None`: a new id.
     pub view_id: Option<u32>,
+    /// The top-level directories shown through subtree views (see
+    /// [`crate::shared`]) as a previous service process showed them: (entry
+    /// index, subtree view id); the others are the view's own. `None`: as
+    /// found now.
+    pub shared: Option<Vec<(u32, u32)>>,
 }
 
 /// What makes a view editable.
@@ -112,8 +118,11 @@ struct Inner {
     runtimes: HashMap<String, Arc<Runtime>>,
     views: HashMap<ViewKey, Weak<View>>,
     /// Every live view by id (a view taken over with its old id may not be
-    /// the one `views` shares for its key).
-    by_id: HashMap<u32, (ViewKey, Weak<View>)>,
+    /// the one `views` shares for its key), subtree views (no key)
+    /// included.
+    by_id: HashMap<u32, (Option<ViewKey>, Weak<View>)>,
+    /// The subtree views that views share (see [`crate::shared`]).
+    subtrees: HashMap<SubtreeKey, Weak<View>>,
     recent: VecDeque<Arc<View>>,
     last_view: u32,
 }
@@ -127,12 +136,83 @@ impl Inner {
     ) -> Result<Option<Arc<View>>, RegistryError<E>> {
         match self.by_id.get(&id) {
             Some((k, v)) => match v.upgrade() {
-                Some(v) if k == key => Ok(Some(v)),
+                Some(v) if k.as_ref() == Some(key) => Ok(Some(v)),
                 Some(_) => Err(RegistryError::ViewIdTaken(id)),
                 None => Ok(None),
             },
             None => Ok(None),
         }
+    }
+
+    /// The subtree views a new view of `tree` shows its top-level
+    /// directories `top` through: live ones of the same key, else new ones
+    /// (from `prepared`, copies made outside the lock). `wanted`: a view
+    /// taken over, whose directories keep the subtree view ids a previous
+    /// service process gave them (and the others their own node ids).
+    fn shares(
+        &mut self,
+        tree: &Tree,
+        top: &[(u32, SubtreeKey)],
+        mut prepared: HashMap<SubtreeKey, Tree>,
+        wanted: Option<&[(u32, u32)]>,
+    ) -> Shares {
+        let mut list = Vec::new();
+        for (index, key) in top {
+            let want = match wanted {
+                Some(w) => match w.iter().find(|(i, _)| i == index) {
+                    Some((_, id)) => Some(*id),
+                    None => continue,
+                },
+                None => None,
+            };
+            let live = self.subtrees.get(key).and_then(Weak::upgrade);
+            let view = match (live, want) {
+                (Some(v), None) => v,
+                (Some(v), Some(id)) if v.id == id => v,
+                (live, want) => {
+                    let id = match want {
+                        // Its old id, unless something else has it now.
+                        Some(id) => match self
+                            .by_id
+                            .get(&id)
+                            .is_some_and(|(_, w)| w.strong_count() > 0)
+                            || id == 0
+                            || id == crate::content::CONTENT_VIEW
+                        {
+                            true => continue,
+                            false => id,
+                        },
+                        None => match self
+                            .last_view
+                            .checked_add(1)
+                            .filter(|id| *id < crate::content::CONTENT_VIEW)
+                        {
+                            Some(id) => id,
+                            None => continue,
+                        },
+                    };
+                    let sub = match prepared.remove(key) {
+                        Some(t) => Arc::new(t),
+                        None => match tree.subtree(*index) {
+                            Some(t) => Arc::new(t),
+                            None => continue,
+                        },
+                    };
+                    let v = Arc::new(crate::shared::subtree_view(id, sub));
+                    self.last_view = self.last_view.max(id);
+                    self.by_id.insert(id, (None, Arc::downgrade(&v)));
+                    // The one new views of the key share (a view taken
+                    // over may keep another of the key, whose id the
+                    // kernel knows too).
+                    if live.is_none() {
+                        self.subtrees.insert(*key, Arc::downgrade(&v));
+                    }
+                    v
+                }
+            };
+            list.push((*index, view));
+        }
+        Shares::new(list)
     }
 }
 
@@ -199,6 +279,14 @@ impl Registry {
                         (Arc::new(tree), mtime)
                     }
                 };
+                // The top-level directories it may show through subtree
+                // views, and copies of those no live view shares yet
+                // (made outside the lock).
+                let top = match key.bound || spec.edit.is_some() {
+                    true => Vec::new(),
+                    false => crate::shared::top_dirs(&tree, spec.owner_uid),
+                };
+                let prepared = self.prepare_subtrees(&tree, &top);
                 let edit = match &spec.edit {
                     Some(e) => {
                         let upper =
@@ -237,6 +325,7 @@ impl Registry {
                                 .ok_or(RegistryError::OutOfViewIds)?,
                         };
                         inner.last_view = inner.last_view.max(id);
+                        let shares = inner.shares(&tree, &top, prepared, spec.shared.as_deref());
                         let v = Arc::new(View {
                             id,
                             layers: key.layers.clone(),
@@ -244,8 +333,11 @@ impl Registry {
                             mtime,
                             bound: key.bound,
                             edit,
+                            shares,
                         });
-                        inner.by_id.insert(id, (key.clone(), Arc::downgrade(&v)));
+                        inner
+                            .by_id
+                            .insert(id, (Some(key.clone()), Arc::downgrade(&v)));
                         // A view taken over is shared only if its key has
                         // no live view yet.
                         if inner.views.get(&key).is_none_or(|w| w.strong_count() == 0) {
@@ -273,7 +365,27 @@ impl Registry {
         Ok(rt)
     }
 
-    /// The live view with id `id`.
+    /// Copies of the top-level directories `top` of `tree` that no live
+    /// subtree view holds yet, by key.
+    fn prepare_subtrees(
+        &self,
+        tree: &Tree,
+        top: &[(u32, SubtreeKey)],
+    ) -> HashMap<SubtreeKey, Tree> {
+        let missing: Vec<(u32, SubtreeKey)> = {
+            let inner = self.read();
+            top.iter()
+                .filter(|(_, k)| inner.subtrees.get(k).is_none_or(|w| w.strong_count() == 0))
+                .copied()
+                .collect()
+        };
+        missing
+            .into_iter()
+            .filter_map(|(index, key)| Some((key, tree.subtree(index)?)))
+            .collect()
+    }
+
+    /// The live view with id `id` (a subtree view's included).
     pub fn view(&self, id: u32) -> Option<Arc<View>> {
         self.read().by_id.get(&id).and_then(|(_, v)| v.upgrade())
     }
@@ -312,6 +424,7 @@ impl Registry {
         }
         inner.views.retain(|_, v| v.strong_count() > 0);
         inner.by_id.retain(|_, (_, v)| v.strong_count() > 0);
+        inner.subtrees.retain(|_, v| v.strong_count() > 0);
         Some(rt)
     }
 
@@ -366,6 +479,7 @@ pub(crate) fn register_tree(
         bound: false,
         edit: None,
         view_id: None,
+        shared: None,
     };
     register_tree_as(registry, spec, layers, tree)
 }
@@ -397,6 +511,7 @@ mod tests {
             bound: false,
             edit: None,
             view_id: None,
+            shared: None,
         }
     }
 
@@ -453,6 +568,7 @@ mod tests {
             .register(
                 RuntimeSpec {
                     view_id: Some(7),
+                    shared: None,
                     ..spec("old")
                 },
                 vec![a],
@@ -466,6 +582,7 @@ mod tests {
             .register(
                 RuntimeSpec {
                     view_id: Some(7),
+                    shared: None,
                     ..spec("again")
                 },
                 vec![a],
@@ -478,6 +595,7 @@ mod tests {
         let taken = reg.register(
             RuntimeSpec {
                 view_id: Some(7),
+                shared: None,
                 ..spec("b")
             },
             vec![b],

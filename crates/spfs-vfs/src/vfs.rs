@@ -292,7 +292,10 @@ impl Vfs {
                 .map(Node::Content)
                 .ok_or(VfsError::NotFound);
         }
-        let view = view.filter(|v| v.id == vid).ok_or(VfsError::NotFound)?;
+        // The caller's own view, or a subtree view it shares.
+        let view = view
+            .and_then(|v| v.holding(vid))
+            .ok_or(VfsError::NotFound)?;
         if index == node::VIEW_ROOT_INDEX {
             return match view.bound {
                 true => Ok(Node::ViewRoot(view)),
@@ -305,6 +308,15 @@ impl Vfs {
             .get(index as usize)
             .ok_or(VfsError::NotFound)?;
         Ok(Node::Entry(view, index, entry))
+    }
+
+    /// The view whose tree holds node `n`'s entries: a subtree view's for
+    /// a node of one, else the caller's.
+    fn tree_view<'a>(n: &Node<'a>, caller: &'a View) -> &'a View {
+        match n {
+            Node::Entry(v, _, _) | Node::ViewRoot(v) => v,
+            Node::Root | Node::Content(_) => caller,
+        }
     }
 
     /// The directory number (in the view's tree) of a directory node.
@@ -400,7 +412,15 @@ impl Vfs {
     /// The attributes an entry is handed out with: its content node's for
     /// a public file (`counted`: as a reference the kernel will forget),
     /// else its own node's.
+    /// A top-level directory shown through a subtree view
+    /// ([`crate::shared`]) is handed out as that view's.
     fn handed_attr(&self, view: &View, index: u32, e: &Entry, counted: bool) -> Attr {
+        if let Some(sub) = view.shares.of_entry(index) {
+            let top = crate::shared::SUBTREE_TOP;
+            if let Some(t) = sub.tree.entries().get(top as usize) {
+                return Self::entry_attr(sub, top, t);
+            }
+        }
         match self.public_content(e) {
             Some(key) => Self::content_attr(self.content.intern(key, counted), &key),
             None => Self::entry_attr(view, index, e),
@@ -475,10 +495,12 @@ impl Vfs {
         }
         let p = self.resolve(view, parent)?;
         let dir = Self::dir_of(&p)?;
-        let view = view.ok_or(VfsError::NotFound)?;
-        if matches!(p, Node::Root) && view.bound {
+        let caller = view.ok_or(VfsError::NotFound)?;
+        if matches!(p, Node::Root) && caller.bound {
             return Err(VfsError::NotFound);
         }
+        // The tree the parent is in: the caller's, or a subtree view's.
+        let view = Self::tree_view(&p, caller);
         let index = view.tree.find(dir, name).ok_or(VfsError::NotFound)?;
         let e = &view.tree.entries()[index as usize];
         let entry_ttl = if parent == ROOT { NO_TTL } else { LONG_TTL };
@@ -594,11 +616,12 @@ impl Vfs {
             }
             pos = 2;
         }
-        let Some(view) = view else { return Ok(()) };
-        if matches!(n, Node::Root) && view.bound {
+        let Some(caller) = view else { return Ok(()) };
+        if matches!(n, Node::Root) && caller.bound {
             // Through the shared root, a bound runtime sees only the door.
             return Ok(());
         }
+        let view = Self::tree_view(&n, caller);
         let start = view.tree.children_start(dir);
         let kids = view.tree.children(dir);
         for (k, e) in kids.iter().enumerate().skip((pos - 2) as usize) {
@@ -1018,6 +1041,7 @@ mod tests {
             bound: true,
             edit: None,
             view_id: None,
+            shared: None,
         };
         crate::registry::register_tree_as(&vfs.registry, spec, vec![d], b.build().unwrap())
     }

@@ -29,11 +29,23 @@ pub struct View {
     /// The editing state of an editable view (its stack is then
     /// [`crate::edit::Editable::lower`], which a commit changes).
     pub edit: Option<crate::edit::Editable>,
+    /// The top-level directories shown through subtree views
+    /// ([`crate::shared`]); none for a bound, editable or subtree view.
+    pub shares: crate::shared::Shares,
 }
 
 impl View {
     /// The stack the view shows now, bottom first (an editable view's
     /// grows with each commit).
+    /// The view whose tree holds node ids of view id `id`, for a caller of
+    /// this view: this view, or a subtree view it shares.
+    pub fn holding(&self, id: u32) -> Option<&View> {
+        match id == self.id {
+            true => Some(self),
+            false => self.shares.by_id(id),
+        }
+    }
+
     pub fn stack(&self) -> Vec<Digest> {
         match &self.edit {
             Some(e) => e.stack(),

@@ -18,4 +18,5 @@ mod pagecache;
 mod readthrough;
 mod routing;
 mod runtimes;
+mod shared;
 mod systemd;

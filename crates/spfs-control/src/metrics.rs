@@ -120,6 +120,12 @@ pub fn render(s: &StatusResponse) -> String {
         s.entries,
     );
     o.one(
+        "spfs_vfs_shared_dirs",
+        Gauge,
+        "Subtree views alive (top-level directories of routed views named by their content, one node for every view of one owner that holds the same).",
+        s.shared_dirs as u64,
+    );
+    o.one(
         "spfs_vfs_content_nodes",
         Gauge,
         "Content nodes alive (one per distinct public file the kernel holds).",

@@ -7,7 +7,8 @@
 //! for as long as the kernel may remember it: a cached lookup, attribute or
 //! page for one view can never be returned for a node of another, and a
 //! process of one view that somehow presents another view's node id is
-//! refused.
+//! refused. (A subtree view, [`crate::shared`], is a view too: its nodes are
+//! reached by every view that shares it, and refused to the others.)
 //!
 //! A bound view (see [`crate::vfs`]) also has a root of its own, entry
 //! index [`VIEW_ROOT_INDEX`] of its view, which no tree entry uses (a tree

@@ -16,6 +16,10 @@
 //! (memory) but have their own node ids. Nor are they shared between a
 //! bound runtime and a routed one: the kernel would otherwise meet one
 //! directory inode under two parents (the shared root and the view's own).
+//!
+//! The registry also keeps the subtree views that routed views share
+//! ([`crate::shared`]): one per top-level directory of one owner's views
+//! with the same content, alive while a view shows it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -450,6 +454,15 @@ impl Registry {
             .values()
             .filter_map(Weak::upgrade)
             .collect()
+    }
+
+    /// Subtree views alive now (see [`crate::shared`]).
+    pub fn subtree_count(&self) -> usize {
+        self.read()
+            .subtrees
+            .values()
+            .filter(|v| v.strong_count() > 0)
+            .count()
     }
 
     /// Views alive now (for tests and status).

@@ -11,7 +11,11 @@
 //!   for every view and are cached;
 //! - every other node belongs to one immutable view, so its attributes,
 //!   names, symlink targets and pages are cached for [`LONG_TTL`], and so
-//!   are misses: a name missing from a view's directory stays missing.
+//!   are misses: a name missing from a view's directory stays missing. A
+//!   top-level directory that routed views of one owner hold alike belongs
+//!   to a *subtree view* they all share ([`crate::shared`]), so that the
+//!   kernel's entry for it, and its cache below, stay valid whichever of
+//!   them walks through it.
 //!
 //! A *bound* view has a root directory of its own ([`node::view_root`]),
 //! which its runtime's processes reach by the name [`VIEW_DOOR`] in the

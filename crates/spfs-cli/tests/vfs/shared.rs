@@ -71,6 +71,8 @@ fn alike_top_level_directories_keep_their_cache_across_runtimes_and_restarts() {
     assert_eq!(ia.len(), 4, "{ia:?}");
     assert_eq!(ia[..3], ib[..3], "base, base/x, base/x/f: one node each");
     assert_ne!(ia[3], ib[3], "own differs: a node per view");
+    // base, a's own and b's own (b's view is kept warm).
+    assert_eq!(w.status().expect("status")["shared_dirs"], 3);
 
     // B's lookups left A's cached names below the root alone: A's walk
     // asks for the root's name only.

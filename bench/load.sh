@@ -568,6 +568,9 @@ phase() {
 	if [ "$mode" != native ]; then
 		rec "$name.rss_after_kb" "$(rss_kb "$WORKER")"
 		rec "$name.worker_cpu_s" "$(python3 -c "print(($(cpu_ticks "$WORKER") - $svc0) / $TICK)")"
+		# The service's own time per LOOKUP (since it started: the load
+		# phase's requests outnumber the single one's many times).
+		rec "$name.service_lookup_us" "$("$SPFS_VFS" status --json | python3 -c 'import json, sys; o = json.load(sys.stdin)["ops"]["lookup"]; print(o["p50_seconds"] * 1e6, o["p99_seconds"] * 1e6)')"
 		[ "$(status_field pid)" = "$WORKER" ] || { echo "the service's worker changed during the run" >&2; exit 1; }
 	fi
 	touch "$ctl/end"
@@ -710,6 +713,9 @@ for block in [f"native|{p}" for p in pins] + [f"{m}|{p}" for m in modes for p in
         for k in ("worker_cpu_s", "worker_cpu_registration_s", "launch_all_ready_s", "wall_s"):
             if r(k) is not None:
                 row[k] = float(r(k))
+        svc = (r("service_lookup_us") or "").split()
+        if len(svc) == 2:
+            row["service_lookup_p50_us"], row["service_lookup_p99_us"] = float(svc[0]), float(svc[1])
         req = (r("requests") or "").split()
         if len(req) == 2 and tot["rounds"]:
             row["lookups_per_round"] = int(req[0]) / tot["rounds"]
@@ -782,6 +788,9 @@ for x in rows:
         print(f"  {'':<7} {'':<9} {'':<6} FUSE requests: {x['requests_per_s']:.0f}/s; per reader round (2 opens, 4 stats,"
               f" 1/50 listing): {x['lookups_per_round']:.1f} LOOKUP + {x['other_requests_per_round']:.1f} other;"
               f" worker CPU per request {x.get('worker_cpu_s', 0) / max(1, x['requests_per_s'] * x.get('wall_s', 1)) * 1e6:.0f} us")
+    if "service_lookup_p99_us" in x:
+        print(f"  {'':<7} {'':<9} {'':<6} LOOKUP inside the service (status, since it started): p50"
+              f" {x['service_lookup_p50_us']:.1f} us, p99 {x['service_lookup_p99_us']:.1f} us")
     want_bound = x["runtimes"] if x["mode"] == "bound" else 0
     if x.get("bound_runtimes") != want_bound:
         print(f"  WARNING: {x['mode']} asked but {x.get('bound_runtimes')} of {x['runtimes']} runtimes are bound")

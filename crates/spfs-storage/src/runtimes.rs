@@ -3,7 +3,9 @@
 //! `spfs run` writes one JSON record per runtime under `runtimes/`; the VFS
 //! service removes it when the runtime's process tree has exited. A record
 //! belongs to the user who wrote it: in a shared repository `runtimes/` is
-//! sticky, so only that user and root can replace or remove it.
+//! sticky, so only that user and root can replace or remove it. What a
+//! record says of its owner and its name is not believed: a record read
+//! back is its file owner's, named by its file.
 
 use std::fs;
 use std::io::Read;
@@ -125,9 +127,12 @@ impl FsRepository {
                 path: self.root().join(&rel),
                 message: e.to_string(),
             })?;
-        // Whoever wrote the file owns the runtime, whatever it says: in a
-        // shared repository anyone may write a record claiming anyone.
+        // Whoever wrote the file owns the runtime, and the file's name is
+        // the runtime's, whatever it says: in a shared repository anyone
+        // may write a record claiming anyone, or naming another runtime
+        // (which whoever acts on the record by its name would then touch).
         record.owner_uid = owner;
+        record.name = name.to_string();
         Ok(record)
     }
 

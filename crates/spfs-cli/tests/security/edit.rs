@@ -177,3 +177,66 @@ fn another_user_cannot_change_or_resume_a_users_runtime() {
         0o700
     );
 }
+
+/// A record names its runtime by its file: one a user writes naming
+/// another user's runtime makes neither the service (at start, after a
+/// commit) nor root's `spfs runtime prune` touch that runtime's record or
+/// kept edits.
+#[test]
+fn a_record_naming_another_runtime_touches_nothing_of_it() {
+    require_vfs!();
+    let w = shared_world();
+    let (alice, bob) = (TestUser::new(), TestUser::new());
+    let kept = run_as(
+        &w,
+        &bob,
+        &["--keep-runtime", "--runtime-name", "bkeep", "-"],
+        "echo bob-work > notes",
+    );
+    ok(&kept, "bob's durable runtime");
+    let mp = w.mnt.display();
+    let forged = format!(
+        r#"{{"name":"bkeep","spec":"-","layers":[],"root_pid":1,"owner_uid":0,"created":0,"mountpoint":"{mp}","command":["x"],"cgroup":"","bound":false,"editable":false,"keep":false}}"#
+    );
+    let rec = w.repo.join("runtimes/a-forge.json");
+    let out = alice
+        .command(&w, "sh")
+        .args(["-c", &format!("cat > {}", rec.display())])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .expect("stdin")
+                .write_all(forged.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("forge");
+    ok(&out, "alice writes a record");
+    // Alice's own editable runtime renames its record to bob's and commits
+    // (the service then rewrites the record it knows by name).
+    let out = run_as(
+        &w,
+        &alice,
+        &["--edit", "--runtime-name", "a1", "-"],
+        &format!(
+            "R={}/runtimes; sed -i 's/\"name\": \"a1\"/\"name\": \"bkeep\"/' $R/a1.json && \
+             echo y > f && spfs commit layer > /dev/null",
+            w.repo.display()
+        ),
+    );
+    ok(&out, "alice commits");
+    ok(&w.vfs(&["service", "--restart"]), "restart");
+    ok(&w.spfs(&["runtime", "prune"]), "root prunes");
+    let record = w.repo.join("runtimes/bkeep.json");
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(&record).expect("bob's record stays"),
+    );
+    assert_eq!(owner, bob.uid, "bob's record is still bob's");
+    let text = std::fs::read_to_string(&record).expect("record");
+    assert!(text.contains("\"keep\": true"), "{text}");
+    let out = run_as(&w, &bob, &["--rerun", "bkeep"], "cat notes");
+    ok(&out, "bob runs his runtime again");
+    assert_eq!(stdout(&out), "bob-work\n");
+}

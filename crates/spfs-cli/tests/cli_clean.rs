@@ -496,7 +496,7 @@ fn clean_waits_for_writers_and_names_the_lock() {
     env.commit(&dir, &[]);
     let before = env.snapshot();
     let writer = fs::File::open(env.root.join("locks/gc")).unwrap();
-    rustix::fs::flock(&writer, rustix::fs::FlockOperation::LockShared).unwrap();
+    spfs_storage::gc::lock(&writer, rustix::fs::FlockOperation::LockShared).unwrap();
     let start = Instant::now();
     let out = env.run(&["clean", "-y", "--lock-timeout", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -250,6 +250,7 @@ impl Bound {
                 handler,
                 token,
                 require_token,
+                in_flight: Arc::default(),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES)
         };
@@ -377,6 +378,61 @@ struct Service {
     handler: Arc<dyn ControlHandler>,
     token: Option<Arc<str>>,
     require_token: bool,
+    /// Requests under way per user (see [`MAX_IN_FLIGHT_PER_USER`]).
+    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+}
+
+/// Requests one user (other than root, or a token holder) may have under
+/// way at once. Every request runs on one shared pool of threads (tokio's
+/// blocking pool, 512): without a bound, one user's requests that wait
+/// (for a lock, a registration slot) could take them all, and every other
+/// user's `status`, `list` or `spfs run` would wait behind them.
+pub const MAX_IN_FLIGHT_PER_USER: usize = 16;
+
+/// One request of a user counted under way, until dropped.
+struct InFlight {
+    table: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl InFlight {
+    /// Count a request of `caller`; `None` when the caller has
+    /// [`MAX_IN_FLIGHT_PER_USER`] under way (root and token holders are
+    /// not counted: `Some` without a count).
+    fn enter(
+        table: &Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+        caller: &Caller,
+    ) -> Result<Option<InFlight>, Status> {
+        let uid = match caller.uid {
+            Some(uid) if uid != 0 && !caller.via_token => uid,
+            _ => return Ok(None),
+        };
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(uid).or_default();
+        if *n >= MAX_IN_FLIGHT_PER_USER {
+            return Err(Status::resource_exhausted(format!(
+                "user {uid} has {MAX_IN_FLIGHT_PER_USER} requests under way in the VFS service; \
+                 wait for them to finish"
+            )));
+        }
+        *n += 1;
+        Ok(Some(InFlight {
+            table: Arc::clone(table),
+            uid,
+        }))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Service {
@@ -390,12 +446,18 @@ impl Service {
         Resp: Send + 'static,
     {
         let caller = identify(&req, self.token.as_deref(), self.require_token)?;
+        // Counted until the handler returns (not when the client goes: the
+        // work goes on).
+        let counted = InFlight::enter(&self.in_flight, &caller)?;
         let handler = Arc::clone(&self.handler);
         let msg = req.into_inner();
-        tokio::task::spawn_blocking(move || f(&*handler, &caller, msg))
-            .await
-            .map_err(|e| Status::internal(format!("control handler failed: {e}")))?
-            .map(Response::new)
+        tokio::task::spawn_blocking(move || {
+            let _counted = counted;
+            f(&*handler, &caller, msg)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("control handler failed: {e}")))?
+        .map(Response::new)
     }
 }
 

@@ -10,8 +10,10 @@
 //! and it is pinned for the move so that the PID written can only be its
 //! own. The view is built before any process is touched.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use spfs_control::proto;
 use spfs_control::{Caller, ControlHandler};
@@ -133,36 +135,77 @@ impl Drop for Undo<'_> {
 
 /// Registrations the service works on at once; more wait their turn. Each
 /// may take up to a second when its process is slow to stop after the move
-/// (see `Process::pinned`), and every request of the control plane shares
+/// (see `Process::pinned`), or wait for `spfs clean` (the repository's
+/// garbage-collection lock), and every request of the control plane shares
 /// one pool of threads: this keeps `status`, `list` and `unmount`
-/// answering whatever registrations a user starts.
+/// answering whatever registrations users start.
 const CONCURRENT_REGISTRATIONS: usize = 16;
+/// Of those, what one user's take at most (so that one user's slow
+/// registrations leave the others room).
+const REGISTRATIONS_PER_USER: usize = 4;
+/// How long a registration waits for its turn before it is refused.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(60);
 
-/// A counting semaphore for registrations.
+/// A counting semaphore for registrations, with a share per user.
 #[derive(Default)]
 pub(crate) struct Slots {
-    busy: std::sync::Mutex<usize>,
+    busy: std::sync::Mutex<SlotsBusy>,
     freed: std::sync::Condvar,
 }
 
-struct Slot<'a>(&'a Slots);
+#[derive(Default)]
+struct SlotsBusy {
+    total: usize,
+    by_user: HashMap<u32, usize>,
+}
+
+struct Slot<'a>(&'a Slots, u32);
 
 impl Slots {
-    fn take(&self) -> Slot<'_> {
+    /// A registration slot for user `uid`, once one is free (and the user
+    /// holds fewer than [`REGISTRATIONS_PER_USER`]); refused after
+    /// [`REGISTRATION_WAIT`].
+    fn take(&self, uid: u32) -> Result<Slot<'_>, Status> {
+        let deadline = std::time::Instant::now() + REGISTRATION_WAIT;
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        while *busy >= CONCURRENT_REGISTRATIONS {
-            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mine = busy.by_user.get(&uid).copied().unwrap_or(0);
+            if busy.total < CONCURRENT_REGISTRATIONS && mine < REGISTRATIONS_PER_USER {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Status::unavailable(format!(
+                    "the VFS service is busy registering runtimes ({} at once, {mine} of them \
+                     user {uid}'s); try again",
+                    busy.total
+                )));
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
-        *busy += 1;
-        Slot(self)
+        busy.total += 1;
+        *busy.by_user.entry(uid).or_default() += 1;
+        Ok(Slot(self, uid))
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let mut busy = self.0.busy.lock().unwrap_or_else(|p| p.into_inner());
-        *busy -= 1;
-        self.0.freed.notify_one();
+        busy.total -= 1;
+        if let Some(n) = busy.by_user.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                busy.by_user.remove(&self.1);
+            }
+        }
+        // Waiters differ in what they wait for (a slot, or their share):
+        // all look again.
+        self.0.freed.notify_all();
     }
 }
 
@@ -318,7 +361,6 @@ impl ControlHandler for Handler {
             return Err(Status::invalid_argument("root_pid must be a process id"));
         }
         let spec = Self::check_spec(&req.spec)?;
-        let _slot = self.1.take();
         // From here on the process is named by its pidfd.
         let no_process = || Status::not_found(format!("no process {pid}"));
         let mut root = Process::open(pid).ok_or_else(no_process)?;
@@ -348,6 +390,8 @@ impl ControlHandler for Handler {
                 uids[0]
             )));
         }
+        // Its turn, once it is known to be the caller's to make.
+        let _slot = self.1.take(uids[0])?;
         let name = if req.runtime.is_empty() {
             spfs_storage::runtimes::new_runtime_name()
         } else if valid_runtime_name(&req.runtime) {

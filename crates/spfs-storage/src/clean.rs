@@ -816,7 +816,7 @@ mod tests {
         layer(&repo, &src, &[("g", "garbage")]);
         // A writer of another process holds the lock shared.
         let writer = std::fs::File::open(repo.gc_lock_path()).unwrap();
-        rustix::fs::flock(&writer, rustix::fs::FlockOperation::LockShared).unwrap();
+        crate::gc::lock(&writer, rustix::fs::FlockOperation::LockShared).unwrap();
         let c = Cleaner {
             lock_timeout: Duration::from_millis(200),
             ..cleaner(&repo, PruneOptions::default())

@@ -17,17 +17,23 @@
 //! deletion, and one that ended before it has its root in place: see
 //! `docs/clean.md` for the protocol and why it is safe.
 //!
-//! The locks are `flock`s, released by the kernel when their holder dies.
-//! `flock` locks belong to open file descriptions, so two descriptors of
-//! one process conflict like two processes do; guards are therefore
-//! counted per process and repository and share one descriptor: nested
-//! guards, and guards of many threads, never wait for each other. A process
-//! that holds the exclusive lock passes its own guards through.
+//! The locks are open file description locks (`fcntl(F_OFD_SETLK)`, see
+//! [`lock`]), released by the kernel when their holder dies. Like `flock`s
+//! they belong to open file descriptions, so two descriptors of one process
+//! conflict like two processes do; guards are therefore counted per process
+//! and repository and share one descriptor: nested guards, and guards of
+//! many threads, never wait for each other. A process that holds the
+//! exclusive lock passes its own guards through.
 //!
 //! In a shared repository `locks/` and its files are root's (0755, 0644):
-//! every user can open them to read (which is all a shared `flock` needs);
-//! only root can replace or remove them. On NFS an exclusive lock needs a
-//! descriptor open for writing, so clean opens them read-write.
+//! every user can open them to read, which is all a shared (read) lock
+//! needs, and only root can replace or remove them. An exclusive (write)
+//! lock needs a descriptor open for writing, so only the files' owner can
+//! hold writers off: root, in a shared repository (clean opens them
+//! read-write). With `flock`, which locks a read-only descriptor
+//! exclusively too, any user could stop every commit and every runtime's
+//! registration for as long as they liked. (Every spfs process must lock
+//! them the same way: `flock`s and these locks do not see each other.)
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -35,7 +41,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{FlockOperation, OFlags, flock};
+use std::os::fd::{AsFd, AsRawFd};
+
+use rustix::fs::{FlockOperation, OFlags};
 use rustix::io::Errno;
 
 use crate::beneath::{self, NewDirs};
@@ -131,6 +139,41 @@ impl Drop for GcLock {
     }
 }
 
+/// Apply `op` to the lock file open as `fd`: an open file description
+/// lock on the whole file (`fcntl` `F_OFD_SETLK`, or `F_OFD_SETLKW` for the
+/// blocking operations). A shared lock needs `fd` open for reading, an
+/// exclusive one open for writing (`EBADF` otherwise); a conflict is
+/// `WOULDBLOCK`. What every spfs process uses on `locks/gc` and
+/// `locks/gc.queue` (see the module docs).
+pub fn lock(fd: &impl AsFd, op: FlockOperation) -> rustix::io::Result<()> {
+    let (cmd, kind) = match op {
+        FlockOperation::LockShared => (libc::F_OFD_SETLKW, libc::F_RDLCK),
+        FlockOperation::LockExclusive => (libc::F_OFD_SETLKW, libc::F_WRLCK),
+        FlockOperation::Unlock => (libc::F_OFD_SETLKW, libc::F_UNLCK),
+        FlockOperation::NonBlockingLockShared => (libc::F_OFD_SETLK, libc::F_RDLCK),
+        FlockOperation::NonBlockingLockExclusive => (libc::F_OFD_SETLK, libc::F_WRLCK),
+        FlockOperation::NonBlockingUnlock => (libc::F_OFD_SETLK, libc::F_UNLCK),
+    };
+    // SAFETY: an all-zero `flock` is a valid value (a lock of the whole
+    // file from its start; `l_pid` must be 0 for OFD locks).
+    let mut range: libc::flock = unsafe { std::mem::zeroed() };
+    range.l_type = kind as libc::c_short;
+    range.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: `fd` is an open descriptor for the call's duration and
+    // `range` a valid `flock` the kernel only reads.
+    let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), cmd, &range) };
+    if r != -1 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    Err(match err.raw_os_error() {
+        // POSIX lets a conflict be EACCES as well.
+        Some(libc::EACCES) | Some(libc::EAGAIN) => rustix::io::Errno::WOULDBLOCK,
+        Some(n) => rustix::io::Errno::from_raw_os_error(n),
+        None => rustix::io::Errno::IO,
+    })
+}
+
 /// How long a wait for the lock goes unmentioned.
 const QUIET_WAIT: Duration = Duration::from_secs(1);
 
@@ -146,7 +189,7 @@ fn lock_until(
     let start = Instant::now();
     let mut told = false;
     loop {
-        match flock(fd, op) {
+        match lock(fd, op) {
             Ok(()) => return Ok(true),
             Err(Errno::WOULDBLOCK | Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -334,14 +377,19 @@ impl FsRepository {
             ));
         }
         let deadline = Instant::now() + timeout;
-        // For writing where this user may (NFS needs it for an exclusive
-        // lock); a local filesystem locks a read-only descriptor too (root
-        // may have made the files in a user's repository).
-        let open = |rel| match self.open_lock_file(rel, true) {
+        // For writing: an exclusive lock needs it, which only the files'
+        // owner (root, in a shared repository) can have.
+        let open = |rel: &str| match self.open_lock_file(rel, true) {
             Err(StorageError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
-                self.open_lock_file(rel, false)
+                Err(StorageError::io("cannot lock", self.root().join(rel))(
+                    std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "cleaning needs to open it for writing, which only its owner may \
+                         (root, in a shared repository)",
+                    ),
+                ))
             }
             other => other,
         };
@@ -393,9 +441,9 @@ impl FsRepository {
 /// Whether `fd` could be locked as `op` right now (for tests).
 #[cfg(test)]
 fn free_for(fd: &impl std::os::fd::AsFd, op: FlockOperation) -> bool {
-    let ok = flock(fd, op).is_ok();
+    let ok = lock(fd, op).is_ok();
     if ok {
-        let _ = flock(fd, FlockOperation::Unlock);
+        let _ = lock(fd, FlockOperation::Unlock);
     }
     ok
 }
@@ -407,7 +455,31 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn other_fd(repo: &FsRepository) -> File {
-        File::open(repo.gc_lock_path()).unwrap()
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(repo.gc_lock_path())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_reader_of_the_lock_file_can_share_it_never_hold_writers_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        repo.make_lock_files().unwrap();
+        // What a user who may only read root's lock file can open.
+        let reader = File::open(repo.gc_lock_path()).unwrap();
+        assert_eq!(
+            lock(&reader, FlockOperation::NonBlockingLockExclusive),
+            Err(rustix::io::Errno::BADF)
+        );
+        lock(&reader, FlockOperation::NonBlockingLockShared).unwrap();
+        // Writers share it with the reader.
+        drop(repo.write_guard().unwrap());
+        // Clean waits for it like for any writer.
+        assert!(repo.gc_lock(Duration::from_millis(100), || {}).is_err());
+        drop(reader);
+        drop(repo.gc_lock(Duration::from_millis(100), || {}).unwrap());
     }
 
     #[test]
@@ -457,7 +529,7 @@ mod tests {
         // A writer of another process: a shared lock on its own open file
         // description.
         let writer = other_fd(&repo);
-        flock(&writer, FlockOperation::LockShared).unwrap();
+        lock(&writer, FlockOperation::LockShared).unwrap();
         let start = Instant::now();
         let mut waited = false;
         let err = repo
@@ -536,8 +608,12 @@ mod tests {
         for rel in [GC_LOCK, GC_QUEUE] {
             // Another process's clean: an exclusive lock on its own
             // descriptor.
-            let clean = File::open(repo.root().join(rel)).unwrap();
-            flock(&clean, FlockOperation::LockExclusive).unwrap();
+            let clean = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(repo.root().join(rel))
+                .unwrap();
+            lock(&clean, FlockOperation::LockExclusive).unwrap();
             let writer = {
                 let repo = repo.clone();
                 std::thread::spawn(move || {
@@ -556,7 +632,11 @@ mod tests {
         // The turnstile is not kept by writers: a clean that arrives while
         // a writer works takes it and waits only for the lock.
         let guard = repo.write_guard().unwrap();
-        let queue = File::open(repo.root().join(GC_QUEUE)).unwrap();
+        let queue = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(repo.root().join(GC_QUEUE))
+            .unwrap();
         assert!(free_for(&queue, FlockOperation::NonBlockingLockExclusive));
         drop(guard);
     }

@@ -543,3 +543,97 @@ fn a_runtime_record_belongs_to_whoever_wrote_it() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["owner_uid"], b.uid, "the record is B's");
 }
+
+/// One user holding the repository's garbage-collection lock as hard as
+/// they can, while flooding the service with registrations, holds off
+/// neither another user's `spfs run` nor root's `spfs-vfs status`.
+#[test]
+fn a_user_cannot_hold_off_others_registrations_or_the_control_plane() {
+    require_vfs!();
+    let w = World::with_mode(Mode::Router);
+    ok(
+        &w.spfs(&["init", "repo", "--shared", w.repo.to_str().expect("utf8")]),
+        "init --shared",
+    );
+    w.commit("hold/a", &[("data", b"x")]);
+    w.start_service();
+    std::fs::set_permissions(
+        w.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let (alice, bob) = (crate::users::TestUser::new(), crate::users::TestUser::new());
+    let d = w.dir.path().display().to_string();
+    // Alice takes locks/gc every way a reader of it can: flock, and an
+    // exclusive open file description lock (what spfs uses).
+    let holder = format!(
+        r#"
+import fcntl, os, struct, sys, time
+fd = os.open("{repo}/locks/gc", os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+try:
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+    print("exclusive", flush=True)
+except OSError as e:
+    print("refused", e.errno, flush=True)
+open("{d}/held", "w").close()
+time.sleep(90)
+"#,
+        repo = w.repo.display()
+    );
+    let mut held = alice
+        .command(&w, "/usr/bin/python3")
+        .args(["-c", &holder])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("holder");
+    let held_path = format!("{d}/held");
+    if !wait_for(Duration::from_secs(20), || {
+        std::path::Path::new(&held_path).exists()
+    }) {
+        let _ = held.kill();
+        let out = held.wait_with_output().expect("holder");
+        panic!("the holder never held: {}{}", stdout(&out), stderr(&out));
+    }
+    // And floods: 40 registrations of her own processes and 200 of PID 1,
+    // all at once.
+    let flood = format!(
+        r#"for i in $(seq 40); do sleep 100 & timeout 60 "{SPFS_VFS}" mount --root-process $! hold/a >/dev/null 2>>{d}/flood.err & done
+for i in $(seq 200); do timeout 60 "{SPFS_VFS}" mount --root-process 1 hold/a >/dev/null 2>>{d}/flood.err & done
+wait"#
+    );
+    let mut flooding = alice
+        .command(&w, "sh")
+        .args(["-c", &flood])
+        .spawn()
+        .expect("flood");
+    std::thread::sleep(Duration::from_secs(3));
+    let status = w
+        .command("timeout")
+        .args(["10", SPFS_VFS, "status"])
+        .output()
+        .expect("status");
+    let bin = std::path::Path::new(SPFS).parent().expect("bin dir");
+    let run = bob
+        .command(&w, "timeout")
+        .args(["30", SPFS, "run", "hold/a", "--", "sh", "-c"])
+        .arg(format!("cat {}/data", w.mnt.display()))
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .expect("bob's run");
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-u", &alice.uid.to_string()])
+        .status();
+    let _ = flooding.wait();
+    let _ = held.kill();
+    let out = held.wait_with_output().expect("holder");
+    assert!(
+        stdout(&out).starts_with("refused 9"),
+        "a reader of the lock file took it exclusively: {}",
+        stdout(&out)
+    );
+    ok(&status, "root's status during the flood");
+    ok(&run, "bob's run during the flood");
+    assert_eq!(stdout(&run), "x");
+}

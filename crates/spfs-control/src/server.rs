@@ -250,7 +250,7 @@ impl Bound {
                 handler,
                 token,
                 require_token,
-                in_flight: Arc::default(),
+                turns: Arc::default(),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES)
         };
@@ -378,60 +378,47 @@ struct Service {
     handler: Arc<dyn ControlHandler>,
     token: Option<Arc<str>>,
     require_token: bool,
-    /// Requests under way per user (see [`MAX_IN_FLIGHT_PER_USER`]).
-    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+    /// Each user's turns (see [`MAX_IN_FLIGHT_PER_USER`]).
+    turns: Arc<Turns>,
 }
 
 /// Requests one user (other than root, or a token holder) may have under
-/// way at once. Every request runs on one shared pool of threads (tokio's
-/// blocking pool, 512): without a bound, one user's requests that wait
-/// (for a lock, a registration slot) could take them all, and every other
-/// user's `status`, `list` or `spfs run` would wait behind them.
+/// way at once; more wait (without a thread) for their turn, at most
+/// [`IN_FLIGHT_WAIT`]. Every request runs on one shared pool of threads
+/// (tokio's blocking pool, 512): without a bound, one user's requests that
+/// wait (for a lock, a registration slot) could take them all, and every
+/// other user's `status`, `list` or `spfs run` would wait behind them.
 pub const MAX_IN_FLIGHT_PER_USER: usize = 16;
+/// How long a user's request waits for one of their turns.
+pub const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// One request of a user counted under way, until dropped.
-struct InFlight {
-    table: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
-    uid: u32,
-}
+/// The turns of each user (see [`MAX_IN_FLIGHT_PER_USER`]).
+type Turns = std::sync::Mutex<std::collections::HashMap<u32, Arc<tokio::sync::Semaphore>>>;
 
-impl InFlight {
-    /// Count a request of `caller`; `None` when the caller has
-    /// [`MAX_IN_FLIGHT_PER_USER`] under way (root and token holders are
-    /// not counted: `Some` without a count).
-    fn enter(
-        table: &Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
-        caller: &Caller,
-    ) -> Result<Option<InFlight>, Status> {
-        let uid = match caller.uid {
-            Some(uid) if uid != 0 && !caller.via_token => uid,
-            _ => return Ok(None),
-        };
-        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-        let n = t.entry(uid).or_default();
-        if *n >= MAX_IN_FLIGHT_PER_USER {
-            return Err(Status::resource_exhausted(format!(
-                "user {uid} has {MAX_IN_FLIGHT_PER_USER} requests under way in the VFS service; \
-                 wait for them to finish"
-            )));
-        }
-        *n += 1;
-        Ok(Some(InFlight {
-            table: Arc::clone(table),
-            uid,
-        }))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = t.get_mut(&self.uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                t.remove(&self.uid);
-            }
-        }
+/// Wait for one of `caller`'s turns (root and token holders have no
+/// bound: `None`).
+async fn take_turn(
+    turns: &Turns,
+    caller: &Caller,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
+    let uid = match caller.uid {
+        Some(uid) if uid != 0 && !caller.via_token => uid,
+        _ => return Ok(None),
+    };
+    let mine = Arc::clone(
+        turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(uid)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_USER))),
+    );
+    match tokio::time::timeout(IN_FLIGHT_WAIT, mine.acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        _ => Err(Status::resource_exhausted(format!(
+            "user {uid} has had {MAX_IN_FLIGHT_PER_USER} requests under way in the VFS service \
+             for {} s; try again when they finish",
+            IN_FLIGHT_WAIT.as_secs()
+        ))),
     }
 }
 
@@ -446,13 +433,13 @@ impl Service {
         Resp: Send + 'static,
     {
         let caller = identify(&req, self.token.as_deref(), self.require_token)?;
-        // Counted until the handler returns (not when the client goes: the
-        // work goes on).
-        let counted = InFlight::enter(&self.in_flight, &caller)?;
+        // The turn is held until the handler returns (not when the client
+        // goes: the work goes on).
+        let turn = take_turn(&self.turns, &caller).await?;
         let handler = Arc::clone(&self.handler);
         let msg = req.into_inner();
         tokio::task::spawn_blocking(move || {
-            let _counted = counted;
+            let _turn = turn;
             f(&*handler, &caller, msg)
         })
         .await

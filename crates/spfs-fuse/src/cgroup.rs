@@ -311,12 +311,14 @@ impl Watcher {
         Ok(())
     }
 
-    /// Stop watching the cgroup of runtime `name` (it was dropped).
-    pub fn unwatch(&self, name: &str) {
+    /// Stop watching cgroup `path` of runtime `name` (it was dropped).
+    /// Only that cgroup's watch: a runtime registered meanwhile under the
+    /// same name, in another cgroup, keeps its own.
+    pub fn unwatch(&self, name: &str, path: &str) {
         let mut w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
         let wds: Vec<i32> = w
             .iter()
-            .filter(|(_, n)| n.name == name)
+            .filter(|(_, n)| n.name == name && n.path == path)
             .map(|(wd, _)| *wd)
             .collect();
         for wd in wds {

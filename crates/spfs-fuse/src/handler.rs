@@ -126,7 +126,7 @@ impl Drop for Undo<'_> {
         }
         if let Some(path) = &self.cgroup {
             if let Some(w) = s.watcher.get() {
-                w.unwatch(self.name);
+                w.unwatch(self.name, path);
             }
             let _ = s.cgroups.remove(path);
         }

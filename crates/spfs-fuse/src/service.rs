@@ -507,7 +507,7 @@ impl State {
             && let Some(b) = bound.remove(name)
         {
             if let Some(w) = self.watcher.get() {
-                w.unwatch(name);
+                w.unwatch(name, &b.cgroup);
             }
             let _ = self.cgroups.remove(&b.cgroup);
         }

@@ -31,9 +31,9 @@
 //! content ([`crate::content`]): one node, and so one copy of its pages in
 //! the kernel, for every view that holds the same file.
 //!
-//! A view is shared by every runtime of the same stack, whoever owns it,
-//! but what a view names is not everyone's to read: manifests are written
-//! by users and may name any digest. So the operations that serve a
+//! A view is shared by the runtimes of one stack and one owner (see
+//! [`crate::registry`]); what it names is not everyone's to read all the
+//! same: manifests are written by users and may name any digest. So the operations that serve a
 //! payload's bytes ([`Vfs::open`], [`Vfs::readlink`]) also take the uid of
 //! the runtime's owner, and serve only a copy of the payload that user
 //! could read straight from the repository

@@ -340,13 +340,6 @@ fn make_area(path: &std::path::Path, uid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The primary group of process `pid` (its effective gid).
-fn primary_gid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("Gid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
 impl ControlHandler for Handler {
     fn mount(
         &self,
@@ -456,7 +449,9 @@ impl ControlHandler for Handler {
                 }
                 Some(spfs_vfs::EditSpec {
                     upper,
-                    owner_gid: primary_gid(pid).unwrap_or(0),
+                    // The group its files are made with (read through the
+                    // pidfd, as everything of the process is).
+                    owner_gid: root.info.egid,
                     writable: true,
                 })
             }

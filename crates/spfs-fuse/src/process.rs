@@ -88,6 +88,8 @@ pub struct PidfdInfo {
     pub ppid: u32,
     /// Real, effective, saved and filesystem user ids.
     pub uids: [u32; 4],
+    /// Its effective group id.
+    pub egid: u32,
 }
 
 /// Ask the kernel about a pidfd's process. `Ok(None)`: this kernel has no
@@ -122,6 +124,7 @@ pub fn pidfd_info(pidfd: &impl AsFd) -> io::Result<Option<PidfdInfo>> {
         tgid: raw.tgid,
         ppid: raw.ppid,
         uids: [raw.ruid, raw.euid, raw.suid, raw.fsuid],
+        egid: raw.egid,
     }))
 }
 
@@ -133,17 +136,19 @@ pub fn cgroup_path_of(tid: u32) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The real, effective, saved and filesystem uids and the parent of `pid`,
-/// from `/proc` (for kernels without `PIDFD_GET_INFO`).
-fn proc_status(pid: u32) -> Option<([u32; 4], u32)> {
+/// The real, effective, saved and filesystem uids, the effective gid and
+/// the parent of `pid`, from `/proc` (for kernels without
+/// `PIDFD_GET_INFO`).
+fn proc_status(pid: u32) -> Option<([u32; 4], u32, u32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name));
     let mut ids = field("Uid:")?
         .split_whitespace()
         .map(|u| u.parse::<u32>().ok());
     let uids = [ids.next()??, ids.next()??, ids.next()??, ids.next()??];
+    let egid = field("Gid:")?.split_whitespace().nth(1)?.parse().ok()?;
     let ppid = field("PPid:")?.trim().parse().ok()?;
-    Some((uids, ppid))
+    Some((uids, egid, ppid))
 }
 
 /// A process named by a pidfd, and what is known about it.
@@ -178,7 +183,7 @@ impl Process {
         }
         // Older kernels: read /proc, then prove with the pidfd that the
         // process we read about was still the one it names.
-        let (uids, ppid) = proc_status(pid)?;
+        let (uids, egid, ppid) = proc_status(pid)?;
         let cgroup_id = cgroup_path_of(pid)
             .and_then(|p| crate::cgroup::cgroup_id(&p).ok())
             .unwrap_or(0);
@@ -187,6 +192,7 @@ impl Process {
             tgid: pid,
             ppid,
             uids,
+            egid,
         })
     }
 

@@ -388,6 +388,19 @@ EOF
 cc -O2 -Wall -Werror -o "$W/reader" "$W/reader.c"
 READER="$W/reader"
 
+# One line of what the service says of its views, shared directories and
+# routing (from `spfs-vfs status --json` on stdin).
+SERVICE_SUMMARY=$(cat <<'PY'
+import json, sys
+s = json.load(sys.stdin)
+r = s["routing"]
+o = s["ops"]
+print(f"{s['views']} views, {s['shared_dirs']} shared directories, {s['content_nodes']} content nodes;"
+      f" routing: {r['cache_hits']} cached, {r['cache_misses']} looked up, {r['unrouted']} from no runtime;"
+      f" lookups {o['lookup']['count']} ({o['lookup']['errors']} failed), forgets {o.get('forget', {}).get('count', 0)}"
+      f" + {o.get('batch_forget', {}).get('count', 0)} batches")
+PY
+)
 status_field() { "$SPFS_VFS" status --json | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 bind_of() { case $1 in bound) echo auto ;; *) echo never ;; esac; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
@@ -571,6 +584,8 @@ phase() {
 		# The service's own time per LOOKUP (since it started: the load
 		# phase's requests outnumber the single one's many times).
 		rec "$name.service_lookup_us" "$("$SPFS_VFS" status --json | python3 -c 'import json, sys; o = json.load(sys.stdin)["ops"]["lookup"]; print(o["p50_seconds"] * 1e6, o["p99_seconds"] * 1e6)')"
+		# Views, shared directories and routing, as the service counts them.
+		rec "$name.service_views" "$("$SPFS_VFS" status --json | python3 -c "$SERVICE_SUMMARY")"
 		[ "$(status_field pid)" = "$WORKER" ] || { echo "the service's worker changed during the run" >&2; exit 1; }
 	fi
 	touch "$ctl/end"
@@ -713,6 +728,8 @@ for block in [f"native|{p}" for p in pins] + [f"{m}|{p}" for m in modes for p in
         for k in ("worker_cpu_s", "worker_cpu_registration_s", "launch_all_ready_s", "wall_s"):
             if r(k) is not None:
                 row[k] = float(r(k))
+        if r("service_views"):
+            row["service_views"] = r("service_views")
         svc = (r("service_lookup_us") or "").split()
         if len(svc) == 2:
             row["service_lookup_p50_us"], row["service_lookup_p99_us"] = float(svc[0]), float(svc[1])
@@ -788,6 +805,8 @@ for x in rows:
         print(f"  {'':<7} {'':<9} {'':<6} FUSE requests: {x['requests_per_s']:.0f}/s; per reader round (2 opens, 4 stats,"
               f" 1/50 listing): {x['lookups_per_round']:.1f} LOOKUP + {x['other_requests_per_round']:.1f} other;"
               f" worker CPU per request {x.get('worker_cpu_s', 0) / max(1, x['requests_per_s'] * x.get('wall_s', 1)) * 1e6:.0f} us")
+    if r_views := x.get("service_views"):
+        print(f"  {'':<7} {'':<9} {'':<6} service: {r_views}")
     if "service_lookup_p99_us" in x:
         print(f"  {'':<7} {'':<9} {'':<6} LOOKUP inside the service (status, since it started): p50"
               f" {x['service_lookup_p50_us']:.1f} us, p99 {x['service_lookup_p99_us']:.1f} us")

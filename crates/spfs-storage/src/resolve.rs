@@ -257,11 +257,21 @@ mod tests {
         let started = Instant::now();
         let err = repo.flatten(&spec).unwrap_err();
         assert!(
-            matches!(err, StorageError::StackTooLarge { limit: MAX_STACK_LAYERS, .. }),
+            matches!(
+                err,
+                StorageError::StackTooLarge {
+                    limit: MAX_STACK_LAYERS,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("1000 layers"), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
@@ -271,7 +281,11 @@ mod tests {
         let full = platform(&repo, all.clone());
         let started = Instant::now();
         assert_eq!(repo.flatten(&vec![full; 1000]).unwrap(), all);
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
@@ -292,7 +306,13 @@ mod tests {
             .collect();
         let err = repo.flatten(&tops).unwrap_err();
         assert!(
-            matches!(err, StorageError::StackTooLarge { limit: MAX_FLATTEN_VISITS, .. }),
+            matches!(
+                err,
+                StorageError::StackTooLarge {
+                    limit: MAX_FLATTEN_VISITS,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -304,6 +324,9 @@ mod tests {
         for _ in 0..=MAX_DEPTH {
             top = platform(&repo, vec![top]);
         }
-        assert!(matches!(repo.flatten(&[top]), Err(StorageError::TooDeep(_))));
+        assert!(matches!(
+            repo.flatten(&[top]),
+            Err(StorageError::TooDeep(_))
+        ));
     }
 }

@@ -664,10 +664,12 @@ mod tests {
         reg.register(mine("two"), vec![a], built(tree(3))).unwrap();
         assert_eq!(reg.entries_held_by(1000), per_tree);
         // Another stack's tree counts; another owner's runtimes do not.
-        reg.register(mine("three"), vec![b], built(tree(5))).unwrap();
+        reg.register(mine("three"), vec![b], built(tree(5)))
+            .unwrap();
         let both = reg.entries_held_by(1000);
         assert!(both >= per_tree + 5, "{both}");
-        reg.register(spec("root's"), vec![b], built(tree(5))).unwrap();
+        reg.register(spec("root's"), vec![b], built(tree(5)))
+            .unwrap();
         assert_eq!(reg.entries_held_by(1000), both);
         reg.remove("three");
         assert_eq!(reg.entries_held_by(1000), per_tree);

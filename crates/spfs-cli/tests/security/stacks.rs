@@ -126,7 +126,10 @@ fn the_entries_of_a_users_runtimes_are_bounded() {
     w.start_service_with(&[("SPFS_VFS_MAX_ENTRIES_PER_USER", "45")]);
     let (mallory, bob) = (TestUser::new(), TestUser::new());
     let roots: Vec<Sleeper> = (0..3).map(|_| Sleeper::new(&w, &mallory)).collect();
-    ok(&mount_as(&w, &mallory, &roots[0], "wide/a"), "a first stack");
+    ok(
+        &mount_as(&w, &mallory, &roots[0], "wide/a"),
+        "a first stack",
+    );
     let out = mount_as(&w, &mallory, &roots[1], "wide/b");
     assert!(!out.status.success(), "a second tree past the bound");
     let err = stderr(&out);

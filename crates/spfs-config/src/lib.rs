@@ -90,7 +90,17 @@ pub struct VfsConfig {
     /// with its status in the Prometheus text format; empty (the default):
     /// none (the control socket's `spfs-vfs metrics` gives the same text).
     pub metrics_listen: String,
+    /// The most entries (files, directories, symlinks) that the merged
+    /// trees of one non-root user's runtimes may hold together, each
+    /// distinct tree counted once (an entry costs the service about
+    /// 100–150 bytes of memory); a registration past it is refused. Root's
+    /// runtimes are not bounded.
+    pub max_entries_per_user: u32,
 }
+
+/// The default `vfs.max_entries_per_user`: about 2–3 GiB of the service's
+/// memory, a hundred times a large studio environment.
+pub const MAX_ENTRIES_PER_USER: u32 = 20_000_000;
 
 /// When `spfs run` binds its runtime's view (see [`VfsConfig::bind_views`]).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -179,6 +189,7 @@ impl Default for VfsConfig {
             remote_timeout: 30,
             remote_ranged_reads: false,
             metrics_listen: String::new(),
+            max_entries_per_user: MAX_ENTRIES_PER_USER,
         }
     }
 }
@@ -210,6 +221,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("vfs", "remote_timeout", Kind::Int),
     ("vfs", "remote_ranged_reads", Kind::Bool),
     ("vfs", "metrics_listen", Kind::Text),
+    ("vfs", "max_entries_per_user", Kind::Int),
 ];
 
 /// The environment variable that overrides `section.key`.

@@ -69,7 +69,9 @@ fn storage_status(e: StorageError) -> Status {
         | StorageError::UnknownTagVersion { .. } => Status::not_found(e.to_string()),
         StorageError::AmbiguousDigest { .. }
         | StorageError::Spec(_)
-        | StorageError::WrongKind { .. } => Status::invalid_argument(e.to_string()),
+        | StorageError::WrongKind { .. }
+        | StorageError::TooDeep(_) => Status::invalid_argument(e.to_string()),
+        StorageError::StackTooLarge { .. } => Status::resource_exhausted(e.to_string()),
         e => Status::internal(e.to_string()),
     }
 }
@@ -252,6 +254,27 @@ impl Handler {
             )));
         }
         Ok(spec)
+    }
+
+    /// Refuse a registration after which the trees of `owner`'s runtimes
+    /// would hold more than `vfs.max_entries_per_user` entries (root's
+    /// requests are not bounded). Called once the runtime is registered,
+    /// so that registrations under way at once each count the others (one
+    /// may be refused needlessly, none gets past the bound); the runtime
+    /// is then taken back.
+    fn check_entries(&self, caller: &Caller, owner: u32) -> Result<(), Status> {
+        let limit = self.0.max_entries_per_user;
+        if privileged(caller) {
+            return Ok(());
+        }
+        let held = self.0.vfs.registry.entries_held_by(owner);
+        if held <= limit {
+            return Ok(());
+        }
+        Err(Status::resource_exhausted(format!(
+            "user {owner}'s runtimes would hold {held} entries of views; at most {limit} \
+             are allowed per user (vfs.max_entries_per_user)"
+        )))
     }
 }
 
@@ -543,6 +566,7 @@ impl ControlHandler for Handler {
             editing,
             armed: true,
         };
+        self.check_entries(caller, uids[0])?;
         // 2. Its cgroup, a child of the root process's own, watched and
         //    routed before any process joins it.
         let path = s.cgroups.runtime_path(&current, &name);

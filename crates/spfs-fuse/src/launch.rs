@@ -131,6 +131,11 @@ pub fn spawn_service(config: &Config) -> Result<std::process::Child, LaunchError
         ("vfs", "threads", config.vfs.threads.to_string()),
         ("vfs", "log_file", config.vfs.log_file.display().to_string()),
         ("vfs", "log_max_bytes", config.vfs.log_max_bytes.to_string()),
+        (
+            "vfs",
+            "max_entries_per_user",
+            config.vfs.max_entries_per_user.to_string(),
+        ),
     ];
     for (section, key, value) in vars {
         cmd.env(env_var_name(section, key), value);

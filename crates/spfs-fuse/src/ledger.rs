@@ -14,6 +14,11 @@
 //! never lets its successor hand out that id again for another view (the
 //! kernel may still hold node ids of it).
 //!
+//! The file holds each distinct stack once (runtimes of one view, and
+//! views of one stack, name it by its index), so its size grows with the
+//! distinct stacks, each of at most `spfs_storage::resolve::MAX_STACK_LAYERS`
+//! layers, not with the runtimes that share them.
+//!
 //! A service that starts on a mount point with a ledger takes over every
 //! runtime whose cgroup still has processes ([`crate::service`]); the
 //! others are dropped.
@@ -66,11 +71,106 @@ pub struct EditEntry {
     pub inodes_below: u32,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 struct Contents {
     /// No view id at or above this was handed out.
     view_ids_below: u32,
     runtimes: Vec<Entry>,
+}
+
+/// The ledger as written: each distinct stack once, entries naming it by
+/// index (their own `layers` left empty).
+#[derive(Serialize)]
+struct Written<'a> {
+    view_ids_below: u32,
+    stacks: Vec<&'a [String]>,
+    runtimes: Vec<WrittenEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WrittenEntry {
+    #[serde(flatten)]
+    entry: Entry,
+    /// The index of the entry's stack in `stacks` (`None`: in `layers`, as
+    /// ledgers written before stacks were shared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stack: Option<usize>,
+}
+
+/// The ledger as read (see [`Written`]).
+#[derive(Deserialize)]
+struct Read {
+    view_ids_below: u32,
+    #[serde(default)]
+    stacks: Vec<Vec<String>>,
+    runtimes: Vec<WrittenEntry>,
+}
+
+impl Contents {
+    fn encode(&self) -> serde_json::Result<Vec<u8>> {
+        let mut index: std::collections::HashMap<&[String], usize> = Default::default();
+        let mut stacks = Vec::new();
+        let runtimes = self
+            .runtimes
+            .iter()
+            .map(|e| {
+                let stack = *index.entry(e.layers.as_slice()).or_insert_with(|| {
+                    stacks.push(e.layers.as_slice());
+                    stacks.len() - 1
+                });
+                WrittenEntry {
+                    entry: e.clone_without_layers(),
+                    stack: Some(stack),
+                }
+            })
+            .collect();
+        serde_json::to_vec(&Written {
+            view_ids_below: self.view_ids_below,
+            stacks,
+            runtimes,
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Contents, String> {
+        let read: Read = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let runtimes = read
+            .runtimes
+            .into_iter()
+            .map(|w| match w.stack {
+                None => Ok(w.entry),
+                Some(i) => match read.stacks.get(i) {
+                    Some(layers) => Ok(Entry {
+                        layers: layers.clone(),
+                        ..w.entry
+                    }),
+                    None => Err(format!("runtime {} names no stack ({i})", w.entry.name)),
+                },
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Contents {
+            view_ids_below: read.view_ids_below,
+            runtimes,
+        })
+    }
+}
+
+impl Entry {
+    /// A copy of the entry but for its stack (which is left empty).
+    fn clone_without_layers(&self) -> Entry {
+        Entry {
+            name: self.name.clone(),
+            view_id: self.view_id,
+            layers: Vec::new(),
+            owner_uid: self.owner_uid,
+            bound: self.bound,
+            edit: self.edit.clone(),
+            cgroup: self.cgroup.clone(),
+            cgroup_id: self.cgroup_id,
+            root_pid: self.root_pid,
+            durable: self.durable,
+            shared: self.shared.clone(),
+        }
+    }
 }
 
 /// The ledger of one mount point.
@@ -106,7 +206,7 @@ impl Ledger {
     pub fn open(dir: &Path) -> Ledger {
         let path = dir.join("runtimes.json");
         let contents = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            Ok(bytes) => Contents::decode(&bytes).unwrap_or_else(|e| {
                 tracing::warn!("ignoring the unreadable ledger {}: {e}", path.display());
                 Contents::default()
             }),
@@ -194,7 +294,7 @@ impl Ledger {
     }
 
     fn save(&self, c: &Contents) -> io::Result<()> {
-        let bytes = serde_json::to_vec(c).map_err(io::Error::other)?;
+        let bytes = c.encode().map_err(io::Error::other)?;
         spfs_vfs::journal::write_private(&self.path, &bytes)
     }
 }
@@ -240,5 +340,75 @@ mod tests {
         // A ledger that cannot be read is an empty one.
         std::fs::write(dir.path().join("runtimes.json"), b"{").expect("write");
         assert!(Ledger::open(dir.path()).runtimes().is_empty());
+    }
+
+    /// `n` distinct digests as the ledger writes them, `tag` apart.
+    fn stack(tag: usize, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| spfs_model::Digest::of(format!("{tag}/{i}").as_bytes()).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn each_stack_is_written_once_and_old_ledgers_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::open(dir.path());
+        let (one, two) = (stack(1, 3), stack(2, 2));
+        for (k, layers) in [&one, &two, &one].into_iter().enumerate() {
+            let e = Entry {
+                layers: layers.clone(),
+                ..entry(&format!("r{k}"), k as u32 + 1)
+            };
+            ledger.record(e).expect("record");
+        }
+        let text = std::fs::read_to_string(dir.path().join("runtimes.json")).expect("read");
+        assert_eq!(text.matches(&one[0]).count(), 1, "{text}");
+        let again = Ledger::open(dir.path()).runtimes();
+        let stacks: Vec<_> = again.iter().map(|e| e.layers.clone()).collect();
+        assert_eq!(stacks, vec![one.clone(), two, one.clone()]);
+        // A ledger of an older service: each entry's stack in it.
+        let old = serde_json::json!({
+            "view_ids_below": 9,
+            "runtimes": [Entry { layers: one.clone(), ..entry("old", 3) }],
+        });
+        std::fs::write(dir.path().join("runtimes.json"), old.to_string()).expect("write");
+        let read = Ledger::open(dir.path());
+        assert_eq!(read.runtimes()[0].layers, one);
+        assert_eq!(read.view_ids_below(), 9);
+    }
+
+    /// The ledger of one user's 512 runtimes (the most a user may have)
+    /// with stacks of 1,000 layers (the most a stack may hold): its size,
+    /// and the time of one rewrite, when they share a stack and when each
+    /// has its own (`--nocapture` prints them).
+    #[test]
+    fn a_ledger_at_the_bounds() {
+        const RUNTIMES: usize = 512;
+        const LAYERS: usize = 1000;
+        for distinct in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ledger = Ledger::open(dir.path());
+            // Filled at once (recording one by one rewrites it each time).
+            ledger.lock().runtimes = (0..RUNTIMES)
+                .map(|k| Entry {
+                    layers: stack(if distinct { k } else { 0 }, LAYERS),
+                    ..entry(&format!("rt-{k}"), k as u32 + 1)
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            ledger.forget("rt-0").expect("forget");
+            let took = started.elapsed();
+            let bytes = std::fs::metadata(dir.path().join("runtimes.json"))
+                .expect("ledger")
+                .len();
+            eprintln!(
+                "{RUNTIMES} runtimes, distinct stacks {distinct}: {bytes} bytes, rewrite {took:?}"
+            );
+            let most = match distinct {
+                false => 200_000,
+                true => 40_000_000,
+            };
+            assert!(bytes < most, "{bytes} bytes");
+        }
     }
 }

@@ -110,6 +110,9 @@ pub(crate) struct State {
     pub(crate) test_commit_delay: Option<std::time::Duration>,
     /// The service's own record of its runtimes, for the next worker.
     pub(crate) ledger: Arc<Ledger>,
+    /// `vfs.max_entries_per_user`: the most tree entries one non-root
+    /// user's runtimes may hold (see `Handler::check_entries`).
+    pub(crate) max_entries_per_user: usize,
     /// The keeper's process id (0: none).
     keeper_pid: u32,
     /// Control requests that change runtimes (register, drop, edit,
@@ -676,6 +679,7 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_millis),
         ledger: Arc::new(Ledger::open(&state_dir)),
+        max_entries_per_user: config.vfs.max_entries_per_user as usize,
         keeper_pid,
         changes: Default::default(),
     });

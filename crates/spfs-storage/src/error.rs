@@ -63,8 +63,11 @@ pub enum StorageError {
     BadRecord { path: PathBuf, message: String },
     #[error("unknown runtime '{0}'")]
     UnknownRuntime(String),
-    #[error("platform {0} nests too deeply or flattens to too many layers")]
+    #[error("platform {0} nests platforms more than {max} levels deep", max = crate::resolve::MAX_DEPTH)]
     TooDeep(Digest),
+    /// A stack passed a bound of [`crate::resolve`] while it was flattened.
+    #[error("the stack is too large: it passes the limit of {limit} {what}")]
+    StackTooLarge { what: &'static str, limit: usize },
     #[error(
         "directory {0} is missing from this shared repository; run 'spfs init repo --shared' on it again as root"
     )]

@@ -1,15 +1,13 @@
 //! Resolving references: spec items to digests, platforms to layers, and
 //! layers to the trees they hold.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use spfs_model::{Digest, EnvSpec, Object, ObjectKind, SpecItem, TagSpec, Tree};
 
 use crate::error::{Result, StorageError};
 use crate::fs::FsRepository;
-
-const MAX_DEPTH: usize = 64;
 
 impl FsRepository {
     /// What kind of thing `digest` names in this repository.
@@ -67,46 +65,58 @@ impl FsRepository {
     }
 
     /// Expand platforms into the layers (or bare manifests) they stack,
-    /// bottom first.
+    /// bottom first, each layer once: where the expansion names a layer
+    /// more than once, its last (highest) occurrence stays, since it
+    /// decides every name it holds and a lower copy changes nothing.
+    ///
+    /// The expansion is walked top first, so a layer's first visit is its
+    /// last occurrence, and a platform (or a digest of `stack`) met a
+    /// second time adds nothing and is skipped: the work is proportional
+    /// to the distinct objects, never to the paths through them or to
+    /// repeats in a spec. It is bounded all the same: at most
+    /// [`MAX_STACK_LAYERS`] layers, [`MAX_FLATTEN_VISITS`] references
+    /// visited and [`MAX_DEPTH`] levels of platforms, each an error as
+    /// soon as it is passed.
     pub fn flatten(&self, stack: &[Digest]) -> Result<Vec<Digest>> {
-        let mut memo = HashMap::new();
-        let mut out = Vec::new();
-        for d in stack {
-            out.extend(self.flatten_one(d, &mut memo, 0)?);
+        let mut walk = Flattening::default();
+        for d in stack.iter().rev() {
+            self.flatten_into(d, &mut walk, 0)?;
         }
-        Ok(keep_last(out))
+        let mut layers = walk.layers;
+        layers.reverse();
+        Ok(layers)
     }
 
-    /// The layers of one digest, each platform flattened once (memoised)
-    /// and de-duplicated keeping the last occurrence: a layer repeated
-    /// higher up decides every name it holds, so the lower copy changes
-    /// nothing. Nested platforms therefore cost time in proportion to the
-    /// distinct objects, never to the paths through them.
-    fn flatten_one(
-        &self,
-        digest: &Digest,
-        memo: &mut HashMap<Digest, Vec<Digest>>,
-        depth: usize,
-    ) -> Result<Vec<Digest>> {
+    /// Add the layers of `digest` that `walk` has not met yet, top first.
+    fn flatten_into(&self, digest: &Digest, walk: &mut Flattening, depth: usize) -> Result<()> {
+        walk.visits += 1;
+        if walk.visits > MAX_FLATTEN_VISITS {
+            return Err(StorageError::StackTooLarge {
+                what: "references visited (counting every platform's stack)",
+                limit: MAX_FLATTEN_VISITS,
+            });
+        }
         if depth > MAX_DEPTH {
             return Err(StorageError::TooDeep(*digest));
         }
-        if let Some(done) = memo.get(digest) {
-            return Ok(done.clone());
+        if !walk.met.insert(*digest) {
+            return Ok(());
         }
-        let layers = match self.read_object(digest) {
+        match self.read_object(digest) {
             Ok(Object::Platform(p)) => {
-                let mut out = Vec::new();
-                for d in &p.stack {
-                    out.extend(self.flatten_one(d, memo, depth + 1)?);
+                for d in p.stack.iter().rev() {
+                    self.flatten_into(d, walk, depth + 1)?;
                 }
-                let out = keep_last(out);
-                if out.len() > MAX_LAYERS {
-                    return Err(StorageError::TooDeep(*digest));
-                }
-                out
             }
-            Ok(Object::Layer(_)) | Ok(Object::Manifest(_)) => vec![*digest],
+            Ok(Object::Layer(_)) | Ok(Object::Manifest(_)) => {
+                if walk.layers.len() >= MAX_STACK_LAYERS {
+                    return Err(StorageError::StackTooLarge {
+                        what: "layers",
+                        limit: MAX_STACK_LAYERS,
+                    });
+                }
+                walk.layers.push(*digest);
+            }
             Err(StorageError::UnknownObject(d)) if self.has_payload(&d) => {
                 return Err(StorageError::WrongKind {
                     digest: d,
@@ -115,9 +125,8 @@ impl FsRepository {
                 });
             }
             Err(e) => return Err(e),
-        };
-        memo.insert(*digest, layers.clone());
-        Ok(layers)
+        }
+        Ok(())
     }
 
     /// The tree of a layer or manifest.
@@ -157,20 +166,28 @@ impl FsRepository {
     }
 }
 
-/// Drop all but the last occurrence of each digest, keeping order.
-fn keep_last(stack: Vec<Digest>) -> Vec<Digest> {
-    let mut seen = HashSet::new();
-    let mut out: Vec<Digest> = stack
-        .into_iter()
-        .rev()
-        .filter(|d| seen.insert(*d))
-        .collect();
-    out.reverse();
-    out
-}
+/// The most levels of platforms within platforms a stack may nest.
+pub const MAX_DEPTH: usize = 64;
+/// The most layers one stack may flatten to. Studio environments stack
+/// tens to a few hundred layers; every layer of a registered stack costs
+/// the VFS service a tree to merge and a line in its ledger, so one user's
+/// stack of many thousands would cost every other user.
+pub const MAX_STACK_LAYERS: usize = 1_000;
+/// The most references one flattening visits: each digest of the stack
+/// and of every distinct platform's stack, repeats included (a repeat is
+/// skipped, but counted). A hundred times the layers allowed, so that no
+/// stack within [`MAX_STACK_LAYERS`] comes near it, while many platforms
+/// that name the same layers over and over still stop early.
+pub const MAX_FLATTEN_VISITS: usize = 100 * MAX_STACK_LAYERS;
 
-/// The most layers a stack may flatten to.
-const MAX_LAYERS: usize = 10_000;
+/// A flattening under way: the layers found (top first) and what was met.
+#[derive(Default)]
+struct Flattening {
+    layers: Vec<Digest>,
+    /// Every digest met (layers and platforms): met again, it adds nothing.
+    met: HashSet<Digest>,
+    visits: usize,
+}
 
 /// The display name of an object kind.
 pub fn kind_name(kind: ObjectKind) -> &'static str {
@@ -179,5 +196,137 @@ pub fn kind_name(kind: ObjectKind) -> &'static str {
         ObjectKind::Manifest => "manifest",
         ObjectKind::Layer => "layer",
         ObjectKind::Platform => "platform",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use spfs_model::{Layer, Platform};
+
+    use super::*;
+
+    /// `n` distinct layers (each its own annotation, one empty manifest).
+    fn layers(repo: &FsRepository, n: usize) -> Vec<Digest> {
+        let manifest = repo
+            .write_object(&Object::Manifest(Tree::empty()))
+            .expect("manifest");
+        (0..n)
+            .map(|i| {
+                let layer = Layer {
+                    manifest,
+                    annotations: BTreeMap::from([("n".to_string(), i.to_string())]),
+                };
+                repo.write_object(&Object::Layer(layer)).expect("layer")
+            })
+            .collect()
+    }
+
+    fn platform(repo: &FsRepository, stack: Vec<Digest>) -> Digest {
+        repo.write_object(&Object::Platform(Platform { stack }))
+            .expect("platform")
+    }
+
+    fn repo() -> (tempfile::TempDir, FsRepository) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = FsRepository::create(dir.path().join("repo")).expect("repo");
+        (dir, repo)
+    }
+
+    #[test]
+    fn nested_platforms_keep_each_layers_last_occurrence() {
+        let (_dir, repo) = repo();
+        let l = layers(&repo, 4);
+        let inner = platform(&repo, vec![l[0], l[1]]);
+        let outer = platform(&repo, vec![inner, l[2], l[0]]);
+        assert_eq!(repo.flatten(&[outer]).unwrap(), vec![l[1], l[2], l[0]]);
+        // Repeats in the stack itself: the highest one counts.
+        assert_eq!(
+            repo.flatten(&[l[3], outer, inner, l[3], inner]).unwrap(),
+            vec![l[2], l[3], l[0], l[1]]
+        );
+    }
+
+    #[test]
+    fn a_platform_of_many_layers_repeated_is_refused_at_once() {
+        let (_dir, repo) = repo();
+        let many = platform(&repo, layers(&repo, MAX_STACK_LAYERS + 1));
+        let spec = vec![many; 1000];
+        let started = Instant::now();
+        let err = repo.flatten(&spec).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::StackTooLarge {
+                    limit: MAX_STACK_LAYERS,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("1000 layers"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_platform_at_the_bound_repeated_flattens_once() {
+        let (_dir, repo) = repo();
+        let all = layers(&repo, MAX_STACK_LAYERS);
+        let full = platform(&repo, all.clone());
+        let started = Instant::now();
+        assert_eq!(repo.flatten(&vec![full; 1000]).unwrap(), all);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn platforms_naming_the_same_layers_over_and_over_stop_early() {
+        let (_dir, repo) = repo();
+        let few = layers(&repo, 10);
+        // Distinct platforms (each names the same layers, and its index so
+        // that it is an object of its own) within a few layers' bound, but
+        // far more references than a stack may visit.
+        let marks = layers(&repo, 200);
+        let tops: Vec<Digest> = marks
+            .iter()
+            .map(|m| {
+                let mut stack = few.repeat(100);
+                stack.push(*m);
+                platform(&repo, stack)
+            })
+            .collect();
+        let err = repo.flatten(&tops).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::StackTooLarge {
+                    limit: MAX_FLATTEN_VISITS,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn platforms_nested_too_deeply_are_refused() {
+        let (_dir, repo) = repo();
+        let mut top = layers(&repo, 1)[0];
+        for _ in 0..=MAX_DEPTH {
+            top = platform(&repo, vec![top]);
+        }
+        assert!(matches!(
+            repo.flatten(&[top]),
+            Err(StorageError::TooDeep(_))
+        ));
     }
 }

@@ -443,6 +443,25 @@ impl Registry {
         self.read().runtimes.len()
     }
 
+    /// The entries of the trees that `owner_uid`'s runtimes hold: each
+    /// distinct tree once (views of one stack share theirs), the copies of
+    /// the subtree views they show included. One pass over the owner's
+    /// runtimes, none over a tree.
+    pub fn entries_held_by(&self, owner_uid: u32) -> usize {
+        let inner = self.read();
+        let mut seen = std::collections::HashSet::new();
+        let mut entries = 0;
+        for rt in inner.runtimes.values().filter(|r| r.owner_uid == owner_uid) {
+            let views = std::iter::once(rt.view.as_ref()).chain(rt.view.shares.views());
+            for view in views {
+                if seen.insert(Arc::as_ptr(&view.tree)) {
+                    entries += view.tree.len();
+                }
+            }
+        }
+        entries
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -618,6 +637,42 @@ mod tests {
         // New views go on above what was handed out.
         let new = reg.register(spec("new"), vec![b], ok).unwrap();
         assert_eq!(new.view.id, 41);
+    }
+
+    #[test]
+    fn entries_held_count_each_tree_of_an_owner_once() {
+        let reg = Registry::default();
+        let tree = |dirs: usize| {
+            let mut b = spfs_model::TreeBuilder::new();
+            for i in 0..dirs {
+                b.add_dir(format!("d{i}").as_bytes(), 0o755).unwrap();
+            }
+            b.build().unwrap()
+        };
+        let built = |t: Tree| move || Ok::<_, std::io::Error>((t, SystemTime::UNIX_EPOCH));
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let mine = |name: &str| RuntimeSpec {
+            owner_uid: 1000,
+            bound: true,
+            ..spec(name)
+        };
+        let one = reg.register(mine("one"), vec![a], built(tree(3))).unwrap();
+        let per_tree = one.view.tree.len();
+        assert!(per_tree >= 3);
+        assert_eq!(reg.entries_held_by(1000), per_tree);
+        // A second runtime of the stack shares the view: nothing more.
+        reg.register(mine("two"), vec![a], built(tree(3))).unwrap();
+        assert_eq!(reg.entries_held_by(1000), per_tree);
+        // Another stack's tree counts; another owner's runtimes do not.
+        reg.register(mine("three"), vec![b], built(tree(5)))
+            .unwrap();
+        let both = reg.entries_held_by(1000);
+        assert!(both >= per_tree + 5, "{both}");
+        reg.register(spec("root's"), vec![b], built(tree(5)))
+            .unwrap();
+        assert_eq!(reg.entries_held_by(1000), both);
+        reg.remove("three");
+        assert_eq!(reg.entries_held_by(1000), per_tree);
     }
 
     #[test]

@@ -136,6 +136,11 @@ impl Shares {
         self.by_index.len()
     }
 
+    /// The subtree views shared.
+    pub fn views(&self) -> impl Iterator<Item = &View> {
+        self.by_index.iter().map(|(_, v)| v.as_ref())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_index.is_empty()
     }

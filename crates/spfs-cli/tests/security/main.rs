@@ -19,3 +19,4 @@ mod integrity;
 mod logs_locks;
 mod registration;
 mod repo;
+mod stacks;

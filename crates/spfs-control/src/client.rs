@@ -111,6 +111,19 @@ impl Client {
         }
     }
 
+    /// A call's error, or, when the service refused the connection
+    /// because of its bounds ([`crate::limits`]), a one-line error saying
+    /// which bound.
+    fn explain(&self, status: Status) -> Status {
+        match refusal(&status) {
+            Some(why) => Status::resource_exhausted(format!(
+                "the spfs service at {} refused the connection: {why}",
+                self.listen
+            )),
+            None => status,
+        }
+    }
+
     /// The address this client is connected to.
     pub fn listen(&self) -> &Listen {
         &self.listen
@@ -118,17 +131,35 @@ impl Client {
 
     /// Register a view for a process tree.
     pub async fn mount(&self, req: MountRequest) -> Result<MountResponse, Status> {
-        Ok(self.inner.clone().mount(req).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .mount(req)
+            .await
+            .map_err(|s| self.explain(s))?
+            .into_inner())
     }
 
     /// Drop a view.
     pub async fn unmount(&self, req: UnmountRequest) -> Result<UnmountResponse, Status> {
-        Ok(self.inner.clone().unmount(req).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .unmount(req)
+            .await
+            .map_err(|s| self.explain(s))?
+            .into_inner())
     }
 
     /// List the views.
     pub async fn list(&self) -> Result<ListResponse, Status> {
-        Ok(self.inner.clone().list(ListRequest {}).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .list(ListRequest {})
+            .await
+            .map_err(|s| self.explain(s))?
+            .into_inner())
     }
 
     /// Describe the service.
@@ -137,7 +168,8 @@ impl Client {
             .inner
             .clone()
             .status(StatusRequest {})
-            .await?
+            .await
+            .map_err(|s| self.explain(s))?
             .into_inner())
     }
 
@@ -149,31 +181,76 @@ impl Client {
             .inner
             .clone()
             .metrics(MetricsRequest {})
-            .await?
+            .await
+            .map_err(|s| self.explain(s))?
             .into_inner()
             .text)
     }
 
     /// Turn editing of a runtime on or off.
     pub async fn edit(&self, req: EditRequest) -> Result<EditResponse, Status> {
-        Ok(self.inner.clone().edit(req).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .edit(req)
+            .await
+            .map_err(|s| self.explain(s))?
+            .into_inner())
     }
 
     /// Drop edits of a runtime.
     pub async fn reset(&self, req: ResetRequest) -> Result<ResetResponse, Status> {
-        Ok(self.inner.clone().reset(req).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .reset(req)
+            .await
+            .map_err(|s| self.explain(s))?
+            .into_inner())
     }
 
     /// Commit the edits of a runtime as a layer.
     pub async fn commit(&self, req: CommitRequest) -> Result<CommitResponse, Status> {
-        Ok(self.inner.clone().commit(req).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .commit(req)
+            .await
+            .map_err(|s| self.explain(s))?
+            .into_inner())
     }
 
     /// Ask the service to stop.
     pub async fn shutdown(&self) -> Result<(), Status> {
-        self.inner.clone().shutdown(ShutdownRequest {}).await?;
+        self.inner
+            .clone()
+            .shutdown(ShutdownRequest {})
+            .await
+            .map_err(|s| self.explain(s))?;
         Ok(())
     }
+}
+
+/// Why the service refused the connection that `status` failed on, if
+/// that is what happened: the text of the server's `GOAWAY` (h2 shows it
+/// only in its `Debug` form).
+fn refusal(status: &Status) -> Option<String> {
+    if status.code() != tonic::Code::ResourceExhausted {
+        return None;
+    }
+    let mut source = status.source();
+    while let Some(e) = source {
+        let debug = format!("{e:?}");
+        if let Some((_, rest)) = debug.split_once(crate::limits::REFUSED) {
+            let why = rest.split('"').next().map(str::trim).unwrap_or_default();
+            return Some(match why.is_empty() {
+                true => "too many connections".to_owned(),
+                false => why.to_owned(),
+            });
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// True when the connection failed because nothing listens there.

@@ -90,6 +90,11 @@ pub struct VfsConfig {
     /// with its status in the Prometheus text format; empty (the default):
     /// none (the control socket's `spfs-vfs metrics` gives the same text).
     pub metrics_listen: String,
+    /// Upper files that editable views (all together) keep open, at most:
+    /// each is a descriptor of the service. 0 (the default): a quarter of
+    /// the service's descriptor limit. Past it, files of the user who
+    /// keeps the most are closed first (and reopened when used).
+    pub kept_files: u32,
 }
 
 /// When `spfs run` binds its runtime's view (see [`VfsConfig::bind_views`]).
@@ -179,6 +184,7 @@ impl Default for VfsConfig {
             remote_timeout: 30,
             remote_ranged_reads: false,
             metrics_listen: String::new(),
+            kept_files: 0,
         }
     }
 }
@@ -210,6 +216,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("vfs", "remote_timeout", Kind::Int),
     ("vfs", "remote_ranged_reads", Kind::Bool),
     ("vfs", "metrics_listen", Kind::Text),
+    ("vfs", "kept_files", Kind::Int),
 ];
 
 /// The environment variable that overrides `section.key`.

@@ -96,6 +96,11 @@ pub struct VfsConfig {
     /// 100–150 bytes of memory); a registration past it is refused. Root's
     /// runtimes are not bounded.
     pub max_entries_per_user: u32,
+    /// Upper files that editable views (all together) keep open, at most:
+    /// each is a descriptor of the service. 0 (the default): a quarter of
+    /// the service's descriptor limit. Past it, files of the user who
+    /// keeps the most are closed first (and reopened when used).
+    pub kept_files: u32,
 }
 
 /// The default `vfs.max_entries_per_user`: about 2–3 GiB of the service's
@@ -190,6 +195,7 @@ impl Default for VfsConfig {
             remote_ranged_reads: false,
             metrics_listen: String::new(),
             max_entries_per_user: MAX_ENTRIES_PER_USER,
+            kept_files: 0,
         }
     }
 }
@@ -222,6 +228,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("vfs", "remote_ranged_reads", Kind::Bool),
     ("vfs", "metrics_listen", Kind::Text),
     ("vfs", "max_entries_per_user", Kind::Int),
+    ("vfs", "kept_files", Kind::Int),
 ];
 
 /// The environment variable that overrides `section.key`.

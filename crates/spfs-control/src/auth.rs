@@ -7,6 +7,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use tonic::transport::server::UdsConnectInfo;
+
+use crate::limits::ConnInfo;
 use tonic::{Request, Status};
 
 /// The metadata key carrying the token, as `Bearer <token>`.
@@ -39,8 +41,8 @@ pub(crate) fn identify<T>(
 ) -> Result<Caller, Status> {
     let cred = req
         .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred);
+        .get::<ConnInfo<UdsConnectInfo>>()
+        .and_then(|info| info.transport.peer_cred);
     let mut caller = Caller {
         uid: cred.map(|c| c.uid()),
         pid: cred

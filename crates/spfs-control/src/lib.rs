@@ -7,12 +7,14 @@
 //! identification of callers. What a caller may do is decided by the
 //! service's [`ControlHandler`].
 //!
-//! Server side: [`bind`] then [`Bound::serve`] (or [`serve`] in one go).
+//! Server side: [`bind`] then [`Bound::serve`] (or [`serve`] in one go);
+//! the connections it holds are bounded ([`limits`]).
 //! Client side: [`Client::connect`] / [`Client::try_connect`].
 //! [`metrics::render`] turns a status into the Prometheus text format.
 
 pub mod auth;
 pub mod client;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod server;
@@ -30,6 +32,7 @@ use std::path::PathBuf;
 
 pub use auth::{Caller, create_token_file, read_token_file};
 pub use client::Client;
+pub use limits::ConnectionLimits;
 pub use listen::Listen;
 pub use server::{Bound, ControlHandler, Inheritable, adopt, bind, serve};
 

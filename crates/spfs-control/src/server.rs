@@ -1,6 +1,7 @@
 //! The server side: the [`ControlHandler`] trait the service implements, and
 //! the transport that runs it ([`bind`], [`Bound::serve`], [`serve`]):
-//! socket setup and cleanup, caller identification, token check.
+//! socket setup and cleanup, caller identification, token check, and the
+//! bounds on connections held ([`crate::limits`]).
 
 use std::fs;
 use std::future::Future;
@@ -11,10 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, identify};
+use crate::limits::{ConnInfo, ConnectionLimits, incoming};
 use crate::proto::vfs_server::{Vfs, VfsServer};
 use crate::proto::{
     CommitRequest, CommitResponse, EditRequest, EditResponse, ListRequest, ListResponse,
@@ -69,6 +71,7 @@ pub struct Bound {
     listen: Listen,
     token: Option<Arc<str>>,
     listener: Listener,
+    limits: ConnectionLimits,
 }
 
 #[derive(Debug)]
@@ -149,6 +152,7 @@ pub async fn bind(listen: &Listen, token: Option<String>) -> Result<Bound, Contr
         listen,
         token,
         listener,
+        limits: ConnectionLimits::default(),
     })
 }
 
@@ -198,10 +202,23 @@ pub fn adopt(
         listen,
         token,
         listener,
+        limits: ConnectionLimits::default(),
     })
 }
 
 impl Bound {
+    /// Hold connections within `limits` instead of the default
+    /// ([`ConnectionLimits::default`]).
+    pub fn with_limits(mut self, limits: ConnectionLimits) -> Bound {
+        self.limits = limits;
+        self
+    }
+
+    /// The bounds on the connections [`Bound::serve`] holds.
+    pub fn limits(&self) -> ConnectionLimits {
+        self.limits
+    }
+
     /// The address actually bound (with the real port when 0 was asked).
     pub fn listen(&self) -> &Listen {
         &self.listen
@@ -234,7 +251,7 @@ impl Bound {
 
     /// Answer requests with `handler` until `shutdown` completes, then
     /// finish the requests in flight and return. A Unix socket file is
-    /// removed on return.
+    /// removed on return. Connections are held within [`Bound::limits`].
     pub async fn serve(
         self,
         handler: Arc<dyn ControlHandler>,
@@ -244,6 +261,7 @@ impl Bound {
             listen,
             token,
             listener,
+            limits,
         } = self;
         let service = |require_token| {
             VfsServer::new(Service {
@@ -262,7 +280,7 @@ impl Bound {
             } => {
                 let result = builder
                     .add_service(service(false))
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                    .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
                     .await;
                 drop(file);
                 result
@@ -270,7 +288,7 @@ impl Bound {
             Listener::Tcp(listener) => {
                 builder
                     .add_service(service(true))
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
                     .await
             }
         };
@@ -432,6 +450,8 @@ impl Service {
         Req: Send + 'static,
         Resp: Send + 'static,
     {
+        // Counted in flight until answered: the connection is not idle.
+        let _in_flight = activity(&req).map(|a| a.begin());
         let caller = identify(&req, self.token.as_deref(), self.require_token)?;
         // The turn is held until the handler returns (not when the client
         // goes: the work goes on).
@@ -446,6 +466,17 @@ impl Service {
         .map_err(|e| Status::internal(format!("control handler failed: {e}")))?
         .map(Response::new)
     }
+}
+
+/// The activity record of the connection `req` came on.
+fn activity<T>(req: &Request<T>) -> Option<Arc<crate::limits::Activity>> {
+    let ext = req.extensions();
+    ext.get::<ConnInfo<UdsConnectInfo>>()
+        .map(|c| Arc::clone(&c.activity))
+        .or_else(|| {
+            ext.get::<ConnInfo<TcpConnectInfo>>()
+                .map(|c| Arc::clone(&c.activity))
+        })
 }
 
 #[tonic::async_trait]

@@ -551,3 +551,46 @@ async fn oversized_requests_are_refused_before_the_handler() {
     assert_eq!(calls, ["status"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn connections_past_the_bound_are_refused_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = unix(&dir.path().join("vfs.sock"));
+    let limits = spfs_control::ConnectionLimits {
+        per_peer: 2,
+        total: 2,
+        idle: Duration::from_millis(300),
+    };
+    let bound = bind(&listen, None).await.unwrap().with_limits(limits);
+    let server = Running::start(bound);
+    let Listen::Unix(path) = &listen else {
+        unreachable!()
+    };
+    // Two idle connections use the bound (root's too: the total).
+    let held: Vec<_> = (0..2)
+        .map(|_| std::os::unix::net::UnixStream::connect(path).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = async {
+        Client::connect(&listen, None).await?.status().await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    }
+    .await
+    .expect_err("a third connection is refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains("refused the connection: the service holds 2 control connections"),
+        "{text}"
+    );
+    assert!(!text.contains('\n'), "{text}");
+    // Idle connections are closed: then a client gets in again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let client = Client::connect(&listen, None).await.unwrap();
+    client.status().await.unwrap();
+    // A client whose connection was closed while idle connects again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.status().await.unwrap();
+    drop(held);
+    drop(client);
+    server.stop().await;
+}

@@ -581,6 +581,7 @@ fn run_worker(config: &Config, inherited: Inherited) -> Result<(), ServiceError>
         std::process::abort();
     }));
     raise_open_file_limit();
+    spfs_vfs::edit::kept::set_budget(config.vfs.kept_files as usize);
     let repo = match FsRepository::open(&config.storage.root) {
         Err(StorageError::NoRepository(_)) => FsRepository::create(&config.storage.root)?,
         other => other?,

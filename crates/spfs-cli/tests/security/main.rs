@@ -16,6 +16,7 @@ mod bound;
 mod control;
 mod edit;
 mod integrity;
+mod limits;
 mod logs_locks;
 mod registration;
 mod repo;

@@ -32,6 +32,7 @@
 //! empties the upper area without changing what anyone sees).
 
 pub mod commit;
+pub mod kept;
 pub mod snapshot;
 pub mod upper;
 
@@ -141,31 +142,19 @@ struct State {
     /// service's ledger, so a process taking the view over after a crash
     /// starts above every number the kernel may hold); false: refused.
     reserve: Option<Arc<Reserve>>,
-    /// Upper files kept open for reads and writes by inode.
-    files: HashMap<u32, Arc<File>>,
+    /// Upper files kept open for reads and writes by inode, within the
+    /// view's bound and the service-wide budget ([`kept`]): a file closed
+    /// to make room is opened again by name when next used.
+    files: kept::ViewKept,
 }
 
-/// Upper files kept open per view, at most (each is a descriptor of the
-/// service's, which serves every runtime).
-const KEPT_FILES: usize = 4096;
-
 impl State {
-    /// Keep `file` open for `ino`, within [`KEPT_FILES`]: files that still
-    /// have a name go first (they open again by name); then, past the
-    /// bound, removed ones too (their readers get an error).
+    /// Keep `file` open for `ino` (see [`kept`]: files that still have a
+    /// name are closed first to make room; a removed one only when its
+    /// view keeps nothing else, and then its readers get an error).
     fn keep_file(&mut self, ino: u32, file: Arc<File>) {
-        if self.files.len() >= KEPT_FILES {
-            let inodes = &self.inodes;
-            self.files
-                .retain(|i, _| inodes.get(i).is_some_and(|n| n.links.is_empty()));
-            while self.files.len() >= KEPT_FILES {
-                let Some(i) = self.files.keys().next().copied() else {
-                    break;
-                };
-                self.files.remove(&i);
-            }
-        }
-        self.files.insert(ino, file);
+        let named = self.inodes.get(&ino).is_some_and(|n| !n.links.is_empty());
+        self.files.keep(ino, file, named);
     }
 }
 
@@ -358,7 +347,7 @@ impl Editable {
                 next: 1,
                 reserved_until: u32::MAX,
                 reserve: None,
-                files: HashMap::new(),
+                files: kept::ViewKept::new(owner.0),
             }),
             owner,
             data: std::sync::RwLock::new(()),
@@ -675,7 +664,9 @@ impl Editable {
                 if n.lookups == 0 {
                     // Nobody holds it: gone.
                     st.inodes.remove(&ino);
-                    st.files.remove(&ino);
+                    st.files.remove(ino);
+                } else {
+                    st.files.mark_removed(ino);
                 }
             }
         }
@@ -720,8 +711,8 @@ impl Editable {
         match self.found(st, ino) {
             Ok(found) => Ok(self.attr(st, ino, &found)),
             // Removed while open: its open copy still answers.
-            Err(VfsError::NotFound) => match st.files.get(&ino) {
-                Some(f) => Ok(stat_attr(ino, &rustix::fs::fstat(f).map_err(errno)?)),
+            Err(VfsError::NotFound) => match st.files.get(ino) {
+                Some(f) => Ok(stat_attr(ino, &rustix::fs::fstat(&*f).map_err(errno)?)),
                 None => Err(VfsError::NotFound),
             },
             Err(e) => Err(e),
@@ -787,8 +778,8 @@ impl Editable {
     pub fn source(&self, ino: u32) -> Result<Source> {
         let mut st = self.lock();
         let st = &mut *st;
-        if let Some(f) = st.files.get(&ino) {
-            return Ok(Source::Upper(f.clone()));
+        if let Some(f) = st.files.get(ino) {
+            return Ok(Source::Upper(f));
         }
         match self.found(st, ino)? {
             Found::Upper(s) => match kind_of_mode(s.st_mode) {
@@ -827,8 +818,8 @@ impl Editable {
 
     /// The open upper file of `ino` (which is in the upper area).
     fn upper_file(&self, st: &mut State, ino: u32) -> Result<Arc<File>> {
-        if let Some(f) = st.files.get(&ino) {
-            return Ok(f.clone());
+        if let Some(f) = st.files.get(ino) {
+            return Ok(f);
         }
         let (dir, name) = self.parent_dir(st, ino)?;
         let f = Arc::new(upper::open_file(&dir, &name)?);
@@ -859,7 +850,7 @@ impl Editable {
             for link in node.links {
                 st.names.remove(&link);
             }
-            st.files.remove(&ino);
+            st.files.remove(ino);
         }
     }
 
@@ -1185,7 +1176,7 @@ impl Editable {
             // Open files of it keep reading and writing it.
             if let Some(ino) = st.names.get(&(parent, Box::<[u8]>::from(name))).copied()
                 && FileType::from_raw_mode(s.st_mode) == FileType::RegularFile
-                && !st.files.contains_key(&ino)
+                && !st.files.contains(ino)
                 && let Ok(f) = upper::open_file(&pdir, name)
             {
                 st.keep_file(ino, Arc::new(f));
@@ -1379,7 +1370,7 @@ impl Editable {
         let file = {
             let mut st = self.lock();
             let st = &mut *st;
-            if !st.files.contains_key(&ino) {
+            if !st.files.contains(ino) {
                 self.copy_up(st, ino, open_lower)?;
             }
             match self.found(st, ino) {
@@ -1396,7 +1387,7 @@ impl Editable {
 
     /// Make file `ino`'s data durable.
     pub fn fsync(&self, ino: u32) -> Result<()> {
-        let file = self.lock().files.get(&ino).cloned();
+        let file = self.lock().files.get(ino);
         if let Some(f) = file {
             f.sync_all()?;
         }
@@ -1485,7 +1476,7 @@ impl Editable {
             .filter(|(_, n)| n.links.is_empty())
             .map(|(i, _)| *i)
             .collect();
-        st.files.retain(|i, _| orphans.contains(i));
+        st.files.retain(|i| orphans.contains(&i));
     }
 
     /// Freeze the view's names while `f` runs (a commit reads the upper

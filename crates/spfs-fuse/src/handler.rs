@@ -421,7 +421,10 @@ impl ControlHandler for Handler {
         // A name with a record (another runtime's, live or not) is taken:
         // dropping this runtime would remove that record. Resuming a kept
         // runtime takes its own name back: the record must be the owner's.
-        if s.vfs.registry.get(&name).is_some() {
+        // (A runtime whose processes all exited a moment ago, before the
+        // cgroup watcher saw it, goes now: running a durable runtime
+        // again right after it ended finds its name free.)
+        if s.vfs.registry.get(&name).is_some() && !s.drop_if_exited(&name, "its processes exited") {
             return Err(Status::already_exists(format!(
                 "runtime name '{name}' is taken"
             )));

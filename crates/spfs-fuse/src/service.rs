@@ -335,11 +335,19 @@ impl State {
     /// the session serves: dropping may remount.
     fn drop_exited(&self) {
         for rt in self.vfs.registry.list() {
-            if let Some((cgroup, _)) = self.binding(&rt.name)
-                && !self.cgroups.is_populated(&cgroup).unwrap_or(true)
-            {
-                self.drop_runtime(&rt.name, "its processes exited while it was taken over");
+            self.drop_if_exited(&rt.name, "its processes exited while it was taken over");
+        }
+    }
+
+    /// Drop runtime `name` now if its processes have all exited (the
+    /// cgroup watcher may not have seen it yet); whether it did.
+    pub(crate) fn drop_if_exited(&self, name: &str, why: &str) -> bool {
+        match self.binding(name) {
+            Some((cgroup, _)) if !self.cgroups.is_populated(&cgroup).unwrap_or(true) => {
+                self.drop_runtime(name, why);
+                true
             }
+            _ => false,
         }
     }
 
@@ -470,15 +478,19 @@ impl State {
     /// A durable runtime keeps its upper area and its record.
     pub(crate) fn drop_runtime(&self, name: &str, why: &str) {
         self.router.unbind(name);
-        let durable = self
-            .durable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
         if let Err(e) = self.ledger.forget(name) {
             tracing::error!(runtime = name, "cannot write the ledger: {e}");
         }
+        // Whoever takes the runtime out of the registry decides what goes
+        // with it: a drop racing another (the watcher's and a
+        // registration's) finds it gone, and never reads its durability
+        // after the first took it.
         if let Some(rt) = self.vfs.registry.remove(name) {
+            let durable = self
+                .durable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
             tracing::info!(
                 runtime = name,
                 root_pid = rt.root_pid,

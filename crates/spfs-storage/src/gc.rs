@@ -174,6 +174,13 @@ pub fn lock(fd: &impl AsFd, op: FlockOperation) -> rustix::io::Result<()> {
     })
 }
 
+/// How long clean holds the turnstile (new writers waiting) for the lock's
+/// holders to finish, at a time; then it lets writers through for
+/// [`TURNSTILE_GAP`] and tries again, until its timeout.
+pub const TURNSTILE_TURN: Duration = Duration::from_secs(5);
+/// See [`TURNSTILE_TURN`].
+const TURNSTILE_GAP: Duration = Duration::from_millis(500);
+
 /// How long a wait for the lock goes unmentioned.
 const QUIET_WAIT: Duration = Duration::from_secs(1);
 
@@ -402,20 +409,38 @@ impl FsRepository {
             }
         };
         let io = |rel: &str| self.io_err("cannot lock", Path::new(rel));
-        let got = lock_until(
+        // Through the turnstile, which holds new writers back while the
+        // lock's holders finish; but for a turn at most: anyone who may
+        // read the lock file may hold it shared as long as they like, and
+        // new writers must not wait on them for the whole timeout.
+        let mut got = false;
+        while lock_until(
             &queue,
             FlockOperation::NonBlockingLockExclusive,
             deadline,
             &mut tell,
         )
         .map_err(io(GC_QUEUE))?
-            && lock_until(
+        {
+            let turn = (Instant::now() + TURNSTILE_TURN).min(deadline);
+            got = lock_until(
                 &lock,
                 FlockOperation::NonBlockingLockExclusive,
-                deadline,
+                turn,
                 &mut tell,
             )
             .map_err(io(GC_LOCK))?;
+            if got {
+                break;
+            }
+            // The writers that queued meanwhile go through.
+            let _ = self::lock(&queue, FlockOperation::Unlock);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(TURNSTILE_GAP.min(left));
+        }
         if !got {
             return Err(StorageError::io(
                 "timed out waiting for the garbage-collection lock",
@@ -460,6 +485,42 @@ mod tests {
             .write(true)
             .open(repo.gc_lock_path())
             .unwrap()
+    }
+
+    #[test]
+    fn a_lock_held_shared_for_good_holds_new_writers_back_a_turn_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = FsRepository::create(dir.path().join("repo")).unwrap();
+        repo.make_lock_files().unwrap();
+        // Someone holds the lock shared and never lets go.
+        let holder = File::open(repo.gc_lock_path()).unwrap();
+        lock(&holder, FlockOperation::NonBlockingLockShared).unwrap();
+        let cleaning = {
+            let repo = repo.clone();
+            std::thread::spawn(move || repo.gc_lock(Duration::from_secs(8), || {}).map(drop))
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        // A writer of another process: through the turnstile (shared) on
+        // its own description, as write_guard does.
+        let queue = File::open(repo.root().join(GC_QUEUE)).unwrap();
+        assert!(
+            !free_for(&queue, FlockOperation::NonBlockingLockShared),
+            "clean holds the turnstile while it waits"
+        );
+        let start = Instant::now();
+        let through = lock_until(
+            &std::os::fd::OwnedFd::from(queue),
+            FlockOperation::NonBlockingLockShared,
+            start + Duration::from_secs(7),
+            || {},
+        )
+        .unwrap();
+        assert!(through, "new writers waited for the whole timeout");
+        assert!(start.elapsed() <= TURNSTILE_TURN + Duration::from_secs(1));
+        assert!(
+            cleaning.join().unwrap().is_err(),
+            "clean gives up, nothing removed"
+        );
     }
 
     #[test]

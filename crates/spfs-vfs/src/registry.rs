@@ -504,7 +504,14 @@ pub(crate) fn register_tree(
     layers: Vec<Digest>,
     tree: Tree,
 ) -> Arc<Runtime> {
-    let spec = RuntimeSpec {
+    register_tree_as(registry, test_spec(name, owner_uid), layers, tree)
+}
+
+/// For the crate's tests: a routed, read-only runtime `name` of `owner_uid`
+/// with a new view id.
+#[cfg(test)]
+pub(crate) fn test_spec(name: &str, owner_uid: u32) -> RuntimeSpec {
+    RuntimeSpec {
         name: name.into(),
         root_pid: 1,
         owner_uid,
@@ -512,8 +519,7 @@ pub(crate) fn register_tree(
         edit: None,
         view_id: None,
         shared: None,
-    };
-    register_tree_as(registry, spec, layers, tree)
+    }
 }
 
 /// For the crate's tests: register runtime `spec` whose view is `tree`.
@@ -536,15 +542,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str) -> RuntimeSpec {
-        RuntimeSpec {
-            name: name.into(),
-            root_pid: 1,
-            owner_uid: 0,
-            bound: false,
-            edit: None,
-            view_id: None,
-            shared: None,
-        }
+        test_spec(name, 0)
     }
 
     fn ok() -> Result<(Tree, SystemTime), std::io::Error> {

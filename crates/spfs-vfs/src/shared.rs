@@ -155,17 +155,7 @@ mod tests {
     use crate::registry::register_tree_as;
     use crate::{RuntimeSpec, Vfs, VfsError};
 
-    fn spec(name: &str, owner_uid: u32) -> RuntimeSpec {
-        RuntimeSpec {
-            name: name.into(),
-            root_pid: 1,
-            owner_uid,
-            bound: false,
-            edit: None,
-            view_id: None,
-            shared: None,
-        }
-    }
+    use crate::registry::test_spec as spec;
 
     /// A runtime whose stack holds `base/x/f` ("one", time `base_mtime`)
     /// and `own/NAME`.

@@ -628,7 +628,12 @@ impl Vfs {
         let view = Self::tree_view(&n, caller);
         let start = view.tree.children_start(dir);
         let kids = view.tree.children(dir);
+        let top = matches!(n, Node::Root | Node::ViewRoot(_));
         for (k, e) in kids.iter().enumerate().skip((pos - 2) as usize) {
+            if top && *e.name == *VIEW_DOOR {
+                // Shadowed by the door: listed, it could not be looked up.
+                continue;
+            }
             let attr = self.handed_attr(view, start + k as u32, e, plus);
             if add(DirItem {
                 name: &e.name,
@@ -1058,6 +1063,28 @@ mod tests {
         })
         .unwrap();
         names
+    }
+
+    #[test]
+    fn a_top_level_entry_named_like_the_door_is_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let mut b = TreeBuilder::new();
+        b.add_dir(VIEW_DOOR, 0o040755).unwrap();
+        b.add_dir(b"dir", 0o040755).unwrap();
+        let rt = crate::registry::register_tree(
+            &vfs.registry,
+            "door",
+            0,
+            vec![Digest::of(b"door")],
+            b.build().unwrap(),
+        );
+        let v = Some(&*rt.view);
+        assert_eq!(names(&vfs, v, ROOT), [".", "..", "dir"]);
+        assert!(matches!(
+            vfs.lookup(v, ROOT, VIEW_DOOR),
+            Err(VfsError::NotFound)
+        ));
     }
 
     #[test]

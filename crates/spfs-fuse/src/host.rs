@@ -406,6 +406,31 @@ impl FuseHost {
             .map_err(errno)
     }
 
+    /// Answer an open of `node` by `owner` with a handle of `file`, unless
+    /// the handle table is full (for that user, or in total): then
+    /// `EMFILE` (`ENFILE`), and the service keeps its descriptors.
+    fn open_handle(
+        &self,
+        node: u64,
+        owner: u32,
+        file: std::fs::File,
+        t: crate::stats::Timer<'_>,
+        reply: ReplyOpen,
+    ) {
+        match self.vfs.handles.insert(node, owner, file) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(full) => {
+                // (Rate limited per call site, like every line a user can cause.)
+                tracing::warn!("open refused: {full}");
+                let e = match full {
+                    spfs_vfs::handles::Full::User(_) => Errno::EMFILE,
+                    spfs_vfs::handles::Full::Total => Errno::ENFILE,
+                };
+                t.fail(reply, e)
+            }
+        }
+    }
+
     /// Answer an open of `node` with `opened`, a copy `owner` may read,
     /// just registered as backing file `id`. The registered backing file
     /// (if another open registered one meanwhile) is used when `owner` may
@@ -620,8 +645,7 @@ impl Filesystem for FuseHost {
                         "passthrough refused ({e}); serving reads in user space from now on"
                     );
                     self.passthrough.store(false, Ordering::Relaxed);
-                    let fh = self.vfs.handles.insert(ino.0, opened.file);
-                    return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                    return self.open_handle(ino.0, owner, opened.file, t, reply);
                 }
             }
         }
@@ -632,8 +656,7 @@ impl Filesystem for FuseHost {
             Ok(f) => f,
             Err(e) => return t.fail(reply, errno(e)),
         };
-        let fh = self.vfs.handles.insert(ino.0, opened.file);
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        self.open_handle(ino.0, owner, opened.file, t, reply)
     }
 
     fn read(

@@ -247,3 +247,57 @@ fn files_kept_open_in_editable_views_stay_within_the_budget() {
         "the service went from {before} to {during} descriptors while {opened} files were open"
     );
 }
+
+/// Opens of read-only views that the service holds a descriptor for
+/// (`vfs.cache_opens = false` without passthrough) are bounded per user:
+/// a user opening a file thousands of times is refused (`EMFILE`) long
+/// before the service runs out of descriptors, and others are served.
+#[test]
+fn files_held_open_through_the_service_are_bounded_per_user() {
+    require_vfs!();
+    let w = shared_world();
+    w.start_service_with(&[
+        ("SPFS_VFS_CACHE_OPENS", "false"),
+        ("SPFS_VFS_PASSTHROUGH", "false"),
+    ]);
+    w.commit("held/data", &[("data", b"hello\n")]);
+    let worker = w.service_pid().expect("the worker's pid");
+    let (greedy, other) = (TestUser::new(), TestUser::new());
+    let hold = r#"
+import errno, resource, sys
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+files = []
+try:
+    for _ in range(6000):
+        files.append(open("data"))
+    print("all", len(files))
+except OSError as e:
+    print("refused", len(files), errno.errorcode.get(e.errno))
+"#;
+    let out = run_as(
+        &w,
+        &greedy,
+        &["held/data"],
+        &format!("{PYTHON} -c '{hold}'"),
+    );
+    ok(&out, "the greedy run");
+    let said = stdout(&out);
+    assert!(
+        said.starts_with("refused") && said.contains("EMFILE"),
+        "{said}"
+    );
+    let held: usize = said
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((64..6000).contains(&held), "{said}");
+    let served = run_as(&w, &other, &["held/data"], "cat data");
+    ok(&served, "the other user's run");
+    assert_eq!(stdout(&served), "hello\n");
+    assert!(
+        descriptors(worker) < 1000,
+        "the greedy user's files are still held"
+    );
+}

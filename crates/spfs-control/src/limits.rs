@@ -10,7 +10,9 @@
 //!   address over TCP (counted before any token is seen);
 //! * in total, whoever connects;
 //! * a connection with no request in flight is closed after
-//!   [`ConnectionLimits::idle`].
+//!   [`ConnectionLimits::idle`] since its last request ended (or since it
+//!   was made): bytes that are no request (HTTP/2 pings, a preface sent
+//!   slowly) do not keep it.
 //!
 //! A connection beyond a bound is answered at once with an HTTP/2
 //! `GOAWAY` (`ENHANCE_YOUR_CALM`, which gRPC clients report as
@@ -318,7 +320,8 @@ fn refusal_frames(why: &str) -> Vec<u8> {
 }
 
 /// What the server knows of one connection's use: requests in flight and
-/// when it was last used.
+/// when the last one began or ended (what a client sends otherwise, pings
+/// included, is no use).
 #[derive(Debug)]
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
@@ -427,18 +430,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    this.activity.touch();
-                }
-                Poll::Ready(r)
-            }
-            // Idle too long: end of file, and the server closes it.
-            Poll::Pending if this.expired(cx) => Poll::Ready(Ok(())),
-            Poll::Pending => Poll::Pending,
+        // Idle too long (whatever arrives meanwhile): end of file, and the
+        // server closes it.
+        if this.expired(cx) {
+            return Poll::Ready(Ok(()));
         }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -527,11 +524,30 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut buf)).await;
         assert!(read.is_err(), "kept while a request is in flight");
         drop(busy);
+        let started = Instant::now();
         b.write_all(b"x").await.expect("write");
         assert_eq!(conn.read(&mut buf).await.expect("read"), 1);
-        let started = Instant::now();
-        assert_eq!(conn.read(&mut buf).await.expect("read"), 0, "idle: ended");
+        // Bytes that are no request (pings) do not keep it.
+        let pinger = tokio::spawn(async move {
+            for _ in 0..30 {
+                if b.write_all(b"p").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let ended = tokio::time::timeout(Duration::from_millis(400), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "pings kept an idle connection");
         assert!(started.elapsed() >= Duration::from_millis(90));
+        pinger.abort();
         drop(conn);
         assert_eq!(g.held.lock().map(|h| h.total).unwrap_or(1), 0);
     }

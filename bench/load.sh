@@ -473,6 +473,20 @@ cpu_of() { [ "$1" = pinned ] && echo cpu0 || echo cpu; }
 # rec KEY VALUE: a result of the current block.
 rec() { printf 'R\t%s\t%s\t%s\n' "$BLOCK" "$1" "$2" >>"$RES"; }
 
+# readers_alive PREFIX WHY (in a phase): exit, saying WHY, if a reader's
+# process ended while PREFIX<its number> does not exist.
+readers_alive() {
+	local i k
+	for ((i = 0; i < count; i++)); do
+		k=$((first + i))
+		if ! kill -0 "${RUN_PIDS[$i]}" 2>/dev/null && [ ! -e "$1$k" ]; then
+			echo "runtime $k $2:" >&2
+			cat "$out/$k.err" >&2
+			exit 1
+		fi
+	done
+}
+
 # phase NAME PIN MODE FIRST COUNT SECONDS: readers FIRST..FIRST+COUNT-1 in
 # runtimes (MODE router or bound) or natively (MODE native), started at
 # once, released together, for SECONDS; their outputs in $W/out/$BLOCK-NAME.
@@ -505,13 +519,7 @@ phase() {
 		local nready
 		nready=$(find "$ctl" -maxdepth 1 -name 'ready.*' | wc -l)
 		[ "$nready" -ge "$count" ] && break
-		for ((i = 0; i < count; i++)); do
-			if ! kill -0 "${RUN_PIDS[$i]}" 2>/dev/null && [ ! -e "$ctl/ready.$((first + i))" ]; then
-				echo "runtime $((first + i)) ended before its reader was ready:" >&2
-				cat "$out/$((first + i)).err" >&2
-				exit 1
-			fi
-		done
+		readers_alive "$ctl/ready." "ended before its reader was ready"
 		[ $SECONDS -lt $deadline ] || { echo "$nready of $count readers ready after $((120 + count)) s" >&2; exit 1; }
 		sleep 0.05
 	done
@@ -557,13 +565,7 @@ phase() {
 	# Every reader done (bounded).
 	deadline=$((SECONDS + secs + 60))
 	while [ "$(find "$out" -maxdepth 1 -regex '.*/[0-9]+' | wc -l)" -lt "$count" ]; do
-		for ((i = 0; i < count; i++)); do
-			if ! kill -0 "${RUN_PIDS[$i]}" 2>/dev/null && [ ! -e "$out/$((first + i))" ]; then
-				echo "runtime $((first + i)) ended without its results:" >&2
-				cat "$out/$((first + i)).err" >&2
-				exit 1
-			fi
-		done
+		readers_alive "$out/" "ended without its results"
 		[ $SECONDS -lt $deadline ] || { echo "readers still running $((secs + 60)) s after the start" >&2; exit 1; }
 		sleep 0.1
 	done
@@ -581,12 +583,15 @@ phase() {
 	if [ "$mode" != native ]; then
 		rec "$name.rss_after_kb" "$(rss_kb "$WORKER")"
 		rec "$name.worker_cpu_s" "$(python3 -c "print(($(cpu_ticks "$WORKER") - $svc0) / $TICK)")"
+		local status
+		status=$("$SPFS_VFS" status --json)
 		# The service's own time per LOOKUP (since it started: the load
 		# phase's requests outnumber the single one's many times).
-		rec "$name.service_lookup_us" "$("$SPFS_VFS" status --json | python3 -c 'import json, sys; o = json.load(sys.stdin)["ops"]["lookup"]; print(o["p50_seconds"] * 1e6, o["p99_seconds"] * 1e6)')"
+		rec "$name.service_lookup_us" "$(python3 -c 'import json, sys; o = json.load(sys.stdin)["ops"]["lookup"]; print(o["p50_seconds"] * 1e6, o["p99_seconds"] * 1e6)' <<<"$status")"
 		# Views, shared directories and routing, as the service counts them.
-		rec "$name.service_views" "$("$SPFS_VFS" status --json | python3 -c "$SERVICE_SUMMARY")"
-		[ "$(status_field pid)" = "$WORKER" ] || { echo "the service's worker changed during the run" >&2; exit 1; }
+		rec "$name.service_views" "$(python3 -c "$SERVICE_SUMMARY" <<<"$status")"
+		[ "$(python3 -c 'import json, sys; print(json.load(sys.stdin)["pid"])' <<<"$status")" = "$WORKER" ] ||
+			{ echo "the service's worker changed during the run" >&2; exit 1; }
 	fi
 	touch "$ctl/end"
 	for ((i = 0; i < count; i++)); do

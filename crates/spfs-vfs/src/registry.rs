@@ -131,7 +131,24 @@ struct Inner {
     last_view: u32,
 }
 
+/// Whether `id` may name a view (0 and the content nodes' are not).
+fn is_view_id(id: u32) -> bool {
+    id != 0 && id < crate::content::CONTENT_VIEW
+}
+
 impl Inner {
+    /// The next view id to hand out, if any is left.
+    fn next_view_id(&self) -> Option<u32> {
+        self.last_view.checked_add(1).filter(|id| is_view_id(*id))
+    }
+
+    /// Whether a live view (a subtree view included) has id `id`.
+    fn is_live(&self, id: u32) -> bool {
+        self.by_id
+            .get(&id)
+            .is_some_and(|(_, w)| w.strong_count() > 0)
+    }
+
     /// The live view `id`, which must be of `key`.
     fn view_by_id<E: std::error::Error + 'static>(
         &self,
@@ -176,21 +193,9 @@ impl Inner {
                 (live, want) => {
                     let id = match want {
                         // Its old id, unless something else has it now.
-                        Some(id) => match self
-                            .by_id
-                            .get(&id)
-                            .is_some_and(|(_, w)| w.strong_count() > 0)
-                            || id == 0
-                            || id == crate::content::CONTENT_VIEW
-                        {
-                            true => continue,
-                            false => id,
-                        },
-                        None => match self
-                            .last_view
-                            .checked_add(1)
-                            .filter(|id| *id < crate::content::CONTENT_VIEW)
-                        {
+                        Some(id) if is_view_id(id) && !self.is_live(id) => id,
+                        Some(_) => continue,
+                        None => match self.next_view_id() {
                             Some(id) => id,
                             None => continue,
                         },
@@ -320,13 +325,9 @@ impl Registry {
                     Some(v) => v,
                     None => {
                         let id = match spec.view_id {
-                            Some(id) if id != 0 && id < crate::content::CONTENT_VIEW => id,
+                            Some(id) if is_view_id(id) => id,
                             Some(id) => return Err(RegistryError::ViewIdTaken(id)),
-                            None => inner
-                                .last_view
-                                .checked_add(1)
-                                .filter(|id| *id < crate::content::CONTENT_VIEW)
-                                .ok_or(RegistryError::OutOfViewIds)?,
+                            None => inner.next_view_id().ok_or(RegistryError::OutOfViewIds)?,
                         };
                         inner.last_view = inner.last_view.max(id);
                         let shares = inner.shares(&tree, &top, prepared, spec.shared.as_deref());

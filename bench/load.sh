@@ -395,7 +395,7 @@ import json, sys
 s = json.load(sys.stdin)
 r = s["routing"]
 o = s["ops"]
-print(f"{s['views']} views, {s['shared_dirs']} shared directories, {s['content_nodes']} content nodes;"
+print(f"{s['views']} views, {s['shared_dirs']} shared directories, {s['routed_dirs']} routed directories, {s['content_nodes']} content nodes;"
       f" routing: {r['cache_hits']} cached, {r['cache_misses']} looked up, {r['unrouted']} from no runtime;"
       f" lookups {o['lookup']['count']} ({o['lookup']['errors']} failed), forgets {o.get('forget', {}).get('count', 0)}"
       f" + {o.get('batch_forget', {}).get('count', 0)} batches")

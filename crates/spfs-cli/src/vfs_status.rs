@@ -40,7 +40,7 @@ pub fn to_json(s: &proto::StatusResponse) -> serde_json::Value {
         "pid": s.pid, "keeper_pid": s.keeper_pid, "mountpoint": s.mountpoint, "listen": s.listen,
         "uptime_seconds": s.uptime_seconds, "runtimes": s.runtimes,
         "requests": s.requests, "passthrough": s.passthrough, "version": s.version,
-        "views": s.views, "shared_dirs": s.shared_dirs, "entries": s.entries, "content_nodes": s.content_nodes,
+        "views": s.views, "shared_dirs": s.shared_dirs, "routed_dirs": s.routed_dirs, "entries": s.entries, "content_nodes": s.content_nodes,
         "open_handles": s.open_handles,
         "read_bytes": s.read_bytes, "write_bytes": s.write_bytes,
         "ops": ops,
@@ -107,8 +107,8 @@ pub fn print_human(s: &proto::StatusResponse) {
     println!("passthrough: {}", s.passthrough);
     println!("version:     {}", s.version);
     println!(
-        "views:       {} ({} entries, {} shared directories, {} content nodes, {} open handles)",
-        s.views, s.entries, s.shared_dirs, s.content_nodes, s.open_handles
+        "views:       {} ({} entries, {} shared directories, {} routed directories, {} content nodes, {} open handles)",
+        s.views, s.entries, s.shared_dirs, s.routed_dirs, s.content_nodes, s.open_handles
     );
     println!(
         "memory:      {} resident; trees ~{} (~{:.0} B per entry)",

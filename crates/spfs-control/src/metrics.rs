@@ -126,6 +126,12 @@ pub fn render(s: &StatusResponse) -> String {
         s.shared_dirs as u64,
     );
     o.one(
+        "spfs_vfs_routed_dirs",
+        Gauge,
+        "Top-level names that routed runtimes hold as different directories, answered through one routed directory node each.",
+        s.routed_dirs as u64,
+    );
+    o.one(
         "spfs_vfs_content_nodes",
         Gauge,
         "Content nodes alive (one per distinct public file the kernel holds).",

@@ -14,6 +14,9 @@
 //! - [`shared`]: subtree views, one node for a top-level directory that
 //!   routed views hold alike, so the kernel's cache of it survives lookups
 //!   from many views;
+//! - [`routed`]: routed directories, one node for a top-level name that
+//!   routed views hold differently, answered per caller, so the kernel's
+//!   entry for the name survives lookups from many views;
 //! - [`vfs`]: the filesystem operations (lookup, getattr, readdir, readlink,
 //!   open, read, statfs) with their cache lifetimes;
 //! - [`edit`]: editable views, a runtime's own writable layer over its
@@ -37,6 +40,7 @@ pub mod handles;
 pub mod journal;
 pub mod node;
 pub mod registry;
+pub mod routed;
 pub mod shared;
 pub mod verify;
 pub mod vfs;

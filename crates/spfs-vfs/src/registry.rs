@@ -19,7 +19,9 @@
 //!
 //! The registry also keeps the subtree views that routed views share
 //! ([`crate::shared`]): one per top-level directory of one owner's views
-//! with the same content, alive while a view shows it.
+//! with the same content, alive while a view shows it; and which top-level
+//! names the routed runtimes hold as different directories, answered
+//! through routed directories ([`crate::routed`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,11 +131,13 @@ struct Inner {
     subtrees: HashMap<SubtreeKey, Weak<View>>,
     recent: VecDeque<Arc<View>>,
     last_view: u32,
+    /// The node ids live runtimes hand out for routed names.
+    contests: crate::routed::Contests,
 }
 
 /// Whether `id` may name a view (0 and the content nodes' are not).
 fn is_view_id(id: u32) -> bool {
-    id != 0 && id < crate::content::CONTENT_VIEW
+    id != 0 && id < crate::routed::FIRST_ROUTED_VIEW
 }
 
 impl Inner {
@@ -229,6 +233,9 @@ impl Inner {
 #[derive(Default)]
 pub struct Registry {
     inner: RwLock<Inner>,
+    /// The contested routed names, kept apart from `inner`: every lookup
+    /// in the shared root reads it.
+    contested: crate::routed::Contested,
 }
 
 impl Registry {
@@ -296,6 +303,10 @@ impl Registry {
                     false => crate::shared::top_dirs(&tree, spec.owner_uid),
                 };
                 let prepared = self.prepare_subtrees(&tree, &top);
+                let routes = match key.bound || spec.edit.is_some() {
+                    true => crate::routed::Routes::default(),
+                    false => crate::routed::Routes::of(&tree),
+                };
                 let edit = match &spec.edit {
                     Some(e) => {
                         let upper =
@@ -339,6 +350,7 @@ impl Registry {
                             bound: key.bound,
                             edit,
                             shares,
+                            routes,
                         });
                         inner
                             .by_id
@@ -366,8 +378,30 @@ impl Registry {
             requests: AtomicU64::new(0),
             view,
         });
+        self.count_routes(&mut inner, &rt.view, true);
         inner.runtimes.insert(spec.name, rt.clone());
         Ok(rt)
+    }
+
+    /// A runtime of `view` came (`add`) or went: count the nodes it hands
+    /// out for its routed names.
+    fn count_routes(&self, inner: &mut Inner, view: &View, add: bool) {
+        for (routed, index) in view.routes.iter() {
+            if let Some(now) = inner.contests.count(routed, view.dir_node(index), add) {
+                self.contested.set(routed, now);
+            }
+        }
+    }
+
+    /// Whether routed runtimes hold top-level name `routed` (its routed
+    /// directory's node id) as different directories now.
+    pub fn is_contested(&self, routed: u64) -> bool {
+        self.contested.contains(routed)
+    }
+
+    /// How many top-level names are contested now.
+    pub fn contested_count(&self) -> usize {
+        self.contested.len()
     }
 
     /// Copies of the top-level directories `top` of `tree` that no live
@@ -416,6 +450,7 @@ impl Registry {
     pub fn remove(&self, name: &str) -> Option<Arc<Runtime>> {
         let mut inner = self.write();
         let rt = inner.runtimes.remove(name)?;
+        self.count_routes(&mut inner, &rt.view, false);
         // Keep the view among the recent ones; forget views nobody uses.
         inner.recent.retain(|v| !Arc::ptr_eq(v, &rt.view));
         if rt.view.edit.is_none() {

@@ -82,6 +82,7 @@ pub fn subtree_view(id: u32, subtree: Arc<Tree>) -> View {
         bound: false,
         edit: None,
         shares: Shares::default(),
+        routes: crate::routed::Routes::default(),
     }
 }
 
@@ -186,7 +187,17 @@ mod tests {
         let b = runtime(&vfs, spec("b", 0), 9);
         let base = node(&vfs, &a, ROOT, b"base");
         assert_eq!(node(&vfs, &b, ROOT, b"base"), base, "alike: one node");
-        assert_ne!(node(&vfs, &a, ROOT, b"own"), node(&vfs, &b, ROOT, b"own"));
+        // `own` differs: each view's own directory, handed out through the
+        // routed directory of the name (crate::routed).
+        let own_index = |rt: &crate::Runtime| rt.view.tree.find(0, b"own").unwrap();
+        let (own_a, own_b) = (
+            a.view.dir_node(own_index(&a)),
+            b.view.dir_node(own_index(&b)),
+        );
+        assert_ne!(own_a, own_b);
+        let routed = crate::routed::routed_node(b"own");
+        assert_eq!(node(&vfs, &a, ROOT, b"own"), routed);
+        assert_eq!(node(&vfs, &b, ROOT, b"own"), routed);
         // Everything below is one node too, reached from either view.
         let x = node(&vfs, &a, base, b"x");
         assert_eq!(node(&vfs, &b, base, b"x"), x);
@@ -237,7 +248,6 @@ mod tests {
             assert!(matches!(vfs.getattr(v, x), Err(VfsError::NotFound)));
         }
         // b's own directory stays b's.
-        let own_b = node(&vfs, &b, ROOT, b"own");
         assert!(matches!(
             vfs.getattr(Some(&a.view), own_b),
             Err(VfsError::NotFound)
@@ -274,16 +284,18 @@ mod tests {
         let fresh = runtime(&vfs, spec("fresh", 0), 9);
         assert_eq!(node(&vfs, &fresh, ROOT, b"base"), node::node_id(77, 0));
         assert!(fresh.view.id > 77, "ids above those taken over");
-        // Recorded without: its own node, as before.
+        // Recorded without: its own node, as before (and the name, now
+        // held by two nodes, is answered through its routed directory).
         let own = RuntimeSpec {
             view_id: Some(60),
             shared: Some(Vec::new()),
             ..spec("own", 0)
         };
         let own = runtime(&vfs, own, 9);
+        assert_eq!(own.view.dir_node(base_index), node::node_id(60, base_index));
         assert_eq!(
             node(&vfs, &own, ROOT, b"base"),
-            node::node_id(60, base_index)
+            crate::routed::routed_node(b"base")
         );
     }
 }

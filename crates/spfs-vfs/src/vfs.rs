@@ -15,7 +15,13 @@
 //!   top-level directory that routed views of one owner hold alike belongs
 //!   to a *subtree view* they all share ([`crate::shared`]), so that the
 //!   kernel's entry for it, and its cache below, stay valid whichever of
-//!   them walks through it.
+//!   them walks through it;
+//! - a top-level name that routed views hold as different directories is
+//!   answered with one *routed directory* node ([`crate::routed`]), which,
+//!   like the root, answers each caller from its own view and caches
+//!   nothing: its attributes and names have lifetime zero, its listing is
+//!   not kept. The nodes it hands out below are the caller's, cached as
+//!   any.
 //!
 //! A *bound* view has a root directory of its own ([`node::view_root`]),
 //! which its runtime's processes reach by the name [`VIEW_DOOR`] in the
@@ -229,11 +235,13 @@ const MAX_DIR_HANDLES: usize = 65_536;
 type Result<T, E = VfsError> = std::result::Result<T, E>;
 
 /// A resolved node: the shared root, a bound view's root, an entry of a
-/// view, or a public file's content node.
+/// view, a routed directory (its id, and the caller's directory of its
+/// name as an entry), or a public file's content node.
 enum Node<'a> {
     Root,
     ViewRoot(&'a View),
     Entry(&'a View, u32, &'a Entry),
+    Routed(u64, &'a View, u32, &'a Entry),
     Content(ContentKey),
 }
 
@@ -287,6 +295,23 @@ impl Vfs {
         if node == ROOT {
             return Ok(Node::Root);
         }
+        if crate::routed::is_routed(node) {
+            // The caller's own directory of the name, as it hands it out
+            // (through a subtree view, or its own).
+            let caller = view
+                .filter(|v| !v.bound && v.edit.is_none())
+                .ok_or(VfsError::NotFound)?;
+            let index = caller.routes.index_of(node).ok_or(VfsError::NotFound)?;
+            let (v, i) = match caller.shares.of_entry(index) {
+                Some(sub) => (sub, crate::shared::SUBTREE_TOP),
+                None => (caller, index),
+            };
+            let e = v.tree.entries().get(i as usize).ok_or(VfsError::NotFound)?;
+            return match e.kind {
+                EntryKind::Dir => Ok(Node::Routed(node, v, i, e)),
+                _ => Err(VfsError::NotFound),
+            };
+        }
         let (vid, index) = node::split(node).ok_or(VfsError::NotFound)?;
         if vid == crate::content::CONTENT_VIEW {
             // Public bytes: whoever reached the node may have them.
@@ -318,7 +343,7 @@ impl Vfs {
     /// a node of one, else the caller's.
     fn tree_view<'a>(n: &Node<'a>, caller: &'a View) -> &'a View {
         match n {
-            Node::Entry(v, _, _) | Node::ViewRoot(v) => v,
+            Node::Entry(v, _, _) | Node::ViewRoot(v) | Node::Routed(_, v, _, _) => v,
             Node::Root | Node::Content(_) => caller,
         }
     }
@@ -327,8 +352,10 @@ impl Vfs {
     fn dir_of(node: &Node<'_>) -> Result<u32> {
         match node {
             Node::Root | Node::ViewRoot(_) => Ok(0),
-            Node::Entry(_, _, e) if e.kind == EntryKind::Dir => Ok(e.dir),
-            Node::Entry(..) | Node::Content(_) => Err(VfsError::NotDir),
+            Node::Entry(_, _, e) | Node::Routed(_, _, _, e) if e.kind == EntryKind::Dir => {
+                Ok(e.dir)
+            }
+            Node::Entry(..) | Node::Routed(..) | Node::Content(_) => Err(VfsError::NotDir),
         }
     }
 
@@ -431,6 +458,26 @@ impl Vfs {
         }
     }
 
+    /// What the shared root hands out for its entry `index` (`e`, `attr`
+    /// as [`Vfs::handed_attr`] gives it) to routed read-only view `caller`:
+    /// the routed directory while the name is contested, and the lifetime
+    /// of the attributes.
+    fn routed_attr(&self, caller: &View, index: u32, e: &Entry, attr: Attr) -> (Attr, Duration) {
+        if e.kind == EntryKind::Dir
+            && let Some(routed) = caller.routes.node_of(index)
+            && self.registry.is_contested(routed)
+        {
+            return (
+                Attr {
+                    node: routed,
+                    ..attr
+                },
+                NO_TTL,
+            );
+        }
+        (attr, LONG_TTL)
+    }
+
     /// The kernel dropped `n` references to `node` (FUSE `FORGET`).
     /// Returns whether the node is gone (a content node whose id may now
     /// name other content: whatever a host keeps by node id must go).
@@ -507,8 +554,15 @@ impl Vfs {
         let view = Self::tree_view(&p, caller);
         let index = view.tree.find(dir, name).ok_or(VfsError::NotFound)?;
         let e = &view.tree.entries()[index as usize];
-        let entry_ttl = if parent == ROOT { NO_TTL } else { LONG_TTL };
-        Ok((self.handed_attr(view, index, e, true), entry_ttl, LONG_TTL))
+        let attr = self.handed_attr(view, index, e, true);
+        match p {
+            Node::Root => {
+                let (attr, attr_ttl) = self.routed_attr(caller, index, e, attr);
+                Ok((attr, NO_TTL, attr_ttl))
+            }
+            Node::Routed(..) => Ok((attr, NO_TTL, LONG_TTL)),
+            _ => Ok((attr, LONG_TTL, LONG_TTL)),
+        }
     }
 
     /// How long the kernel may remember that a name is missing from
@@ -548,6 +602,13 @@ impl Vfs {
             Node::Root => Ok((self.root_attr(), LONG_TTL)),
             Node::ViewRoot(v) => Ok((Self::view_root_attr(v), LONG_TTL)),
             Node::Entry(v, i, e) => Ok((Self::entry_attr(v, i, e), LONG_TTL)),
+            Node::Routed(r, v, i, e) => Ok((
+                Attr {
+                    node: r,
+                    ..Self::entry_attr(v, i, e)
+                },
+                NO_TTL,
+            )),
             Node::Content(key) => Ok((Self::content_attr(node, &key), LONG_TTL)),
         }
     }
@@ -555,7 +616,7 @@ impl Vfs {
     /// Whether a directory's listing may be cached (it is the same for
     /// every caller who can reach it).
     pub fn dir_listing_cacheable(&self, view: Option<&View>, node: u64) -> bool {
-        node != ROOT && Self::editing(view).is_none()
+        node != ROOT && !crate::routed::is_routed(node) && Self::editing(view).is_none()
     }
 
     /// Check that `node` is a directory the caller can list.
@@ -589,7 +650,10 @@ impl Vfs {
         }
         let n = self.resolve(view, node)?;
         let dir = Self::dir_of(&n)?;
-        let ttl = if node == ROOT { NO_TTL } else { LONG_TTL };
+        let ttl = match n {
+            Node::Root | Node::Routed(..) => NO_TTL,
+            _ => LONG_TTL,
+        };
         let mut pos = offset;
         if pos == 0 {
             let (attr, _) = self.getattr(view, node)?;
@@ -607,7 +671,7 @@ impl Vfs {
             let parent = match &n {
                 Node::Entry(v, _, _) => Self::parent_node(v, dir),
                 Node::ViewRoot(v) => node::view_root(v.id),
-                Node::Root | Node::Content(_) => ROOT,
+                Node::Root | Node::Routed(..) | Node::Content(_) => ROOT,
             };
             let (attr, _) = self.getattr(view, parent)?;
             if add(DirItem {
@@ -634,7 +698,11 @@ impl Vfs {
                 // Shadowed by the door: listed, it could not be looked up.
                 continue;
             }
-            let attr = self.handed_attr(view, start + k as u32, e, plus);
+            let index = start + k as u32;
+            let mut attr = self.handed_attr(view, index, e, plus);
+            if matches!(n, Node::Root) {
+                attr = self.routed_attr(caller, index, e, attr).0;
+            }
             if add(DirItem {
                 name: &e.name,
                 attr,
@@ -866,6 +934,7 @@ impl Vfs {
         match self.resolve(view, node)? {
             Node::Root | Node::ViewRoot(_) => Err(VfsError::IsDir),
             Node::Entry(_, _, e) if e.kind == EntryKind::Dir => Err(VfsError::IsDir),
+            Node::Routed(..) => Err(VfsError::IsDir),
             Node::Entry(_, _, e) => Ok((e.object, e.size, owner)),
             Node::Content(key) => Ok((key.digest, key.size, PUBLIC_ONLY)),
         }
@@ -979,11 +1048,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
         let a = view_with(&vfs, "a", b"alpha");
-        let b = view_with(&vfs, "b", b"beta!!");
+        // Alone, a's `dir` is handed out as its own node.
         let (da, ttl, _) = vfs.lookup(Some(&a.view), ROOT, b"dir").unwrap();
         assert_eq!(ttl, NO_TTL, "names in the shared root are never cached");
+        let b = view_with(&vfs, "b", b"beta!!");
+        // Now that b's differs, both are handed the routed directory of the
+        // name (crate::routed), which answers each with its own.
         let (db, _, _) = vfs.lookup(Some(&b.view), ROOT, b"dir").unwrap();
-        assert_ne!(da.node, db.node);
+        assert_eq!(db.node, crate::routed::routed_node(b"dir"));
+        let db = b.view.dir_node(b.view.tree.find(0, b"dir").unwrap());
+        assert_ne!(da.node, db);
         let (fa, ttl, _) = vfs.lookup(Some(&a.view), da.node, b"file").unwrap();
         assert_eq!(ttl, LONG_TTL);
         assert_eq!(fa.size, 5);
@@ -991,6 +1065,7 @@ mod tests {
         assert_eq!(vfs.miss_ttl(Some(&a.view), da.node, b"x"), LONG_TTL);
         assert_eq!(vfs.miss_ttl(Some(&a.view), ROOT, b"x"), NO_TTL);
         assert_eq!(vfs.miss_ttl(Some(&b.view), da.node, b"x"), NO_TTL);
+        assert_eq!(vfs.miss_ttl(Some(&b.view), db, b"x"), LONG_TTL);
         assert_eq!(vfs.miss_ttl(Some(&a.view), fa.node, b"x"), NO_TTL);
         assert_eq!(vfs.miss_ttl(None, da.node, b"x"), NO_TTL);
         // Every entry shows its own time.

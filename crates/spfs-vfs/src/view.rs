@@ -32,11 +32,12 @@ pub struct View {
     /// The top-level directories shown through subtree views
     /// ([`crate::shared`]); none for a bound, editable or subtree view.
     pub shares: crate::shared::Shares,
+    /// The top-level directories by routed directory node id
+    /// ([`crate::routed`]); none for a bound, editable or subtree view.
+    pub routes: crate::routed::Routes,
 }
 
 impl View {
-    /// The stack the view shows now, bottom first (an editable view's
-    /// grows with each commit).
     /// The view whose tree holds node ids of view id `id`, for a caller of
     /// this view: this view, or a subtree view it shares.
     pub fn holding(&self, id: u32) -> Option<&View> {
@@ -46,6 +47,17 @@ impl View {
         }
     }
 
+    /// The node id a top-level directory (entry `index`) of the view is
+    /// handed out with: its subtree view's, if it shares one, else its own.
+    pub fn dir_node(&self, index: u32) -> u64 {
+        match self.shares.of_entry(index) {
+            Some(sub) => crate::node::node_id(sub.id, crate::shared::SUBTREE_TOP),
+            None => crate::node::node_id(self.id, index),
+        }
+    }
+
+    /// The stack the view shows now, bottom first (an editable view's
+    /// grows with each commit).
     pub fn stack(&self) -> Vec<Digest> {
         match &self.edit {
             Some(e) => e.stack(),

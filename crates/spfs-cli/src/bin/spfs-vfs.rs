@@ -90,7 +90,8 @@ enum Cmd {
         /// One JSON document (figures explained in docs/observability.md):
         /// {"pid" (the worker), "keeper_pid", "mountpoint", "listen",
         /// "uptime_seconds", "runtimes",
-        /// "requests", "passthrough", "version", "views", "shared_dirs", "entries",
+        /// "requests", "passthrough", "version", "views", "shared_dirs", "routed_dirs",
+        /// "entries",
         /// "content_nodes", "open_handles", "read_bytes", "write_bytes",
         /// "ops": {OP: {"count", "errors", "sum_seconds", "p50_seconds",
         /// "p90_seconds", "p99_seconds", "p999_seconds"}},

@@ -16,6 +16,7 @@ mod mtimes;
 mod observability;
 mod pagecache;
 mod readthrough;
+mod routed;
 mod routing;
 mod runtimes;
 mod shared;

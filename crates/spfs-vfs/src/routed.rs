@@ -345,7 +345,7 @@ mod tests {
             let n = routed_node(name);
             assert!(is_routed(n));
             let (view, index) = crate::node::split(n).unwrap();
-            assert!(view >= FIRST_ROUTED_VIEW && view < crate::content::CONTENT_VIEW);
+            assert!((FIRST_ROUTED_VIEW..crate::content::CONTENT_VIEW).contains(&view));
             assert_ne!(index, crate::node::VIEW_ROOT_INDEX);
             assert!(!crate::node::is_view_root(n));
         }

@@ -193,26 +193,15 @@ impl Contested {
 mod tests {
     use super::*;
     use crate::node::ROOT;
-    use crate::registry::{register_tree_as, test_spec as spec};
+    use crate::registry::test_spec as spec;
     use crate::vfs::{LONG_TTL, NO_TTL};
     use crate::{RuntimeSpec, Vfs, VfsError};
-    use spfs_model::TreeBuilder;
     use spfs_storage::FsRepository;
 
     /// A runtime whose stack holds `base/x/f` (alike in every view) and
     /// `own/NAME` (NAME: the runtime's name).
     fn runtime(vfs: &Vfs, spec: RuntimeSpec) -> std::sync::Arc<crate::Runtime> {
-        let one = vfs.repo().write_blob(b"one").unwrap();
-        let own = vfs.repo().write_blob(spec.name.as_bytes()).unwrap();
-        let mut b = TreeBuilder::new();
-        b.add(b"base/x/f", EntryKind::File, 0o100644, 3, one)
-            .unwrap();
-        let path = format!("own/{}", spec.name);
-        let size = spec.name.len() as u64;
-        b.add(path.as_bytes(), EntryKind::File, 0o100644, size, own)
-            .unwrap();
-        let layers = vec![Digest::of(spec.name.as_bytes())];
-        register_tree_as(&vfs.registry, spec, layers, b.build().unwrap())
+        crate::shared::testing::runtime(vfs, spec, 9)
     }
 
     fn names(vfs: &Vfs, rt: &crate::Runtime, node: u64) -> Vec<(String, u64)> {

@@ -147,20 +147,21 @@ impl Shares {
     }
 }
 
+/// For the crate's tests: runtimes of stacks with a directory alike.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use spfs_model::{Digest, EntryKind, TreeBuilder};
-    use spfs_storage::FsRepository;
 
-    use crate::node::{self, ROOT};
     use crate::registry::register_tree_as;
-    use crate::{RuntimeSpec, Vfs, VfsError};
-
-    use crate::registry::test_spec as spec;
+    use crate::{RuntimeSpec, Vfs};
 
     /// A runtime whose stack holds `base/x/f` ("one", time `base_mtime`)
     /// and `own/NAME`.
-    fn runtime(vfs: &Vfs, spec: RuntimeSpec, base_mtime: i64) -> std::sync::Arc<crate::Runtime> {
+    pub fn runtime(
+        vfs: &Vfs,
+        spec: RuntimeSpec,
+        base_mtime: i64,
+    ) -> std::sync::Arc<crate::Runtime> {
         let one = vfs.repo().write_blob(b"one").unwrap();
         let own = vfs.repo().write_blob(spec.name.as_bytes()).unwrap();
         let mut b = TreeBuilder::new();
@@ -174,6 +175,18 @@ mod tests {
         let layers = vec![Digest::of(spec.name.as_bytes())];
         register_tree_as(&vfs.registry, spec, layers, b.build().unwrap())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use spfs_storage::FsRepository;
+
+    use super::testing::runtime;
+
+    use crate::node::{self, ROOT};
+    use crate::{RuntimeSpec, Vfs, VfsError};
+
+    use crate::registry::test_spec as spec;
 
     fn node(vfs: &Vfs, rt: &crate::Runtime, parent: u64, name: &[u8]) -> u64 {
         vfs.lookup(Some(&rt.view), parent, name).unwrap().0.node

@@ -236,6 +236,28 @@ impl World {
             .then(|| serde_json::from_slice(&out.stdout).expect("status json"))
     }
 
+    /// A directory through which a test steps runtimes' scripts: its path,
+    /// the mount point and it as text, and a shell line that waits (at
+    /// most 30 s, then fails) until the test makes a file in it.
+    pub fn steps(&self) -> (PathBuf, String, String, impl Fn(&str) -> String) {
+        let d = self.dir.path().join("ctl");
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let (mnt, ds) = (self.mnt.display().to_string(), d.display().to_string());
+        let at = ds.clone();
+        let wait = move |f: &str| {
+            format!(
+                "i=0; until [ -e {at}/{f} ]; do i=$((i+1)); [ $i -lt 3000 ] || exit 9; sleep 0.01; done"
+            )
+        };
+        (d, mnt, ds, wait)
+    }
+
+    /// How many LOOKUPs the service has answered since it started.
+    pub fn lookups(&self) -> u64 {
+        let s = self.status().expect("status");
+        s["ops"]["lookup"]["count"].as_u64().expect("lookup count")
+    }
+
     /// The service's pid, if one is running.
     pub fn service_pid(&self) -> Option<u32> {
         self.status()
@@ -355,6 +377,20 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Wait (at most 30 s) for a file a runtime's script makes.
+pub fn wait_file(path: &Path) {
+    assert!(
+        wait_for(Duration::from_secs(30), || path.exists()),
+        "{} never came",
+        path.display()
+    );
+}
+
+/// A file's text, empty if it cannot be read.
+pub fn read_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -3,30 +3,8 @@
 //! (`spfs_vfs::routed`), so one runtime's walk through it does not drop
 //! what the kernel caches below it for another.
 
-use std::path::Path;
-use std::time::Duration;
-
-use serde_json::Value;
-
 use crate::harness::*;
 use crate::require_vfs;
-
-fn lookups(w: &World) -> u64 {
-    let s: Value = w.status().expect("status");
-    s["ops"]["lookup"]["count"].as_u64().expect("lookup count")
-}
-
-fn wait_file(path: &Path) {
-    assert!(
-        wait_for(Duration::from_secs(30), || path.exists()),
-        "{} never came",
-        path.display()
-    );
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 #[test]
 fn a_name_held_differently_is_one_node_answered_per_runtime_and_across_restarts() {
@@ -35,10 +13,7 @@ fn a_name_held_differently_is_one_node_answered_per_runtime_and_across_restarts(
     w.commit("ro/a", &[("own/a/f", b"A bytes")]);
     w.commit("ro/b", &[("own/b/g", b"B bytes")]);
     w.start_service();
-    let d = w.dir.path().join("ctl");
-    std::fs::create_dir_all(&d).expect("mkdir");
-    let (mnt, ds) = (w.mnt.display().to_string(), d.display().to_string());
-    let wait = |f: &str| format!("until [ -e {ds}/{f} ]; do sleep 0.01; done");
+    let (d, mnt, ds, wait) = w.steps();
     // A: sits in own/ (the routed directory once B runs) and walks
     // own/a/f through it; after B walked own/, walks own/a/f again
     // (counted); after a restart, lists its
@@ -57,7 +32,7 @@ fn a_name_held_differently_is_one_node_answered_per_runtime_and_across_restarts(
         ),
     );
     wait_file(&d.join("a.1"));
-    assert_eq!(read(&d.join("a.read")), "A bytes");
+    assert_eq!(read_text(&d.join("a.read")), "A bytes");
     // B: its own `own` (and, at its end, nothing of A's).
     let b = w.spawn_sh(
         "ro/b",
@@ -69,25 +44,29 @@ fn a_name_held_differently_is_one_node_answered_per_runtime_and_across_restarts(
         ),
     );
     wait_file(&d.join("b.1"));
-    assert_eq!(read(&d.join("b.read")), "B bytes");
-    assert_eq!(read(&d.join("b.ls")), "b\n");
+    assert_eq!(read_text(&d.join("b.read")), "B bytes");
+    assert_eq!(read_text(&d.join("b.ls")), "b\n");
     assert_eq!(w.status().expect("status")["routed_dirs"], 1);
     std::fs::write(d.join("go.1"), "").expect("go");
     wait_file(&d.join("a.2"));
-    assert_eq!(read(&d.join("a.ino")), read(&d.join("b.ino")), "one node");
+    assert_eq!(
+        read_text(&d.join("a.ino")),
+        read_text(&d.join("b.ino")),
+        "one node"
+    );
 
     // B's walk left A's cached names below `own` alone: A's walk of
     // own/a/f asks for `own` and `a` (never cached under a routed
     // directory), not for `f`. (With a node per view it asked 4.)
-    let before = lookups(&w);
+    let before = w.lookups();
     std::fs::write(d.join("go.2"), "").expect("go");
     wait_file(&d.join("a.3"));
-    let asked = lookups(&w) - before;
+    let asked = w.lookups() - before;
     assert!(
         asked <= 2,
         "a walk after another runtime's asked {asked} lookups"
     );
-    assert_eq!(read(&d.join("a.again")).trim(), "7");
+    assert_eq!(read_text(&d.join("a.again")).trim(), "7");
     // A process in no runtime sees nothing of it (after the count: its
     // miss drops the kernel's entry for the name).
     let outside = std::process::Command::new("stat")
@@ -105,6 +84,6 @@ fn a_name_held_differently_is_one_node_answered_per_runtime_and_across_restarts(
     let out = a.wait_with_output().expect("runtime a");
     ok(&out, "runtime a");
     ok(&b.wait_with_output().expect("runtime b"), "runtime b");
-    assert_eq!(read(&d.join("a.ls")), "a\n");
-    assert_eq!(read(&d.join("a.cwd")), "A bytes");
+    assert_eq!(read_text(&d.join("a.ls")), "a\n");
+    assert_eq!(read_text(&d.join("a.cwd")), "A bytes");
 }

@@ -2,30 +2,8 @@
 //! directory they hold alike as one node, so one runtime's lookups do not
 //! drop what the kernel caches for another (`spfs_vfs::shared`).
 
-use std::path::Path;
-use std::time::Duration;
-
-use serde_json::Value;
-
 use crate::harness::*;
 use crate::require_vfs;
-
-fn lookups(w: &World) -> u64 {
-    let s: Value = w.status().expect("status");
-    s["ops"]["lookup"]["count"].as_u64().expect("lookup count")
-}
-
-fn wait_file(path: &Path) {
-    assert!(
-        wait_for(Duration::from_secs(30), || path.exists()),
-        "{} never came",
-        path.display()
-    );
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 #[test]
 fn alike_top_level_directories_keep_their_cache_across_runtimes_and_restarts() {
@@ -35,10 +13,7 @@ fn alike_top_level_directories_keep_their_cache_across_runtimes_and_restarts() {
     w.commit("sh/a", &[("own/a", b"A")]);
     w.commit("sh/b", &[("own/b", b"B")]);
     w.start_service();
-    let d = w.dir.path().join("ctl");
-    std::fs::create_dir_all(&d).expect("mkdir");
-    let (mnt, ds) = (w.mnt.display().to_string(), d.display().to_string());
-    let wait = |f: &str| format!("until [ -e {ds}/{f} ]; do sleep 0.01; done");
+    let (d, mnt, ds, wait) = w.steps();
     // A: warms base/x/f, holds it open and sits in base/x; after B looked
     // it up, stats it again (counted); after a restart, reads it through
     // the descriptor, the working directory and the path.
@@ -65,8 +40,8 @@ fn alike_top_level_directories_keep_their_cache_across_runtimes_and_restarts() {
     );
     ok(&b, "runtime b");
     assert_eq!(stdout(&b), "base bytes");
-    assert_eq!(read(&d.join("a.read")), "base bytesA");
-    let (ia, ib) = (read(&d.join("a.ino")), read(&d.join("b.ino")));
+    assert_eq!(read_text(&d.join("a.read")), "base bytesA");
+    let (ia, ib) = (read_text(&d.join("a.ino")), read_text(&d.join("b.ino")));
     let (ia, ib): (Vec<&str>, Vec<&str>) = (ia.lines().collect(), ib.lines().collect());
     assert_eq!(ia.len(), 4, "{ia:?}");
     assert_eq!(ia[..3], ib[..3], "base, base/x, base/x/f: one node each");
@@ -78,15 +53,15 @@ fn alike_top_level_directories_keep_their_cache_across_runtimes_and_restarts() {
 
     // B's lookups left A's cached names below the root alone: A's walk
     // asks for the root's name only.
-    let before = lookups(&w);
+    let before = w.lookups();
     std::fs::write(d.join("go.1"), "").expect("go");
     wait_file(&d.join("a.2"));
-    let asked = lookups(&w) - before;
+    let asked = w.lookups() - before;
     assert!(
         asked <= 1,
         "a walk after another view's asked {asked} lookups (the root's name only is asked)"
     );
-    assert_eq!(read(&d.join("a.again")).trim(), ia[2]);
+    assert_eq!(read_text(&d.join("a.again")).trim(), ia[2]);
 
     // A restart keeps the shared node ids: held descriptors, working
     // directories and the kernel's names stay valid.
@@ -95,10 +70,10 @@ fn alike_top_level_directories_keep_their_cache_across_runtimes_and_restarts() {
     wait_file(&d.join("a.3"));
     let out = a.wait_with_output().expect("runtime a");
     ok(&out, "runtime a");
-    let after = read(&d.join("a.after"));
+    let after = read_text(&d.join("a.after"));
     assert_eq!(after.lines().collect::<Vec<_>>(), [ia[0], ia[2]]);
     for f in ["a.fd", "a.cwd", "a.path"] {
-        assert_eq!(read(&d.join(f)), "base bytes", "{f}");
+        assert_eq!(read_text(&d.join(f)), "base bytes", "{f}");
     }
     assert!(
         !w.log_text().contains("cannot take the runtime over"),

@@ -211,7 +211,7 @@ impl Inner {
                             None => continue,
                         },
                     };
-                    let v = Arc::new(crate::shared::subtree_view(id, sub));
+                    let v = Arc::new(crate::shared::subtree_view(id, sub, key.owner_uid));
                     self.last_view = self.last_view.max(id);
                     self.by_id.insert(id, (None, Arc::downgrade(&v)));
                     // The one new views of the key share (a view taken
@@ -344,6 +344,7 @@ impl Registry {
                         let shares = inner.shares(&tree, &top, prepared, spec.shared.as_deref());
                         let v = Arc::new(View {
                             id,
+                            owner_uid: key.owner_uid,
                             layers: key.layers.clone(),
                             tree,
                             mtime,
@@ -387,19 +388,20 @@ impl Registry {
     /// out for its routed names.
     fn count_routes(&self, inner: &mut Inner, view: &View, add: bool) {
         for (routed, index) in view.routes.iter() {
-            if let Some(now) = inner.contests.count(routed, view.dir_node(index), add) {
-                self.contested.set(routed, now);
+            let name = (view.owner_uid, routed);
+            if let Some(now) = inner.contests.count(name, view.dir_node(index), add) {
+                self.contested.set(name, now);
             }
         }
     }
 
-    /// Whether routed runtimes hold top-level name `routed` (its routed
-    /// directory's node id) as different directories now.
-    pub fn is_contested(&self, routed: u64) -> bool {
-        self.contested.contains(routed)
+    /// Whether routed runtimes of `owner_uid` hold the top-level name of
+    /// routed directory `routed` as different directories now.
+    pub fn is_contested(&self, owner_uid: u32, routed: u64) -> bool {
+        self.contested.contains((owner_uid, routed))
     }
 
-    /// How many top-level names are contested now.
+    /// How many top-level names are contested now (for each owner).
     pub fn contested_count(&self) -> usize {
         self.contested.len()
     }

@@ -73,9 +73,10 @@ pub fn top_dirs(tree: &Tree, owner_uid: u32) -> Vec<(u32, SubtreeKey)> {
 
 /// Subtree view `id` of `subtree` (a directory copied out of a tree by
 /// [`Tree::subtree`]).
-pub fn subtree_view(id: u32, subtree: Arc<Tree>) -> View {
+pub fn subtree_view(id: u32, subtree: Arc<Tree>, owner_uid: u32) -> View {
     View {
         id,
+        owner_uid,
         layers: Vec::new(),
         tree: subtree,
         mtime: std::time::SystemTime::UNIX_EPOCH,
@@ -208,7 +209,7 @@ mod tests {
             b.view.dir_node(own_index(&b)),
         );
         assert_ne!(own_a, own_b);
-        let routed = crate::routed::routed_node(b"own");
+        let routed = a.view.routes.node_of(own_index(&a)).unwrap();
         assert_eq!(node(&vfs, &a, ROOT, b"own"), routed);
         assert_eq!(node(&vfs, &b, ROOT, b"own"), routed);
         // Everything below is one node too, reached from either view.
@@ -308,7 +309,7 @@ mod tests {
         assert_eq!(own.view.dir_node(base_index), node::node_id(60, base_index));
         assert_eq!(
             node(&vfs, &own, ROOT, b"base"),
-            crate::routed::routed_node(b"base")
+            crate::routed::routed_node(b"base", 0o755)
         );
     }
 }

@@ -16,12 +16,12 @@
 //!   to a *subtree view* they all share ([`crate::shared`]), so that the
 //!   kernel's entry for it, and its cache below, stay valid whichever of
 //!   them walks through it;
-//! - a top-level name that routed views hold as different directories is
-//!   answered with one *routed directory* node ([`crate::routed`]), which,
-//!   like the root, answers each caller from its own view and caches
-//!   nothing: its attributes and names have lifetime zero, its listing is
-//!   not kept. The nodes it hands out below are the caller's, cached as
-//!   any.
+//! - a top-level name that one owner's routed views hold as different
+//!   directories is answered with one *routed directory* node
+//!   ([`crate::routed`]), whose attributes are fixed (cached as any) and
+//!   which, like the root, answers each caller's names from its own view
+//!   and caches none of them (lifetime zero, listing not kept). The nodes
+//!   it hands out below are the caller's, cached as any.
 //!
 //! A *bound* view has a root directory of its own ([`node::view_root`]),
 //! which its runtime's processes reach by the name [`VIEW_DOOR`] in the
@@ -241,7 +241,7 @@ enum Node<'a> {
     Root,
     ViewRoot(&'a View),
     Entry(&'a View, u32, &'a Entry),
-    Routed(u64, &'a View, u32, &'a Entry),
+    Routed(u64, &'a View, &'a Entry),
     Content(ContentKey),
 }
 
@@ -308,7 +308,7 @@ impl Vfs {
             };
             let e = v.tree.entries().get(i as usize).ok_or(VfsError::NotFound)?;
             return match e.kind {
-                EntryKind::Dir => Ok(Node::Routed(node, v, i, e)),
+                EntryKind::Dir => Ok(Node::Routed(node, v, e)),
                 _ => Err(VfsError::NotFound),
             };
         }
@@ -343,7 +343,7 @@ impl Vfs {
     /// a node of one, else the caller's.
     fn tree_view<'a>(n: &Node<'a>, caller: &'a View) -> &'a View {
         match n {
-            Node::Entry(v, _, _) | Node::ViewRoot(v) | Node::Routed(_, v, _, _) => v,
+            Node::Entry(v, _, _) | Node::ViewRoot(v) | Node::Routed(_, v, _) => v,
             Node::Root | Node::Content(_) => caller,
         }
     }
@@ -352,9 +352,7 @@ impl Vfs {
     fn dir_of(node: &Node<'_>) -> Result<u32> {
         match node {
             Node::Root | Node::ViewRoot(_) => Ok(0),
-            Node::Entry(_, _, e) | Node::Routed(_, _, _, e) if e.kind == EntryKind::Dir => {
-                Ok(e.dir)
-            }
+            Node::Entry(_, _, e) | Node::Routed(_, _, e) if e.kind == EntryKind::Dir => Ok(e.dir),
             Node::Entry(..) | Node::Routed(..) | Node::Content(_) => Err(VfsError::NotDir),
         }
     }
@@ -460,22 +458,30 @@ impl Vfs {
 
     /// What the shared root hands out for its entry `index` (`e`, `attr`
     /// as [`Vfs::handed_attr`] gives it) to routed read-only view `caller`:
-    /// the routed directory while the name is contested, and the lifetime
-    /// of the attributes.
-    fn routed_attr(&self, caller: &View, index: u32, e: &Entry, attr: Attr) -> (Attr, Duration) {
-        if e.kind == EntryKind::Dir
-            && let Some(routed) = caller.routes.node_of(index)
-            && self.registry.is_contested(routed)
-        {
-            return (
-                Attr {
-                    node: routed,
-                    ..attr
-                },
-                NO_TTL,
-            );
+    /// the routed directory while the name is contested for its owner.
+    fn routed_attr(&self, caller: &View, index: u32, e: &Entry, attr: Attr) -> Attr {
+        match caller.routes.node_of(index) {
+            Some(routed) if self.registry.is_contested(caller.owner_uid, routed) => {
+                self.routed_dir_attr(routed, e)
+            }
+            _ => attr,
         }
-        (attr, LONG_TTL)
+    }
+
+    /// The attributes of routed directory `node` of directory entry `e`:
+    /// the same for every caller who reaches it (see [`crate::routed`]).
+    fn routed_dir_attr(&self, node: u64, e: &Entry) -> Attr {
+        Attr {
+            node,
+            kind: NodeKind::Dir,
+            perm: (e.mode & 0o7777) as u16,
+            size: 0,
+            // Unknown (a count of subdirectories would differ per caller).
+            nlink: 1,
+            mtime: self.started,
+            uid: 0,
+            gid: 0,
+        }
     }
 
     /// The kernel dropped `n` references to `node` (FUSE `FORGET`).
@@ -556,10 +562,7 @@ impl Vfs {
         let e = &view.tree.entries()[index as usize];
         let attr = self.handed_attr(view, index, e, true);
         match p {
-            Node::Root => {
-                let (attr, attr_ttl) = self.routed_attr(caller, index, e, attr);
-                Ok((attr, NO_TTL, attr_ttl))
-            }
+            Node::Root => Ok((self.routed_attr(caller, index, e, attr), NO_TTL, LONG_TTL)),
             Node::Routed(..) => Ok((attr, NO_TTL, LONG_TTL)),
             _ => Ok((attr, LONG_TTL, LONG_TTL)),
         }
@@ -602,13 +605,7 @@ impl Vfs {
             Node::Root => Ok((self.root_attr(), LONG_TTL)),
             Node::ViewRoot(v) => Ok((Self::view_root_attr(v), LONG_TTL)),
             Node::Entry(v, i, e) => Ok((Self::entry_attr(v, i, e), LONG_TTL)),
-            Node::Routed(r, v, i, e) => Ok((
-                Attr {
-                    node: r,
-                    ..Self::entry_attr(v, i, e)
-                },
-                NO_TTL,
-            )),
+            Node::Routed(r, _, e) => Ok((self.routed_dir_attr(r, e), LONG_TTL)),
             Node::Content(key) => Ok((Self::content_attr(node, &key), LONG_TTL)),
         }
     }
@@ -701,7 +698,7 @@ impl Vfs {
             let index = start + k as u32;
             let mut attr = self.handed_attr(view, index, e, plus);
             if matches!(n, Node::Root) {
-                attr = self.routed_attr(caller, index, e, attr).0;
+                attr = self.routed_attr(caller, index, e, attr);
             }
             if add(DirItem {
                 name: &e.name,
@@ -1055,7 +1052,7 @@ mod tests {
         // Now that b's differs, both are handed the routed directory of the
         // name (crate::routed), which answers each with its own.
         let (db, _, _) = vfs.lookup(Some(&b.view), ROOT, b"dir").unwrap();
-        assert_eq!(db.node, crate::routed::routed_node(b"dir"));
+        assert_eq!(db.node, crate::routed::routed_node(b"dir", 0o755));
         let db = b.view.dir_node(b.view.tree.find(0, b"dir").unwrap());
         assert_ne!(da.node, db);
         let (fa, ttl, _) = vfs.lookup(Some(&a.view), da.node, b"file").unwrap();

@@ -16,6 +16,9 @@ use spfs_model::{Digest, Tree};
 #[derive(Debug)]
 pub struct View {
     pub id: u32,
+    /// The user whose runtimes see it (views are per owner, see
+    /// [`crate::registry`]).
+    pub owner_uid: u32,
     /// The stack, bottom first (layers or manifests).
     pub layers: Vec<Digest>,
     /// The merged tree, shared by the views of one stack (they differ only

@@ -20,4 +20,5 @@ mod limits;
 mod logs_locks;
 mod registration;
 mod repo;
+mod routed;
 mod stacks;

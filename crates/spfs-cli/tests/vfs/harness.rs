@@ -156,6 +156,17 @@ impl World {
 
     /// Commit a tree of `(path, content)` files and tag it.
     pub fn commit(&self, tag: &str, files: &[(&str, &[u8])]) -> String {
+        self.commit_with_dirs(tag, files, &[])
+    }
+
+    /// [`World::commit`], with directories of these modes (made if no
+    /// file is in them).
+    pub fn commit_with_dirs(
+        &self,
+        tag: &str,
+        files: &[(&str, &[u8])],
+        dirs: &[(&str, u32)],
+    ) -> String {
         let src = self
             .dir
             .path()
@@ -167,6 +178,11 @@ impl World {
             std::fs::write(&p, content).expect("write");
         }
         std::fs::create_dir_all(&src).expect("mkdir");
+        for (dir, mode) in dirs {
+            let p = src.join(dir);
+            std::fs::create_dir_all(&p).expect("mkdir");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).expect("chmod");
+        }
         let out = self.spfs(&["commit", "--path", src.to_str().expect("utf8"), "-t", tag]);
         assert!(
             out.status.success(),
@@ -254,8 +270,14 @@ impl World {
 
     /// How many LOOKUPs the service has answered since it started.
     pub fn lookups(&self) -> u64 {
+        self.op_count("lookup")
+    }
+
+    /// How many requests of operation `op` (as `spfs-vfs status` names
+    /// it) the service has answered since it started.
+    pub fn op_count(&self, op: &str) -> u64 {
         let s = self.status().expect("status");
-        s["ops"]["lookup"]["count"].as_u64().expect("lookup count")
+        s["ops"][op]["count"].as_u64().unwrap_or(0)
     }
 
     /// The service's pid, if one is running.

@@ -128,7 +128,7 @@ pub fn render(s: &StatusResponse) -> String {
     o.one(
         "spfs_vfs_routed_dirs",
         Gauge,
-        "Top-level names that routed runtimes hold as different directories, answered through one routed directory node each.",
+        "Top-level names that one user's routed runtimes hold as different directories (per user and name), each answered through a routed directory node.",
         s.routed_dirs as u64,
     );
     o.one(

@@ -128,7 +128,7 @@ pub fn render(s: &StatusResponse) -> String {
     o.one(
         "spfs_vfs_routed_dirs",
         Gauge,
-        "Top-level names that one user's routed runtimes hold as different directories (per user and name), each answered through a routed directory node.",
+        "Subtree views alive that are shown through routed directories (a user's top-level directories brought while another of theirs held the name differently).",
         s.routed_dirs as u64,
     );
     o.one(

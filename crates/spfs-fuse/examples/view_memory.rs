@@ -87,6 +87,7 @@ fn load(path: &str) {
             edit: None,
             view_id: None,
             shared: None,
+            routed: Vec::new(),
         },
         vec![],
         move || Ok::<_, std::io::Error>((tree, SystemTime::now())),

@@ -545,6 +545,7 @@ impl ControlHandler for Handler {
                     edit,
                     view_id: None,
                     shared: None,
+                    routed: Vec::new(),
                 },
                 layers.clone(),
                 s.view_builder(layers.clone()),

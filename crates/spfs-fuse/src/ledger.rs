@@ -58,6 +58,10 @@ pub struct Entry {
     /// before subtree views were (the view's own ids only).
     #[serde(default)]
     pub shared: Option<Vec<(u32, u32)>>,
+    /// Of those subtree views, the ones shown through routed directories
+    /// (see `spfs_vfs::routed`): a new worker shows them so again.
+    #[serde(default)]
+    pub routed: Vec<u32>,
 }
 
 /// An editable runtime's upper area.
@@ -169,6 +173,7 @@ impl Entry {
             root_pid: self.root_pid,
             durable: self.durable,
             shared: self.shared.clone(),
+            routed: self.routed.clone(),
         }
     }
 }
@@ -316,6 +321,7 @@ mod tests {
             root_pid: 42,
             durable: false,
             shared: None,
+            routed: Vec::new(),
         }
     }
 

@@ -230,6 +230,7 @@ impl State {
             root_pid,
             durable,
             shared: Some(rt.view.shares.ids()),
+            routed: rt.view.shares.routed_ids(),
         };
         if let Err(e) = self.ledger.record(entry) {
             tracing::error!(runtime = name, "cannot write the ledger: {e}");
@@ -370,6 +371,7 @@ impl State {
             }),
             view_id: Some(e.view_id),
             shared: Some(e.shared.clone().unwrap_or_default()),
+            routed: e.routed.clone(),
         };
         let rt = self
             .vfs

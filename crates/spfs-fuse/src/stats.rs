@@ -370,7 +370,7 @@ pub(crate) fn report(s: &mut proto::StatusResponse, stats: &Stats, vfs: &Vfs, ro
     s.entries = views.iter().map(|v| v.tree.len() as u64).sum();
     s.content_nodes = vfs.content.len() as u64;
     s.shared_dirs = vfs.registry.subtree_count() as u32;
-    s.routed_dirs = vfs.registry.contested_count() as u32;
+    s.routed_dirs = vfs.registry.routed_count() as u32;
     s.open_handles = vfs.handles.len() as u64;
     let trees_bytes: u64 = trees.values().map(|t| t.0).sum();
     let tree_entries: u64 = views

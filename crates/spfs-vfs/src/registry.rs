@@ -53,6 +53,9 @@ pub struct RuntimeSpec {
     /// index, subtree view id); the others are the view's own. `None`: as
     /// found now.
     pub shared: Option<Vec<(u32, u32)>>,
+    /// Of the subtree views in `shared`, those shown through routed
+    /// directories (see [`crate::routed`]).
+    pub routed: Vec<u32>,
 }
 
 /// What makes a view editable.
@@ -131,8 +134,9 @@ struct Inner {
     subtrees: HashMap<SubtreeKey, Weak<View>>,
     recent: VecDeque<Arc<View>>,
     last_view: u32,
-    /// The node ids live runtimes hand out for routed names.
-    contests: crate::routed::Contests,
+    /// The subtree views alive by their routed name (owner, routed
+    /// directory id): whether a new one is routed ([`crate::routed`]).
+    by_name: HashMap<crate::routed::OwnedName, Vec<Weak<View>>>,
 }
 
 /// Whether `id` may name a view (0 and the content nodes' are not).
@@ -173,13 +177,18 @@ impl Inner {
     /// directories `top` through: live ones of the same key, else new ones
     /// (from `prepared`, copies made outside the lock). `wanted`: a view
     /// taken over, whose directories keep the subtree view ids a previous
-    /// service process gave them (and the others their own node ids).
+    /// service process gave them (and the others their own node ids), and
+    /// are routed if their ids are in `routed` (see [`crate::routed`]);
+    /// otherwise a new subtree view is routed if another live one of its
+    /// owner has the same routed name (in `routes`).
     fn shares(
         &mut self,
         tree: &Tree,
         top: &[(u32, SubtreeKey)],
         mut prepared: HashMap<SubtreeKey, Tree>,
         wanted: Option<&[(u32, u32)]>,
+        routes: &crate::routed::Routes,
+        routed: &[u32],
     ) -> Shares {
         let mut list = Vec::new();
         for (index, key) in top {
@@ -211,7 +220,24 @@ impl Inner {
                             None => continue,
                         },
                     };
-                    let v = Arc::new(crate::shared::subtree_view(id, sub, key.owner_uid));
+                    let name = routes.node_of(*index).map(|r| (key.owner_uid, r));
+                    let is_routed = match want {
+                        Some(id) => routed.contains(&id),
+                        None => name.is_some_and(|n| {
+                            self.by_name
+                                .get(&n)
+                                .is_some_and(|l| l.iter().any(|w| w.strong_count() > 0))
+                        }),
+                    };
+                    let v = Arc::new(crate::shared::subtree_view(
+                        id,
+                        sub,
+                        key.owner_uid,
+                        is_routed,
+                    ));
+                    if let Some(n) = name {
+                        self.by_name.entry(n).or_default().push(Arc::downgrade(&v));
+                    }
                     self.last_view = self.last_view.max(id);
                     self.by_id.insert(id, (None, Arc::downgrade(&v)));
                     // The one new views of the key share (a view taken
@@ -233,9 +259,6 @@ impl Inner {
 #[derive(Default)]
 pub struct Registry {
     inner: RwLock<Inner>,
-    /// The contested routed names, kept apart from `inner`: every lookup
-    /// in the shared root reads it.
-    contested: crate::routed::Contested,
 }
 
 impl Registry {
@@ -305,7 +328,7 @@ impl Registry {
                 let prepared = self.prepare_subtrees(&tree, &top);
                 let routes = match key.bound || spec.edit.is_some() {
                     true => crate::routed::Routes::default(),
-                    false => crate::routed::Routes::of(&tree),
+                    false => crate::routed::Routes::of(&tree, spec.owner_uid),
                 };
                 let edit = match &spec.edit {
                     Some(e) => {
@@ -341,7 +364,14 @@ impl Registry {
                             None => inner.next_view_id().ok_or(RegistryError::OutOfViewIds)?,
                         };
                         inner.last_view = inner.last_view.max(id);
-                        let shares = inner.shares(&tree, &top, prepared, spec.shared.as_deref());
+                        let shares = inner.shares(
+                            &tree,
+                            &top,
+                            prepared,
+                            spec.shared.as_deref(),
+                            &routes,
+                            &spec.routed,
+                        );
                         let v = Arc::new(View {
                             id,
                             owner_uid: key.owner_uid,
@@ -352,6 +382,7 @@ impl Registry {
                             edit,
                             shares,
                             routes,
+                            routed: false,
                         });
                         inner
                             .by_id
@@ -379,31 +410,19 @@ impl Registry {
             requests: AtomicU64::new(0),
             view,
         });
-        self.count_routes(&mut inner, &rt.view, true);
         inner.runtimes.insert(spec.name, rt.clone());
         Ok(rt)
     }
 
-    /// A runtime of `view` came (`add`) or went: count the nodes it hands
-    /// out for its routed names.
-    fn count_routes(&self, inner: &mut Inner, view: &View, add: bool) {
-        for (routed, index) in view.routes.iter() {
-            let name = (view.owner_uid, routed);
-            if let Some(now) = inner.contests.count(name, view.dir_node(index), add) {
-                self.contested.set(name, now);
-            }
-        }
-    }
-
-    /// Whether routed runtimes of `owner_uid` hold the top-level name of
-    /// routed directory `routed` as different directories now.
-    pub fn is_contested(&self, owner_uid: u32, routed: u64) -> bool {
-        self.contested.contains((owner_uid, routed))
-    }
-
-    /// How many top-level names are contested now (for each owner).
-    pub fn contested_count(&self) -> usize {
-        self.contested.len()
+    /// How many subtree views alive are shown through routed directories
+    /// (see [`crate::routed`]).
+    pub fn routed_count(&self) -> usize {
+        self.read()
+            .subtrees
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|v| v.routed)
+            .count()
     }
 
     /// Copies of the top-level directories `top` of `tree` that no live
@@ -452,7 +471,6 @@ impl Registry {
     pub fn remove(&self, name: &str) -> Option<Arc<Runtime>> {
         let mut inner = self.write();
         let rt = inner.runtimes.remove(name)?;
-        self.count_routes(&mut inner, &rt.view, false);
         // Keep the view among the recent ones; forget views nobody uses.
         inner.recent.retain(|v| !Arc::ptr_eq(v, &rt.view));
         if rt.view.edit.is_none() {
@@ -467,6 +485,10 @@ impl Registry {
         inner.views.retain(|_, v| v.strong_count() > 0);
         inner.by_id.retain(|_, (_, v)| v.strong_count() > 0);
         inner.subtrees.retain(|_, v| v.strong_count() > 0);
+        inner.by_name.retain(|_, l| {
+            l.retain(|w| w.strong_count() > 0);
+            !l.is_empty()
+        });
         Some(rt)
     }
 
@@ -557,6 +579,7 @@ pub(crate) fn test_spec(name: &str, owner_uid: u32) -> RuntimeSpec {
         edit: None,
         view_id: None,
         shared: None,
+        routed: Vec::new(),
     }
 }
 

@@ -73,7 +73,7 @@ pub fn top_dirs(tree: &Tree, owner_uid: u32) -> Vec<(u32, SubtreeKey)> {
 
 /// Subtree view `id` of `subtree` (a directory copied out of a tree by
 /// [`Tree::subtree`]).
-pub fn subtree_view(id: u32, subtree: Arc<Tree>, owner_uid: u32) -> View {
+pub fn subtree_view(id: u32, subtree: Arc<Tree>, owner_uid: u32, routed: bool) -> View {
     View {
         id,
         owner_uid,
@@ -84,6 +84,7 @@ pub fn subtree_view(id: u32, subtree: Arc<Tree>, owner_uid: u32) -> View {
         edit: None,
         shares: Shares::default(),
         routes: crate::routed::Routes::default(),
+        routed,
     }
 }
 
@@ -127,6 +128,13 @@ impl Shares {
     pub fn by_id(&self, id: u32) -> Option<&View> {
         let k = self.by_id.binary_search_by_key(&id, |(i, _)| *i).ok()?;
         Some(&self.by_index[self.by_id[k].1].1)
+    }
+
+    /// The ids of the subtree views shown through routed directories.
+    pub fn routed_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.views().filter(|v| v.routed).map(|v| v.id).collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// (entry index, subtree view id) of every shared directory.
@@ -209,8 +217,12 @@ mod tests {
             b.view.dir_node(own_index(&b)),
         );
         assert_ne!(own_a, own_b);
-        let routed = a.view.routes.node_of(own_index(&a)).unwrap();
-        assert_eq!(node(&vfs, &a, ROOT, b"own"), routed);
+        let routed = b.view.routes.node_of(own_index(&b)).unwrap();
+        assert_eq!(
+            node(&vfs, &a, ROOT, b"own"),
+            own_a,
+            "the first keeps its own"
+        );
         assert_eq!(node(&vfs, &b, ROOT, b"own"), routed);
         // Everything below is one node too, reached from either view.
         let x = node(&vfs, &a, base, b"x");
@@ -298,18 +310,28 @@ mod tests {
         let fresh = runtime(&vfs, spec("fresh", 0), 9);
         assert_eq!(node(&vfs, &fresh, ROOT, b"base"), node::node_id(77, 0));
         assert!(fresh.view.id > 77, "ids above those taken over");
-        // Recorded without: its own node, as before (and the name, now
-        // held by two nodes, is answered through its routed directory).
+        // Recorded without: its own node, as before.
         let own = RuntimeSpec {
             view_id: Some(60),
             shared: Some(Vec::new()),
             ..spec("own", 0)
         };
         let own = runtime(&vfs, own, 9);
-        assert_eq!(own.view.dir_node(base_index), node::node_id(60, base_index));
         assert_eq!(
             node(&vfs, &own, ROOT, b"base"),
-            crate::routed::routed_node(b"base", 0o755)
+            node::node_id(60, base_index)
         );
+        // Recorded as routed: routed again (the others as they were).
+        let routed = RuntimeSpec {
+            view_id: Some(90),
+            shared: Some(vec![(base_index, 91)]),
+            routed: vec![91],
+            ..spec("routed", 0)
+        };
+        let routed = runtime(&vfs, routed, 10);
+        let r = routed.view.routes.node_of(base_index).unwrap();
+        assert_eq!(node(&vfs, &routed, ROOT, b"base"), r);
+        assert!(crate::routed::is_routed(r));
+        assert_eq!(node(&vfs, &fresh, ROOT, b"base"), node::node_id(77, 0));
     }
 }

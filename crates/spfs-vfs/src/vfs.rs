@@ -301,7 +301,7 @@ impl Vfs {
             let caller = view
                 .filter(|v| !v.bound && v.edit.is_none())
                 .ok_or(VfsError::NotFound)?;
-            let index = caller.routes.index_of(node).ok_or(VfsError::NotFound)?;
+            let index = caller.routed_index(node).ok_or(VfsError::NotFound)?;
             let (v, i) = match caller.shares.of_entry(index) {
                 Some(sub) => (sub, crate::shared::SUBTREE_TOP),
                 None => (caller, index),
@@ -458,13 +458,11 @@ impl Vfs {
 
     /// What the shared root hands out for its entry `index` (`e`, `attr`
     /// as [`Vfs::handed_attr`] gives it) to routed read-only view `caller`:
-    /// the routed directory while the name is contested for its owner.
+    /// the routed directory, if the directory is routed.
     fn routed_attr(&self, caller: &View, index: u32, e: &Entry, attr: Attr) -> Attr {
-        match caller.routes.node_of(index) {
-            Some(routed) if self.registry.is_contested(caller.owner_uid, routed) => {
-                self.routed_dir_attr(routed, e)
-            }
-            _ => attr,
+        match caller.routed_node_of(index) {
+            Some(routed) => self.routed_dir_attr(routed, e),
+            None => attr,
         }
     }
 
@@ -1052,7 +1050,7 @@ mod tests {
         // Now that b's differs, both are handed the routed directory of the
         // name (crate::routed), which answers each with its own.
         let (db, _, _) = vfs.lookup(Some(&b.view), ROOT, b"dir").unwrap();
-        assert_eq!(db.node, crate::routed::routed_node(b"dir", 0o755));
+        assert_eq!(db.node, crate::routed::routed_node(0, b"dir", 0o755));
         let db = b.view.dir_node(b.view.tree.find(0, b"dir").unwrap());
         assert_ne!(da.node, db);
         let (fa, ttl, _) = vfs.lookup(Some(&a.view), da.node, b"file").unwrap();
@@ -1123,6 +1121,7 @@ mod tests {
             edit: None,
             view_id: None,
             shared: None,
+            routed: Vec::new(),
         };
         crate::registry::register_tree_as(&vfs.registry, spec, vec![d], b.build().unwrap())
     }

@@ -38,6 +38,9 @@ pub struct View {
     /// The top-level directories by routed directory node id
     /// ([`crate::routed`]); none for a bound, editable or subtree view.
     pub routes: crate::routed::Routes,
+    /// For a subtree view: whether the views that share it show it through
+    /// a routed directory ([`crate::routed`]).
+    pub routed: bool,
 }
 
 impl View {
@@ -57,6 +60,22 @@ impl View {
             Some(sub) => crate::node::node_id(sub.id, crate::shared::SUBTREE_TOP),
             None => crate::node::node_id(self.id, index),
         }
+    }
+
+    /// The routed directory node that top-level directory `index` is
+    /// handed out as, if it is routed.
+    pub fn routed_node_of(&self, index: u32) -> Option<u64> {
+        match self.shares.of_entry(index)?.routed {
+            true => self.routes.node_of(index),
+            false => None,
+        }
+    }
+
+    /// The top-level directory (entry index) that routed directory `node`
+    /// shows to this view, if it does.
+    pub fn routed_index(&self, node: u64) -> Option<u32> {
+        let index = self.routes.index_of(node)?;
+        self.shares.of_entry(index)?.routed.then_some(index)
     }
 
     /// The stack the view shows now, bottom first (an editable view's

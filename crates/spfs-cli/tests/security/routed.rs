@@ -39,7 +39,7 @@ fn a_routed_directory_is_checked_against_each_runtimes_own_permissions() {
     require_vfs!();
     let w = shared_world();
     // Two users, each with two stacks holding `own` differently (so that
-    // it is routed for each): alice's open (0755), bob's shut (0700, root's
+    // the second is routed): alice's open (0755), bob's shut (0700, root's
     // like every entry of a read-only view).
     w.commit_with_dirs("perm/open", &[("own/a/f", b"A")], &[("own", 0o755)]);
     w.commit_with_dirs("perm/open2", &[("own/c/f", b"C")], &[("own", 0o755)]);
@@ -59,10 +59,15 @@ fn a_routed_directory_is_checked_against_each_runtimes_own_permissions() {
             wait("go")
         )
     };
+    // The first of each keeps its own node; the second, started once the
+    // first runs, is routed: its reads go through the routed node.
     let holders = [
         run_as(&w, &alice, "perm/open2", &hold("open2")),
         run_as(&w, &bob, "perm/shut2", &hold("shut2")),
     ];
+    for tag in ["open2", "shut2"] {
+        wait_file(&d.join(format!("{tag}.up")));
+    }
     let open = run_as(&w, &alice, "perm/open", &loop_over("open", "own/a/f"));
     let shut = run_as(&w, &bob, "perm/shut", &loop_over("shut", "own/b/f"));
     for tag in ["open", "open2", "shut", "shut2"] {

@@ -134,9 +134,11 @@ struct Inner {
     subtrees: HashMap<SubtreeKey, Weak<View>>,
     recent: VecDeque<Arc<View>>,
     last_view: u32,
-    /// The subtree views alive by their routed name (owner, routed
-    /// directory id): whether a new one is routed ([`crate::routed`]).
-    by_name: HashMap<crate::routed::OwnedName, Vec<Weak<View>>>,
+    /// How many live runtimes hold each routed name (owner, routed
+    /// directory id): whether a new subtree view is routed
+    /// ([`crate::routed`]). Runtimes, not views: a view kept warm after
+    /// its runtime went makes no later view routed.
+    held: HashMap<crate::routed::OwnedName, u32>,
 }
 
 /// Whether `id` may name a view (0 and the content nodes' are not).
@@ -145,6 +147,25 @@ fn is_view_id(id: u32) -> bool {
 }
 
 impl Inner {
+    /// A runtime of `view` came (`add`) or went: count the routed names
+    /// it holds.
+    fn hold(&mut self, view: &View, add: bool) {
+        for (routed, _) in view.routes.iter() {
+            let name = (view.owner_uid, routed);
+            match add {
+                true => *self.held.entry(name).or_default() += 1,
+                false => {
+                    if let Some(c) = self.held.get_mut(&name) {
+                        *c = c.saturating_sub(1);
+                        if *c == 0 {
+                            self.held.remove(&name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The next view id to hand out, if any is left.
     fn next_view_id(&self) -> Option<u32> {
         self.last_view.checked_add(1).filter(|id| is_view_id(*id))
@@ -179,8 +200,8 @@ impl Inner {
     /// taken over, whose directories keep the subtree view ids a previous
     /// service process gave them (and the others their own node ids), and
     /// are routed if their ids are in `routed` (see [`crate::routed`]);
-    /// otherwise a new subtree view is routed if another live one of its
-    /// owner has the same routed name (in `routes`).
+    /// otherwise a new subtree view is routed if a live runtime of its
+    /// owner holds the same routed name (in `routes`).
     fn shares(
         &mut self,
         tree: &Tree,
@@ -223,11 +244,7 @@ impl Inner {
                     let name = routes.node_of(*index).map(|r| (key.owner_uid, r));
                     let is_routed = match want {
                         Some(id) => routed.contains(&id),
-                        None => name.is_some_and(|n| {
-                            self.by_name
-                                .get(&n)
-                                .is_some_and(|l| l.iter().any(|w| w.strong_count() > 0))
-                        }),
+                        None => name.is_some_and(|n| self.held.get(&n).is_some_and(|c| *c > 0)),
                     };
                     let v = Arc::new(crate::shared::subtree_view(
                         id,
@@ -235,9 +252,6 @@ impl Inner {
                         key.owner_uid,
                         is_routed,
                     ));
-                    if let Some(n) = name {
-                        self.by_name.entry(n).or_default().push(Arc::downgrade(&v));
-                    }
                     self.last_view = self.last_view.max(id);
                     self.by_id.insert(id, (None, Arc::downgrade(&v)));
                     // The one new views of the key share (a view taken
@@ -410,6 +424,7 @@ impl Registry {
             requests: AtomicU64::new(0),
             view,
         });
+        inner.hold(&rt.view, true);
         inner.runtimes.insert(spec.name, rt.clone());
         Ok(rt)
     }
@@ -471,6 +486,7 @@ impl Registry {
     pub fn remove(&self, name: &str) -> Option<Arc<Runtime>> {
         let mut inner = self.write();
         let rt = inner.runtimes.remove(name)?;
+        inner.hold(&rt.view, false);
         // Keep the view among the recent ones; forget views nobody uses.
         inner.recent.retain(|v| !Arc::ptr_eq(v, &rt.view));
         if rt.view.edit.is_none() {
@@ -485,10 +501,6 @@ impl Registry {
         inner.views.retain(|_, v| v.strong_count() > 0);
         inner.by_id.retain(|_, (_, v)| v.strong_count() > 0);
         inner.subtrees.retain(|_, v| v.strong_count() > 0);
-        inner.by_name.retain(|_, l| {
-            l.retain(|w| w.strong_count() > 0);
-            !l.is_empty()
-        });
         Some(rt)
     }
 

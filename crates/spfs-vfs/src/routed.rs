@@ -298,6 +298,20 @@ mod tests {
     }
 
     #[test]
+    fn a_runtime_alone_is_not_routed_after_another_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let _a = runtime(&vfs, spec("a", 0));
+        vfs.registry.remove("a");
+        // a's view (and its subtree views) are kept warm, but no runtime
+        // holds `own` any more.
+        let b = runtime(&vfs, spec("b", 0));
+        let own = vfs.lookup(Some(&b.view), ROOT, b"own").unwrap().0.node;
+        assert!(!is_routed(own));
+        assert_eq!(vfs.registry.routed_count(), 0);
+    }
+
+    #[test]
     fn a_directory_of_other_permissions_is_another_routed_node() {
         let dir = tempfile::tempdir().unwrap();
         let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());

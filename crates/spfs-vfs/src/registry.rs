@@ -139,6 +139,11 @@ struct Inner {
     /// ([`crate::routed`]). Runtimes, not views: a view kept warm after
     /// its runtime went makes no later view routed.
     held: HashMap<crate::routed::OwnedName, u32>,
+    /// Which name each routed directory id of an owner stands for, while
+    /// routed subtree views of that name live: another name whose id
+    /// collides (a crafted one) is never routed, so one routed node is
+    /// never two names.
+    claims: HashMap<crate::routed::OwnedName, (Vec<u8>, Vec<Weak<View>>)>,
 }
 
 /// Whether `id` may name a view (0 and the content nodes' are not).
@@ -147,6 +152,26 @@ fn is_view_id(id: u32) -> bool {
 }
 
 impl Inner {
+    /// `routes` of a new view of `tree` for `owner_uid`, but those whose id
+    /// routed subtree views alive claim for another name.
+    fn unclaimed(
+        &self,
+        mut routes: crate::routed::Routes,
+        tree: &Tree,
+        owner_uid: u32,
+    ) -> crate::routed::Routes {
+        routes.retain(|routed, index| {
+            let name = tree.entries().get(index as usize).map(|e| &*e.name);
+            match self.claims.get(&(owner_uid, routed)) {
+                Some((claimed, views)) if views.iter().any(|w| w.strong_count() > 0) => {
+                    name == Some(claimed.as_slice())
+                }
+                _ => true,
+            }
+        });
+        routes
+    }
+
     /// A runtime of `view` came (`add`) or went: count the routed names
     /// it holds.
     fn hold(&mut self, view: &View, add: bool) {
@@ -222,6 +247,9 @@ impl Inner {
             };
             let live = self.subtrees.get(key).and_then(Weak::upgrade);
             let view = match (live, want) {
+                // A routed one only with the route to it (a view whose
+                // route was dropped shows the directory as its own).
+                (Some(v), _) if v.routed && routes.node_of(*index).is_none() => continue,
                 (Some(v), None) => v,
                 (Some(v), Some(id)) if v.id == id => v,
                 (live, want) => {
@@ -242,16 +270,27 @@ impl Inner {
                         },
                     };
                     let name = routes.node_of(*index).map(|r| (key.owner_uid, r));
-                    let is_routed = match want {
-                        Some(id) => routed.contains(&id),
-                        None => name.is_some_and(|n| self.held.get(&n).is_some_and(|c| *c > 0)),
-                    };
+                    let is_routed = name.is_some()
+                        && match want {
+                            Some(id) => routed.contains(&id),
+                            None => name.is_some_and(|n| self.held.get(&n).is_some_and(|c| *c > 0)),
+                        };
                     let v = Arc::new(crate::shared::subtree_view(
                         id,
                         sub,
                         key.owner_uid,
                         is_routed,
                     ));
+                    if let (true, Some(n), Some(e)) =
+                        (is_routed, name, tree.entries().get(*index as usize))
+                    {
+                        let claim = self.claims.entry(n).or_default();
+                        claim.1.retain(|w| w.strong_count() > 0);
+                        if claim.1.is_empty() {
+                            claim.0 = e.name.to_vec();
+                        }
+                        claim.1.push(Arc::downgrade(&v));
+                    }
                     self.last_view = self.last_view.max(id);
                     self.by_id.insert(id, (None, Arc::downgrade(&v)));
                     // The one new views of the key share (a view taken
@@ -378,6 +417,7 @@ impl Registry {
                             None => inner.next_view_id().ok_or(RegistryError::OutOfViewIds)?,
                         };
                         inner.last_view = inner.last_view.max(id);
+                        let routes = inner.unclaimed(routes, &tree, key.owner_uid);
                         let shares = inner.shares(
                             &tree,
                             &top,
@@ -501,6 +541,10 @@ impl Registry {
         inner.views.retain(|_, v| v.strong_count() > 0);
         inner.by_id.retain(|_, (_, v)| v.strong_count() > 0);
         inner.subtrees.retain(|_, v| v.strong_count() > 0);
+        inner.claims.retain(|_, (_, views)| {
+            views.retain(|w| w.strong_count() > 0);
+            !views.is_empty()
+        });
         Some(rt)
     }
 

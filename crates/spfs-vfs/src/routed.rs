@@ -23,9 +23,11 @@
 //! ledger records it): a directory node's parent in the kernel is then
 //! always the same entry (the kernel moves a directory's entry to another
 //! parent only under a lock it merely tries, and fails with `ESTALE`
-//! otherwise), and a working directory in it stays reachable by its path.
-//! The first view of a name keeps its own node; the views that came to
-//! contest it share the routed one.
+//! otherwise), and a routing decision never takes a working directory's
+//! path away (another view's walk of the name with another node still
+//! does, as anywhere in the shared root, until the runtime walks the name
+//! again). The first view of a name keeps its own node; the views that
+//! came to contest it share the routed one.
 //!
 //! What may differ between callers must never be an attribute of the
 //! routed node itself: the kernel keeps one set of attributes per node and
@@ -41,8 +43,12 @@
 //! [`FIRST_ROUTED_VIEW`]`..`[`crate::content::CONTENT_VIEW`], which no view
 //! is given. The id is a hash, the same in every service process: a view
 //! finds its directory of a routed id in its [`Routes`], made with the
-//! view. Two names of one view whose ids collide (a 55-bit hash) are both
-//! left unrouted.
+//! view. Two names of one view whose ids collide (a 55-bit hash; a
+//! collision can be crafted) are both left unrouted, and so is a name whose
+//! id a routed directory of the owner already stands for under another
+//! name (the registry keeps these claims): one routed node is never two
+//! names, and a directory is never shown both through a routed node and
+//! as itself.
 
 use spfs_model::{Digest, EntryKind, Tree};
 
@@ -120,6 +126,13 @@ impl Routes {
             by_node: kept,
             by_index,
         }
+    }
+
+    /// Keep only the routes `keep` (routed node id, entry index) accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, u32) -> bool) {
+        self.by_node.retain(|(n, i)| keep(*n, *i));
+        self.by_index
+            .retain(|(i, n)| self.by_node.binary_search(&(*n, *i)).is_ok());
     }
 
     /// The entry index of the view's directory of routed node `node`.
@@ -309,6 +322,51 @@ mod tests {
         let own = vfs.lookup(Some(&b.view), ROOT, b"own").unwrap().0.node;
         assert!(!is_routed(own));
         assert_eq!(vfs.registry.routed_count(), 0);
+    }
+
+    /// Two names whose routed ids collide for owner 0 and mode 0755 (found
+    /// by a reviewer with 6.7e7 hashes).
+    const N1: &[u8] = b"d5672e15d83aa50";
+    const N2: &[u8] = b"d465a221e3abe64";
+
+    #[test]
+    fn colliding_names_never_share_a_routed_node_nor_a_directory_two_parents() {
+        assert_eq!(routed_node(0, N1, 0o755), routed_node(0, N2, 0o755));
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Vfs::new(FsRepository::create(dir.path()).unwrap());
+        let reg = |name: &str, files: &[(&[u8], &[u8])]| {
+            let mut b = spfs_model::TreeBuilder::new();
+            for (path, bytes) in files {
+                let blob = vfs.repo().write_blob(bytes).unwrap();
+                b.add(path, EntryKind::File, 0o100644, bytes.len() as u64, blob)
+                    .unwrap();
+            }
+            let layers = vec![Digest::of(name.as_bytes())];
+            let t = b.build().unwrap();
+            crate::registry::register_tree_as(&vfs.registry, spec(name, 0), layers, t)
+        };
+        let path = |top: &[u8], rest: &str| [top, rest.as_bytes()].concat();
+        let (n1a, n1b, n2) = (path(N1, "/x/f"), path(N1, "/x/g"), path(N2, "/y"));
+        // The first of N1 keeps its node; the second is routed.
+        let _first = reg("first", &[(&n1a, b"1")]);
+        let routed = reg("routed", &[(&n1b, b"2")]);
+        let r = vfs.lookup(Some(&routed.view), ROOT, N1).unwrap().0.node;
+        assert!(is_routed(r));
+        // N2's id is N1's: N2 is not routed (a node is never two names).
+        let other = reg("other", &[(&n2, b"3")]);
+        let n2_node = vfs.lookup(Some(&other.view), ROOT, N2).unwrap().0.node;
+        assert!(!is_routed(n2_node));
+        assert!(vfs.getattr(Some(&other.view), r).is_err());
+        // A view holding both names (neither routable in it) with N1 as
+        // the routed view's does not show N1 through the routed subtree
+        // view's own node either (that directory would have two parents).
+        let both = reg("both", &[(&n1b, b"2"), (&n2, b"3")]);
+        let n1_node = vfs.lookup(Some(&both.view), ROOT, N1).unwrap().0.node;
+        assert!(!is_routed(n1_node));
+        let sub = routed.view.shares.views().next().unwrap().id;
+        assert_ne!(crate::node::split(n1_node).unwrap().0, sub);
+        let x = vfs.lookup(Some(&both.view), n1_node, b"x").unwrap().0.node;
+        assert_eq!(crate::node::split(x).unwrap().0, both.view.id);
     }
 
     #[test]

@@ -19,9 +19,10 @@
 //!
 //! The registry also keeps the subtree views that routed views share
 //! ([`crate::shared`]): one per top-level directory of one owner's views
-//! with the same content, alive while a view shows it; and which top-level
-//! names the routed runtimes hold as different directories, answered
-//! through routed directories ([`crate::routed`]).
+//! with the same content, alive while a view shows it; how many live
+//! runtimes hold each routed name, which decides whether a new subtree view
+//! is shown through a routed directory ([`crate::routed`]); and which name
+//! each routed directory id stands for.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -380,10 +380,7 @@ impl Registry {
                     false => crate::shared::top_dirs(&tree, spec.owner_uid),
                 };
                 let prepared = self.prepare_subtrees(&tree, &top);
-                let routes = match key.bound || spec.edit.is_some() {
-                    true => crate::routed::Routes::default(),
-                    false => crate::routed::Routes::of(&tree, spec.owner_uid),
-                };
+                let routes = crate::routed::Routes::of(&tree, &top, spec.owner_uid);
                 let edit = match &spec.edit {
                     Some(e) => {
                         let upper =

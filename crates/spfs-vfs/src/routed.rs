@@ -50,7 +50,7 @@
 //! names, and a directory is never shown both through a routed node and
 //! as itself.
 
-use spfs_model::{Digest, EntryKind, Tree};
+use spfs_model::{Digest, Tree};
 
 /// The lowest view part of a routed directory's node id; no view id is
 /// this high (see [`crate::registry`]).
@@ -88,24 +88,21 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// The routes of a routed read-only view of `tree`: the top-level
-    /// directories it may share ([`crate::shared::top_dirs`], the first
-    /// [`crate::shared::MAX_SHARED_DIRS`]), but the name of the bound
+    /// The routes of a view of `tree` for `owner_uid` that shares its
+    /// top-level directories `top` ([`crate::shared::top_dirs`]; none for
+    /// a bound or editable view): all of them but the name of the bound
     /// views' door (see [`crate::vfs::VIEW_DOOR`]).
-    pub fn of(tree: &Tree, owner_uid: u32) -> Routes {
-        let start = tree.children_start(0);
-        let mut by_node: Vec<(u64, u32)> = tree
-            .children(0)
+    pub fn of(tree: &Tree, top: &[(u32, crate::shared::SubtreeKey)], owner_uid: u32) -> Routes {
+        let mut by_node: Vec<(u64, u32)> = top
             .iter()
-            .enumerate()
-            .filter(|(_, e)| e.kind == EntryKind::Dir)
-            .take(crate::shared::MAX_SHARED_DIRS)
-            .filter(|(_, e)| *e.name != *crate::vfs::VIEW_DOOR)
-            .map(|(k, e)| {
-                (
-                    routed_node(owner_uid, &e.name, (e.mode & 0o7777) as u16),
-                    start + k as u32,
-                )
+            .filter_map(|(index, _)| {
+                let e = tree.entries().get(*index as usize)?;
+                (*e.name != *crate::vfs::VIEW_DOOR).then(|| {
+                    (
+                        routed_node(owner_uid, &e.name, (e.mode & 0o7777) as u16),
+                        *index,
+                    )
+                })
             })
             .collect();
         by_node.sort_unstable();
@@ -154,10 +151,6 @@ impl Routes {
     pub fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         self.by_node.iter().copied()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_node.is_empty()
-    }
 }
 
 /// A routed name of one owner: (owner uid, routed directory node id).
@@ -170,6 +163,7 @@ mod tests {
     use crate::registry::test_spec as spec;
     use crate::vfs::{LONG_TTL, NO_TTL};
     use crate::{RuntimeSpec, Vfs, VfsError};
+    use spfs_model::EntryKind;
     use spfs_storage::FsRepository;
 
     /// A runtime whose stack holds `base/x/f` (alike in every view) and

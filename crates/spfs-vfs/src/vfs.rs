@@ -296,19 +296,15 @@ impl Vfs {
             return Ok(Node::Root);
         }
         if crate::routed::is_routed(node) {
-            // The caller's own directory of the name, as it hands it out
-            // (through a subtree view, or its own).
-            let caller = view
+            // The caller's own directory of the name: the top of the
+            // subtree view it shows through the routed directory.
+            let sub = view
                 .filter(|v| !v.bound && v.edit.is_none())
+                .and_then(|v| v.routed_subtree(node))
                 .ok_or(VfsError::NotFound)?;
-            let index = caller.routed_index(node).ok_or(VfsError::NotFound)?;
-            let (v, i) = match caller.shares.of_entry(index) {
-                Some(sub) => (sub, crate::shared::SUBTREE_TOP),
-                None => (caller, index),
-            };
-            let e = v.tree.entries().get(i as usize).ok_or(VfsError::NotFound)?;
-            return match e.kind {
-                EntryKind::Dir => Ok(Node::Routed(node, v, e)),
+            let top = crate::shared::SUBTREE_TOP as usize;
+            return match sub.tree.entries().get(top) {
+                Some(e) if e.kind == EntryKind::Dir => Ok(Node::Routed(node, sub, e)),
                 _ => Err(VfsError::NotFound),
             };
         }
@@ -1047,8 +1043,8 @@ mod tests {
         let (da, ttl, _) = vfs.lookup(Some(&a.view), ROOT, b"dir").unwrap();
         assert_eq!(ttl, NO_TTL, "names in the shared root are never cached");
         let b = view_with(&vfs, "b", b"beta!!");
-        // Now that b's differs, both are handed the routed directory of the
-        // name (crate::routed), which answers each with its own.
+        // b's differs and came while a ran: b is handed the routed
+        // directory of the name (crate::routed); a keeps its own node.
         let (db, _, _) = vfs.lookup(Some(&b.view), ROOT, b"dir").unwrap();
         assert_eq!(db.node, crate::routed::routed_node(0, b"dir", 0o755));
         let db = b.view.dir_node(b.view.tree.find(0, b"dir").unwrap());

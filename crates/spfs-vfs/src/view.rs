@@ -53,8 +53,9 @@ impl View {
         }
     }
 
-    /// The node id a top-level directory (entry `index`) of the view is
-    /// handed out with: its subtree view's, if it shares one, else its own.
+    /// For tests: the node id of top-level directory `index` (its subtree
+    /// view's, if it shares one, else its own), routed or not.
+    #[cfg(test)]
     pub fn dir_node(&self, index: u32) -> u64 {
         match self.shares.of_entry(index) {
             Some(sub) => crate::node::node_id(sub.id, crate::shared::SUBTREE_TOP),
@@ -71,11 +72,11 @@ impl View {
         }
     }
 
-    /// The top-level directory (entry index) that routed directory `node`
-    /// shows to this view, if it does.
-    pub fn routed_index(&self, node: u64) -> Option<u32> {
-        let index = self.routes.index_of(node)?;
-        self.shares.of_entry(index)?.routed.then_some(index)
+    /// The subtree view that routed directory `node` shows to this view,
+    /// if it does.
+    pub fn routed_subtree(&self, node: u64) -> Option<&View> {
+        let sub = self.shares.of_entry(self.routes.index_of(node)?)?;
+        sub.routed.then_some(sub)
     }
 
     /// The stack the view shows now, bottom first (an editable view's
